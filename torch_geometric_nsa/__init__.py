@@ -1,0 +1,6 @@
+"""Natively Trainable Sparse Attention over ball trees (Erwin NSA) for PyTorch Geometric."""
+from .tree import TreeLayout, build_ball_tree
+
+__version__ = '0.1.0'
+
+__all__ = ['TreeLayout', 'build_ball_tree', '__version__']

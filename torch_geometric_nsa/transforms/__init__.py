@@ -1,0 +1,4 @@
+"""PyG transforms."""
+from .ball_tree import BallTree
+
+__all__ = ['BallTree']

@@ -1,0 +1,272 @@
+"""Ball-tree construction on the device the points live on, all clouds at once."""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .layout import TreeLayout, _check_pow2
+
+
+def rotation_matrix(dim: int, angle: float, dtype=torch.float32,
+                    device=None) -> Tensor:
+    r"""The fixed rotation used for the rotated tree: the product of plane
+    rotations by :obj:`angle` degrees in the planes :math:`(0, 1), (1, 2),
+    \dots, (D - 2, D - 1)`.  For :math:`D = 1` it is the identity.
+
+    Returns:
+        torch.Tensor: ``[D, D]`` orthogonal matrix ``R``; rotated points are
+        ``pos @ R.T``.
+    """
+    rot = torch.eye(dim, dtype=torch.float64)
+    theta = math.radians(angle)
+    c, s = math.cos(theta), math.sin(theta)
+    for i in range(dim - 1):
+        g = torch.eye(dim, dtype=torch.float64)
+        g[i, i], g[i, i + 1], g[i + 1, i], g[i + 1, i + 1] = c, -s, s, c
+        rot = g @ rot
+    return rot.to(dtype=dtype, device=device)
+
+
+def _ordered_bits(x: Tensor) -> Tensor:
+    """Maps float32 values to int64 in [0, 2^32) preserving their order."""
+    bits = (x.float() + 0.0).view(torch.int32).to(torch.int64)  # -0.0 -> +0.0
+    return torch.where(bits < 0, ~bits, bits + 2**31)
+
+
+def _split_size(length: Tensor) -> Tensor:
+    """Slots of the left child of a node owning ``length`` slots: half if
+    ``length`` is a power of two, else the largest power of two below it."""
+    p = length - 1
+    for shift in (1, 2, 4, 8, 16, 32):
+        p = p | (p >> shift)
+    ceil_pow2 = p + 1  # smallest power of two >= length
+    return torch.where(ceil_pow2 == length, length // 2, ceil_pow2 // 2)
+
+
+def _check_inputs(pos: Tensor, batch: Optional[Tensor], ball_size: int,
+                  batch_size: Optional[int], num_slots: Optional[int]) -> None:
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"'pos' must be a tensor (got {type(pos).__name__})")
+    if pos.dim() != 2:
+        raise ValueError(f"'pos' must have shape [num_points, dim] "
+                         f"(got shape {tuple(pos.shape)})")
+    if pos.size(0) == 0:
+        raise ValueError("'pos' is empty: a ball tree needs at least one point")
+    if pos.size(1) == 0:
+        raise ValueError("'pos' has zero spatial dimensions")
+    if not pos.is_floating_point():
+        raise TypeError(f"'pos' must be floating point (got {pos.dtype})")
+    _check_pow2(ball_size, 'ball_size')
+    if batch is not None:
+        if not isinstance(batch, Tensor):
+            raise TypeError("'batch' must be a tensor")
+        if batch.dim() != 1 or batch.numel() != pos.size(0):
+            raise ValueError(f"'batch' must have shape [{pos.size(0)}] to "
+                             f"match 'pos' (got {tuple(batch.shape)})")
+        if batch.dtype not in (torch.int64, torch.int32, torch.int16,
+                               torch.uint8, torch.int8):
+            raise TypeError(f"'batch' must be an integer tensor "
+                            f"(got {batch.dtype})")
+        if batch.device != pos.device:
+            raise ValueError(f"'batch' is on {batch.device} but 'pos' is on "
+                             f"{pos.device}")
+    if batch_size is not None and (not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"'batch_size' must be a positive int "
+                         f"(got {batch_size!r})")
+    if num_slots is not None:
+        if batch_size is None and batch is not None:
+            raise ValueError("'num_slots' (capacity mode) needs 'batch_size'")
+        if not isinstance(num_slots, int) or num_slots % ball_size:
+            raise ValueError(f"'num_slots' must be a multiple of ball_size="
+                             f"{ball_size} (got {num_slots!r})")
+
+
+def slot_capacity(num_points: int, batch_size: int, ball_size: int) -> int:
+    """An upper bound on the slots of any batch of :obj:`batch_size` clouds
+    with :obj:`num_points` points in total: pass it as ``num_slots`` to
+    :func:`build_ball_tree` for layouts of static size (no host
+    synchronisation; CUDA graphs)."""
+    return -(-(num_points + batch_size * (ball_size - 1)) // ball_size) * ball_size
+
+
+def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
+                    ball_size: int = 128, rotate: Optional[float] = None,
+                    batch_size: Optional[int] = None,
+                    num_slots: Optional[int] = None) -> TreeLayout:
+    r"""Builds the ball tree of every cloud of a batch at once and returns its
+    :class:`TreeLayout`.
+
+    Each cloud of :math:`n` points gets :math:`\lceil n/m \rceil m` slots.  A
+    tree node owning :math:`L` slots and :math:`r` real points splits along
+    its axis of largest spread: the left child gets :math:`P` slots
+    (:math:`L/2` if :math:`L` is a power of two, else the largest power of two
+    below :math:`L`) and the :math:`\min(P, r)` points of smallest coordinate,
+    the right child the rest.  Hence every aligned run of :math:`2^j` slots is
+    a subtree (a ball) and the at most :math:`m - 1` pads of a cloud sit at its
+    end, instead of padding every cloud to the next power of two.
+
+    The tree is built level by level for all clouds together with one int64
+    sort per level (no Python loop over clouds), on the device of
+    :obj:`pos`: :math:`O(N \log^2 N)` work, :math:`O(N)` memory.
+
+    Determinism: the result is a function of the input only.  Points are first
+    ordered lexicographically by their coordinates (rounded to float32), and
+    every later sort is stable, so for distinct points the layout does not
+    depend on the order of the points within a cloud; coordinate ties along a
+    split axis are broken by that lexicographic order.  The split axis is the
+    one of largest spread, the lowest axis on ties.
+
+    Host synchronisation: by default the number of slots (and, without
+    :obj:`batch_size`, the number of clouds) is read back once, together with
+    the input checks.  Given :obj:`batch_size` *and* :obj:`num_slots` (see
+    :func:`slot_capacity`) the build never synchronises; the layout then ends
+    with unused tail slots and data-dependent input checks are skipped.
+
+    Args:
+        pos (torch.Tensor): ``[N, D]`` positions, any float dtype, :math:`D
+            \ge 1`.
+        batch (torch.Tensor, optional): ``[N]`` sorted cloud index of every
+            point (PyG's ``batch`` vector).  Clouds with no points (gaps in the
+            ids) are allowed and get zero slots.  (default: :obj:`None`, one
+            cloud)
+        ball_size (int): the largest ball size :math:`m`, a power of two.
+            (default: :obj:`128`)
+        rotate (float, optional): build the tree of the points rotated by this
+            angle in degrees (see :func:`rotation_matrix`); the layout has the
+            same :obj:`ptr` and :obj:`mask` as the unrotated one.
+            (default: :obj:`None`)
+        batch_size (int, optional): the number of clouds :math:`B` (PyG's
+            ``num_graphs``).  (default: :obj:`None`, ``batch[-1] + 1``)
+        num_slots (int, optional): static number of slots (capacity mode).
+            (default: :obj:`None`)
+
+    Returns:
+        TreeLayout: the layout, on the device of :obj:`pos`.
+    """
+    _check_inputs(pos, batch, ball_size, batch_size, num_slots)
+    device, num_points = pos.device, pos.size(0)
+    posf = pos.detach().float()
+    if rotate is not None:
+        posf = posf @ rotation_matrix(pos.size(1), float(rotate),
+                                      device=device).T
+    if batch is None:
+        batch = torch.zeros(num_points, dtype=torch.long, device=device)
+        batch_size = 1
+    batch = batch.long()
+
+    if num_slots is None:
+        # One read-back carries the input checks (and the cloud count).
+        flags = torch.stack([
+            (~torch.isfinite(pos)).any().long(),
+            (batch[1:] < batch[:-1]).any().long(),
+            (batch[0] < 0).long(),
+            batch[-1] + 1,
+        ]).tolist()
+        if flags[0]:
+            raise ValueError("'pos' contains NaN or infinite values")
+        if flags[1]:
+            raise ValueError("'batch' must be sorted (points of one cloud "
+                             "contiguous, clouds in increasing order)")
+        if flags[2]:
+            raise ValueError("'batch' contains negative cloud indices")
+        if batch_size is None:
+            batch_size = flags[3]
+        elif flags[3] > batch_size:
+            raise ValueError(f"'batch' holds cloud index {flags[3] - 1} but "
+                             f"batch_size={batch_size}")
+
+    counts = torch.zeros(batch_size, dtype=torch.long, device=device)
+    counts.index_add_(0, batch, torch.ones_like(batch))
+    slots = (counts + ball_size - 1) // ball_size * ball_size
+    zero = counts.new_zeros(1)
+    ptr = torch.cat([zero, slots.cumsum(0)])
+    node_ptr = torch.cat([zero, counts.cumsum(0)])  # offsets of real points
+
+    if num_slots is None:
+        num_slots = int(ptr[-1])  # the layout's size: the one read-back
+    else:
+        torch._assert_async(ptr[-1] <= num_slots,
+                            "num_slots is smaller than the layout needs")
+
+    order = _tree_order(posf, batch, slots, node_ptr, max_slots=num_slots)
+    return _assemble(order, batch, counts, ptr, node_ptr, num_slots,
+                     ball_size)
+
+
+def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
+                max_slots: int) -> Tensor:
+    """Real points in tree order (cloud by cloud); see :func:`build_ball_tree`."""
+    num_points, dim = posf.shape
+    device = posf.device
+
+    # Canonical start: lexicographic by coordinates within each cloud.
+    order = torch.arange(num_points, device=device)
+    for d in range(dim - 1, 0, -1):
+        key = _ordered_bits(posf[order, d])
+        order = order[torch.sort(key, stable=True)[1]]
+    key = (batch[order] << 32) | _ordered_bits(posf[order, 0])
+    order = order[torch.sort(key, stable=True)[1]]
+
+    # After the canonical sort position p holds a point of cloud batch[p].
+    first = node_ptr[batch]                   # first position of the cloud
+    local = torch.arange(num_points, device=device) - first
+    start = torch.zeros_like(local)           # node's first slot (cloud-local)
+    length = slots[batch]                     # node's slot count
+    num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
+    for _ in range(num_levels):
+        x = posf[order]
+        node = first + start                  # node id: its first position
+        idx = node.unsqueeze(1).expand(-1, dim)
+        lo = torch.full_like(x, math.inf).scatter_reduce_(0, idx, x, 'amin')
+        hi = torch.full_like(x, -math.inf).scatter_reduce_(0, idx, x, 'amax')
+        axis = (hi - lo)[node].argmax(dim=1, keepdim=True)
+        key = (node << 32) | _ordered_bits(x.gather(1, axis).squeeze(1))
+        order = order[torch.sort(key, stable=True)[1]]
+        half = _split_size(length)
+        right = (local - start >= half) & (length > 1)
+        start = torch.where(right, start + half, start)
+        length = torch.where(length > 1, torch.where(right, length - half,
+                                                     half), length)
+    return order
+
+
+def _assemble(order: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor,
+              node_ptr: Tensor, num_slots: int, ball_size: int) -> TreeLayout:
+    device = order.device
+    num_points, batch_size = order.numel(), counts.numel()
+    slot = torch.arange(num_slots, device=device)
+    slot_batch = torch.searchsorted(ptr[1:], slot, right=True)
+    slot_batch = slot_batch.clamp_(max=batch_size - 1)
+    local = slot - ptr[slot_batch]
+    mask = local < counts[slot_batch]
+    # Pads repeat the last real point of their cloud.
+    src = node_ptr[slot_batch] + torch.minimum(local, counts[slot_batch] - 1)
+    perm = order[src.clamp_(0, num_points - 1)]
+
+    pos_slot = ptr[batch] + torch.arange(num_points, device=device) - \
+        node_ptr[batch]
+    inverse = torch.empty_like(order).scatter_(0, order, pos_slot)
+    return TreeLayout(perm=perm, mask=mask, ptr=ptr, inverse=inverse,
+                      slot_batch=slot_batch, ball_size=ball_size)
+
+
+def ball_radius(layout: TreeLayout, pos: Tensor, size: int) -> Tuple[Tensor,
+                                                                      Tensor]:
+    r"""Radius of every ball of :obj:`size` slots: the largest distance of its
+    real points from their centroid.
+
+    Returns:
+        (torch.Tensor, torch.Tensor): ``[S / size]`` radii and ``[S / size]``
+        bool, whether the ball holds a real point.
+    """
+    _check_pow2(size, 'size')
+    if size > layout.ball_size:
+        raise ValueError(f"size={size} exceeds ball_size={layout.ball_size}")
+    p = layout.gather(pos.double()).view(-1, size, pos.size(1))
+    m = layout.mask.view(-1, size, 1).double()
+    cnt = m.sum(1)
+    centre = (p * m).sum(1) / cnt.clamp(min=1)
+    dist = ((p - centre.unsqueeze(1)).norm(dim=-1) * m.squeeze(-1))
+    return dist.amax(1), cnt.squeeze(-1) > 0

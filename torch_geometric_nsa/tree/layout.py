@@ -1,0 +1,102 @@
+"""The packed batch layout that every attention branch reads: :class:`TreeLayout`."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TreeLayout:
+    r"""The slots of a batch of point clouds in ball-tree order.
+
+    A batch of :math:`B` clouds with :math:`n_b` points each is laid out in
+    :math:`S = \sum_b \lceil n_b / m \rceil m` *slots* (:math:`m` = :attr:`ball_size`).
+    Cloud :math:`b` owns slots ``ptr[b]:ptr[b + 1]``; its :math:`n_b` real points
+    fill the first :math:`n_b` of them in tree order and the remaining
+    (at most :math:`m - 1`) slots are pads at the cloud's end.  Every aligned
+    run of :math:`2^j \le m` slots is a subtree of the ball tree, i.e. a
+    spatially compact ball, so local balls (:math:`m`), compression blocks and
+    selection blocks can all be read off one layout by reshaping.
+
+    Attributes:
+        perm (torch.Tensor): ``[S]`` int64, the input point held by each slot.
+            Pad slots repeat a real point of the same cloud, so ``perm`` is
+            always a valid node index (``x[perm]`` gathers slot features).
+        mask (torch.Tensor): ``[S]`` bool, :obj:`True` for real slots.
+        ptr (torch.Tensor): ``[B + 1]`` int64, slot offsets of the clouds; all
+            entries are multiples of :attr:`ball_size`.
+        inverse (torch.Tensor): ``[N]`` int64, the slot of every input point
+            (``perm[inverse] == arange(N)``): ``out_slots[inverse]`` returns
+            slot results to input order.
+        slot_batch (torch.Tensor): ``[S]`` int64, the cloud of every slot
+            (tail slots of a capacity layout get ``B - 1``).
+        ball_size (int): the largest ball size :math:`m` the layout serves.
+
+    A *capacity* layout (built with ``num_slots=``) may hold tail slots
+    ``ptr[B]:S`` that belong to no cloud; they are masked like pads.
+    """
+
+    perm: Tensor
+    mask: Tensor
+    ptr: Tensor
+    inverse: Tensor
+    slot_batch: Tensor
+    ball_size: int
+
+    @property
+    def num_slots(self) -> int:
+        """The number of slots :math:`S`."""
+        return self.perm.numel()
+
+    @property
+    def num_points(self) -> int:
+        """The number of input points :math:`N`."""
+        return self.inverse.numel()
+
+    @property
+    def num_clouds(self) -> int:
+        """The number of clouds :math:`B`."""
+        return self.ptr.numel() - 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.perm.device
+
+    def to(self, device) -> 'TreeLayout':
+        """Moves every tensor of the layout to :obj:`device`."""
+        return TreeLayout(
+            perm=self.perm.to(device), mask=self.mask.to(device),
+            ptr=self.ptr.to(device), inverse=self.inverse.to(device),
+            slot_batch=self.slot_batch.to(device), ball_size=self.ball_size)
+
+    def gather(self, src: Tensor) -> Tensor:
+        """Reads per-point values ``[N, ...]`` into slot order ``[S, ...]``."""
+        return src.index_select(0, self.perm)
+
+    def scatter(self, src: Tensor) -> Tensor:
+        """Returns per-slot values ``[S, ...]`` to input order ``[N, ...]``
+        (pads are dropped)."""
+        return src.index_select(0, self.inverse)
+
+    def balls(self, size: Optional[int] = None) -> Tensor:
+        """The ball of every slot at ball size :obj:`size` (default
+        :attr:`ball_size`): ``[S]`` int64, ``slot // size``."""
+        size = self.ball_size if size is None else size
+        _check_pow2(size, 'size')
+        if size > self.ball_size:
+            raise ValueError(f"size={size} exceeds the layout's ball_size="
+                             f"{self.ball_size}")
+        return torch.arange(self.num_slots, device=self.device) // size
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_points={self.num_points}, '
+                f'num_slots={self.num_slots}, num_clouds={self.num_clouds}, '
+                f'ball_size={self.ball_size})')
+
+
+def _check_pow2(value: int, name: str) -> None:
+    if (not isinstance(value, int) or isinstance(value, bool) or value < 1
+            or value & (value - 1)):
+        raise ValueError(f"'{name}' must be a positive power of two "
+                         f"(got {value!r})")
