@@ -1,0 +1,373 @@
+r"""Pure-PyTorch reference of the Erwin NSA attention branches: the specification.
+
+Every function here is the executable form of ``docs/design/contracts.md`` ("Attention ops");
+the Triton kernels in :mod:`torch_geometric_nsa.kernels` are tested against it. The code favours
+readability over speed but keeps three promises:
+
+* **float64-capable**: everything works (and is gradchecked) in double precision;
+* **no host synchronisation**: no ``.item()``, ``.tolist()``, ``nonzero`` or boolean-mask
+  indexing; every shape is a function of input *shapes* only, so
+  ``torch.compile(fullgraph=True)`` traces each function;
+* **bounded memory**: never an ``[S, S]`` tensor. Work is chunked over balls / queries / query
+  groups with Python-int chunk sizes so that each chunk's largest intermediate holds at most
+  :data:`MAX_CHUNK_ELEMENTS` elements.
+
+Conventions shared by all functions (``S`` slots, ``H`` heads, ``D`` head dim, tree/slot order):
+
+* Masking uses :func:`_masked_softmax`: invalid keys get probability exactly ``0``; a row without
+  any valid key gets all-zero probabilities (so its output is exactly ``0``) and ``lse = -inf``,
+  with finite gradients in backward (no ``NaN``), also in fully-masked rows.
+* Precision: by default scores, softmax and the weighted sum are computed in the input dtype
+  (this is the "reference in the same dtype" that kernel errors are compared to). With
+  ``upcast=True`` they are computed in ``float32`` (``float64`` inputs stay ``float64``). The
+  output is returned in the dtype of ``q``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ball_attention",
+    "compressed_attention",
+    "select_blocks",
+    "selected_attention",
+    "MAX_CHUNK_ELEMENTS",
+]
+
+#: Upper bound on the number of elements of a chunk's largest intermediate (score tensor,
+#: gathered keys, ...). Tests lower it to exercise chunk boundaries.
+MAX_CHUNK_ELEMENTS: int = 2**25
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _chunk(elements_per_item: int, num_items: int) -> int:
+    """Number of items per chunk so that a chunk holds at most ``MAX_CHUNK_ELEMENTS``."""
+    return max(1, min(num_items, MAX_CHUNK_ELEMENTS // max(1, elements_per_item)))
+
+
+def _compute_dtype(dtype: torch.dtype, upcast: bool) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32) if upcast else dtype
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of statistics (lse, importance): float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _masked_softmax(scores: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""Softmax over the last dim restricted to ``valid`` entries.
+
+    Returns ``(probs, lse)``: ``probs`` has the shape of ``scores`` and is exactly ``0`` at
+    invalid entries and in rows without any valid entry; ``lse`` (``scores.shape[:-1]``,
+    detached) is the natural log of the softmax denominator, ``-inf`` for empty rows.
+
+    The row maximum is detached (softmax is shift invariant, so this leaves the gradient
+    unchanged) and replaced by ``0`` in empty rows, so ``exp(-inf - 0) = 0`` and the backward
+    pass never sees ``inf - inf`` or ``0 / 0``.
+    """
+    scores = scores.masked_fill(~valid, float("-inf"))
+    row_max = scores.detach().amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    nonempty = denom > 0
+    probs = e / torch.where(nonempty, denom, torch.ones_like(denom))
+    d = denom.detach()
+    lse = torch.where(
+        nonempty,
+        row_max + torch.log(torch.where(nonempty, d, torch.ones_like(d))),
+        torch.full_like(d, float("-inf")),
+    )
+    return probs, lse.squeeze(-1)
+
+
+def _slot_cloud_bounds(ptr: Tensor, num_slots: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """For every slot: ``(in_cloud [S] bool, start [S] long, end [S] long)``.
+
+    ``start``/``end`` are the slot offsets ``ptr[b]``, ``ptr[b+1]`` of the slot's cloud ``b``
+    (found with :func:`torch.searchsorted`, no host sync). Slots outside ``[ptr[0], ptr[B])``
+    (tail slots of a capacity layout) have ``in_cloud = False`` and an empty range.
+    """
+    ptr = ptr.to(torch.long).contiguous()
+    num_clouds = ptr.numel() - 1
+    slots = torch.arange(num_slots, device=ptr.device, dtype=torch.long)
+    cloud = torch.searchsorted(ptr, slots, right=True) - 1  # in [-1, B]
+    in_cloud = (cloud >= 0) & (cloud < num_clouds)
+    cloud = cloud.clamp(0, max(num_clouds - 1, 0))
+    start = torch.where(in_cloud, ptr[cloud], torch.zeros_like(cloud))
+    end = torch.where(in_cloud, ptr[cloud + 1], torch.zeros_like(cloud))
+    return in_cloud, start, end
+
+
+# --------------------------------------------------------------------------------------------
+# 1. local ball attention
+# --------------------------------------------------------------------------------------------
+def ball_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pos: Tensor,
+    mask: Tensor,
+    sigma: Tensor,
+    ball_size: int,
+    scale: Optional[float] = None,
+    *,
+    upcast: bool = False,
+) -> Tensor:
+    r"""Reference of the local (ball) branch. See :func:`torch_geometric_nsa.ops.ball_attention`.
+
+    Query :math:`i` in ball :math:`b = \lfloor i / m \rfloor` attends to the real keys of its ball:
+
+    .. math::
+        s_{ij} = \text{scale}\,\langle q_i, k_j\rangle + \sigma_h \lVert p_i - p_j \rVert_2,
+        \qquad o_i = \sum_{j \in b,\ \text{mask}_j} \operatorname{softmax}_j(s_{ij})\, v_j .
+
+    Shapes: ``q, k, v [S, H, D]``, ``pos [S, P]``, ``mask [S]``, ``sigma [H]`` -> ``o [S, H, D]``.
+    ``pos`` is a constant (detached). The distance is computed in ``pos.dtype`` and then cast
+    to the compute dtype.
+    """
+    S, H, D = q.shape
+    m = ball_size
+    nb = S // m
+    P = pos.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cdt = _compute_dtype(q.dtype, upcast)
+
+    qb = q.to(cdt).reshape(nb, m, H, D)
+    kb = k.to(cdt).reshape(nb, m, H, D)
+    vb = v.to(cdt).reshape(nb, m, H, D)
+    pb = pos.detach().reshape(nb, m, P)
+    key_valid = mask.reshape(nb, 1, 1, m)  # [nb, 1 (head), 1 (query), m (key)]
+    sig = sigma.to(cdt).reshape(1, H, 1, 1)
+
+    per_ball = m * m * max(H, P) + m * H * D
+    cb = _chunk(per_ball, nb)
+    outs = []
+    for b0 in range(0, nb, cb):
+        sl = slice(b0, b0 + cb)
+        scores = torch.einsum("bihd,bjhd->bhij", qb[sl], kb[sl]) * scale  # [cb, H, m, m]
+        diff = pb[sl, :, None, :] - pb[sl, None, :, :]  # [cb, m, m, P]
+        dist = diff.square().sum(-1).sqrt().to(cdt)  # [cb, m, m]
+        scores = scores + sig * dist[:, None, :, :]
+        probs, _ = _masked_softmax(scores, key_valid[sl])
+        outs.append(torch.einsum("bhij,bjhd->bihd", probs, vb[sl]))  # [cb, m, H, D]
+    return torch.cat(outs, dim=0).reshape(S, H, D).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. compressed attention
+# --------------------------------------------------------------------------------------------
+def compressed_attention(
+    q: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    block_mask: Tensor,
+    ptr: Tensor,
+    block_size: int,
+    scale: Optional[float] = None,
+    *,
+    upcast: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    r"""Reference of the compressed branch. See :func:`torch_geometric_nsa.ops.compressed_attention`.
+
+    Query :math:`i` of cloud :math:`b` attends to the valid compressed blocks
+    :math:`\beta \in [\text{ptr}_b / c, \text{ptr}_{b+1} / c)` of its cloud:
+
+    .. math::
+        o_i = \sum_\beta \operatorname{softmax}_\beta(\text{scale}\,\langle q_i, \tilde k_\beta
+        \rangle)\, \tilde v_\beta, \qquad
+        \text{lse}_i = \log \sum_\beta \exp(\text{scale}\,\langle q_i, \tilde k_\beta\rangle).
+
+    Shapes: ``q [S, H, D]``, ``kc, vc [S // c, H, D]``, ``block_mask [S // c]``, ``ptr [B + 1]``
+    -> ``o [S, H, D]`` (dtype of ``q``), ``lse [S, H]`` (``float64`` for ``float64`` inputs,
+    else ``float32``; detached). Rows without a valid block (also tail slots ``i >= ptr[B]``):
+    ``o = 0``, ``lse = -inf``.
+    """
+    S, H, D = q.shape
+    c = block_size
+    nc = kc.shape[0]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cdt = _compute_dtype(q.dtype, upcast)
+
+    in_cloud, start, end = _slot_cloud_bounds(ptr, S)
+    beta = torch.arange(nc, device=q.device)
+    qc = q.to(cdt)
+    kcc = kc.to(cdt)
+    vcc = vc.to(cdt)
+
+    cq = _chunk(H * nc + H * D, S)
+    outs, lses = [], []
+    for i0 in range(0, S, cq):
+        sl = slice(i0, i0 + cq)
+        valid = (
+            in_cloud[sl, None]
+            & (beta[None, :] >= start[sl, None] // c)
+            & (beta[None, :] < end[sl, None] // c)
+            & block_mask[None, :]
+        )  # [cq, nc]
+        scores = torch.einsum("ihd,jhd->ihj", qc[sl], kcc) * scale  # [cq, H, nc]
+        probs, lse = _masked_softmax(scores, valid[:, None, :])
+        outs.append(torch.einsum("ihj,jhd->ihd", probs, vcc))
+        lses.append(lse)
+    o = torch.cat(outs, dim=0).to(q.dtype)
+    lse = torch.cat(lses, dim=0).to(_stat_dtype(q.dtype)).detach()
+    return o, lse
+
+
+# --------------------------------------------------------------------------------------------
+# 3. block selection
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def select_blocks(
+    q: Tensor,
+    kc: Tensor,
+    lse: Tensor,
+    block_mask: Tensor,
+    mask: Tensor,
+    ptr: Tensor,
+    block_size: int,
+    select_size: int,
+    group_size: int,
+    topk: int,
+    scale: Optional[float] = None,
+) -> Tensor:
+    r"""Reference of the top-k block selection. See :func:`torch_geometric_nsa.ops.select_blocks`.
+
+    .. math::
+        p_{i,h,\beta} = \exp(\text{scale}\,\langle q_i, \tilde k_\beta\rangle - \text{lse}_{i,h}),
+        \qquad
+        \text{imp}(G, \gamma) = \sum_{i \in G,\ \text{mask}_i} \sum_h
+        \sum_{\beta \subseteq \gamma} p_{i,h,\beta}.
+
+    Shapes: ``q [S, H, D]``, ``kc [S // c, H, D]``, ``lse [S, H]``, ``block_mask [S // c]``,
+    ``mask [S]``, ``ptr [B + 1]`` -> ``idx [S // g, topk]`` (int64).
+
+    Computed in ``float32`` (``float64`` for ``float64`` inputs), whatever the input dtype.
+    Candidates of group ``G`` are the selection blocks of its cloud holding a real slot (and
+    only if ``G`` holds a real query). They are ranked by a stable descending sort of the
+    importance (ties -> smaller ``gamma``); the first ``min(topk, #candidates)`` are returned
+    sorted ascending, followed by ``-1`` padding. ``p`` is ``0`` for invalid blocks and where
+    ``lse`` is not finite.
+    """
+    S, H, D = q.shape
+    c, s, g = block_size, select_size, group_size
+    nc, ns, ng = S // c, S // s, S // g
+    r = s // c  # compressed blocks per selection block
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    adt = _stat_dtype(q.dtype)
+    dev = q.device
+
+    in_cloud, start, end = _slot_cloud_bounds(ptr, S)
+    beta = torch.arange(nc, device=dev)
+    gamma = torch.arange(ns, device=dev)
+    sel_has_real = mask.reshape(ns, s).any(dim=1)  # [ns]
+    group_has_real = mask.reshape(ng, g).any(dim=1)  # [ng]
+    # cloud of a group = cloud of its first slot (g divides the ball size, so groups never
+    # straddle clouds)
+    g_in, g_start, g_end = in_cloud[::g], start[::g], end[::g]
+
+    qa = q.to(adt)
+    kca = kc.to(adt)
+    lsea = lse.to(adt)
+    k_out = min(topk, ns)
+
+    cg = _chunk(g * H * nc + g * H * D + ns, ng)
+    outs = []
+    for g0 in range(0, ng, cg):
+        gs = slice(g0, g0 + cg)
+        qs = slice(g0 * g, (g0 + cg) * g)
+        valid = (
+            in_cloud[qs, None]
+            & (beta[None, :] >= start[qs, None] // c)
+            & (beta[None, :] < end[qs, None] // c)
+            & block_mask[None, :]
+        )  # [Qc, nc]
+        scores = torch.einsum("ihd,jhd->ihj", qa[qs], kca) * scale  # [Qc, H, nc]
+        lse_c = lsea[qs, :, None]
+        keep = valid[:, None, :] & torch.isfinite(lse_c)
+        p = torch.where(keep, torch.exp(scores - lse_c), torch.zeros_like(scores))
+        w = p.sum(dim=1) * mask[qs, None].to(adt)  # [Qc, nc], real queries only
+        num_g = w.shape[0] // g
+        imp = w.reshape(num_g, g, ns, r).sum(dim=(1, 3))  # [Gc, ns]
+
+        cand = (
+            (g_in[gs] & group_has_real[gs])[:, None]
+            & (gamma[None, :] >= g_start[gs, None] // s)
+            & (gamma[None, :] < g_end[gs, None] // s)
+            & sel_has_real[None, :]
+        )  # [Gc, ns]
+        key = torch.where(cand, imp, torch.full_like(imp, float("-inf")))
+        order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k_out]
+        chosen = torch.where(cand.gather(1, order), order, torch.full_like(order, ns))
+        chosen = torch.sort(chosen, dim=1).values  # ascending, sentinel ns last
+        outs.append(torch.where(chosen == ns, torch.full_like(chosen, -1), chosen))
+    idx = torch.cat(outs, dim=0)
+    if topk > k_out:
+        pad = torch.full((ng, topk - k_out), -1, dtype=idx.dtype, device=dev)
+        idx = torch.cat([idx, pad], dim=1)
+    return idx
+
+
+# --------------------------------------------------------------------------------------------
+# 4. selected attention
+# --------------------------------------------------------------------------------------------
+def selected_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    idx: Tensor,
+    select_size: int,
+    group_size: int,
+    scale: Optional[float] = None,
+    *,
+    upcast: bool = False,
+) -> Tensor:
+    r"""Reference of the selected branch. See :func:`torch_geometric_nsa.ops.selected_attention`.
+
+    Query :math:`i` in group :math:`G = \lfloor i / g \rfloor` attends to the real keys of the
+    selection blocks listed in ``idx[G]``:
+
+    .. math::
+        o_i = \sum_{j:\ \lfloor j/s \rfloor \in \text{idx}_G,\ \text{mask}_j}
+        \operatorname{softmax}_j(\text{scale}\,\langle q_i, k_j\rangle)\, v_j .
+
+    Shapes: ``q, k, v [S, H, D]``, ``mask [S]``, ``idx [S // g, topk]`` -> ``o [S, H, D]``.
+    Entries of ``idx`` outside ``[0, S // s)`` (the ``-1`` padding) are ignored. Entries are
+    expected to be distinct (a repeated block would be counted twice).
+    """
+    S, H, D = q.shape
+    s, g = select_size, group_size
+    ns, ng = S // s, S // g
+    kk = idx.shape[1]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cdt = _compute_dtype(q.dtype, upcast)
+    dev = q.device
+
+    idx = idx.to(torch.long)
+    blk_valid = (idx >= 0) & (idx < ns)  # [ng, kk]
+    blk = idx.clamp(0, max(ns - 1, 0))
+    slots = (blk[:, :, None] * s + torch.arange(s, device=dev)).reshape(ng, kk * s)
+    key_valid = blk_valid.repeat_interleave(s, dim=1) & mask[slots]  # [ng, kk * s]
+
+    qg = q.to(cdt).reshape(ng, g, H, D)
+    kcd = k.to(cdt)
+    vcd = v.to(cdt)
+
+    cg = _chunk(kk * s * H * max(g, D), ng)
+    outs = []
+    for g0 in range(0, ng, cg):
+        sl = slice(g0, g0 + cg)
+        sel = slots[sl]  # [Gc, kk * s]
+        ks = kcd[sel]  # [Gc, kk * s, H, D]
+        vs = vcd[sel]
+        scores = torch.einsum("gqhd,gkhd->ghqk", qg[sl], ks) * scale  # [Gc, H, g, kk * s]
+        probs, _ = _masked_softmax(scores, key_valid[sl][:, None, None, :])
+        outs.append(torch.einsum("ghqk,gkhd->gqhd", probs, vs))  # [Gc, g, H, D]
+    return torch.cat(outs, dim=0).reshape(S, H, D).to(q.dtype)
