@@ -1,1 +1,24 @@
-"""Triton kernels of torch_geometric_nsa (installed as ``torch_geometric_nsa.kernels``)."""
+"""Triton kernels of torch_geometric_nsa (installed as ``torch_geometric_nsa.kernels``).
+
+Four ops with the signatures of :mod:`torch_geometric_nsa.ops` (see ``docs/design/contracts.md``),
+each built on ``torch.library.custom_op`` ops of the namespace ``tgnsa`` with fake implementations
+and registered autograd (backward ops are custom ops too), so ``torch.compile(fullgraph=True)``
+traces them:
+
+- :func:`ball_attention` -- local ball attention, distance bias computed in-kernel.
+- :func:`compressed_attention` -- varlen flash attention against the cloud's compressed blocks
+  (returns ``o`` and the float32 LSE).
+- :func:`select_blocks` -- fused scoring + streaming top-k per query group.
+- :func:`selected_attention` -- block-sparse attention over the selected blocks.
+
+All backward passes are deterministic and use no atomics.  Accumulation is float32 for
+float32/float16/bfloat16 inputs; float32 ``tl.dot`` runs in IEEE precision unless
+``torch.backends.cuda.matmul.allow_tf32`` is set.  Offsets are int64.  CPU tensors work under
+``TRITON_INTERPRET=1`` (set before importing this package).
+"""
+from .ball import ball_attention
+from .compressed import compressed_attention
+from .select import select_blocks
+from .selected import selected_attention
+
+__all__ = ["ball_attention", "compressed_attention", "select_blocks", "selected_attention"]

@@ -1,0 +1,270 @@
+"""Local ball attention with the in-kernel distance bias (forward and backward).
+
+Query ``i`` in ball ``b = i // m`` attends to the real keys of its ball with the score
+``scale * <q_i, k_j> + sigma_h * ||pos_i - pos_j||``.  A program handles a tile of ``BM`` queries of
+one ball and one head and streams over the ball's keys in tiles of ``BN`` (online softmax).  The bias
+is computed from positions in registers; no ``[m, m]`` tensor is ever written.  The backward runs two
+kernels (dK/dV per key tile, dQ per query tile), both closed over the ball, so no atomics are used;
+``dsigma`` is reduced from per-program partials with a deterministic torch sum.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _dist(POS, rows, cols, rmask, cmask, P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    d2 = tl.zeros([BM, BN], dtype=tl.float32)
+    for p in tl.static_range(P):
+        pi = tl.load(POS + rows * P + p, mask=rmask, other=0.0)
+        pj = tl.load(POS + cols * P + p, mask=cmask, other=0.0)
+        diff = pi[:, None] - pj[None, :]
+        d2 += diff * diff
+    return tl.sqrt(d2)
+
+
+@triton.jit
+def _ball_fwd_kernel(Q, K, V, POS, MASK, SIGMA, O, LSE, S, H, D, BALL, qk_scale,
+                     P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                     PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    start = pid.to(tl.int64) * BM
+    ball_start = (start // BALL) * BALL
+    rows = start + tl.arange(0, BM)
+    rmask = rows < S
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    for kstart in range(0, BALL, BN):
+        cols = ball_start + kstart + tl.arange(0, BN)
+        cmask = cols < S
+        kv_off = cols[:, None] * stride + h * D + d[None, :]
+        kvm = cmask[:, None] & dmask[None, :]
+        k = tl.load(K + kv_off, mask=kvm, other=0.0)
+        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        valid = tl.load(MASK + cols, mask=cmask, other=0) != 0
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s += sig * _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    has = l_i > 0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    tl.store(O + rows[:, None] * stride + h * D + d[None, :], o.to(O.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("-inf"))
+    tl.store(LSE + rows * H + h, lse, mask=rmask)
+
+
+@triton.jit
+def _ball_bwd_dkdv_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DK, DV, DSIG,
+                          S, H, D, BALL, qk_scale, scale,
+                          P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                          PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    start = pid.to(tl.int64) * BN
+    ball_start = (start // BALL) * BALL
+    cols = start + tl.arange(0, BN)
+    cmask = cols < S
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    kv_off = cols[:, None] * stride + h * D + d[None, :]
+    kvm = cmask[:, None] & dmask[None, :]
+    k = tl.load(K + kv_off, mask=kvm, other=0.0)
+    v = tl.load(V + kv_off, mask=kvm, other=0.0)
+    valid = tl.load(MASK + cols, mask=cmask, other=0) != 0
+    sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dv = tl.zeros([BN, BD], dtype=tl.float32)
+    dsig = tl.zeros([BN], dtype=tl.float32)
+    for qstart in range(0, BALL, BM):
+        rows = ball_start + qstart + tl.arange(0, BM)
+        rmask = rows < S
+        q_off = rows[:, None] * stride + h * D + d[None, :]
+        qm = rmask[:, None] & dmask[None, :]
+        q = tl.load(Q + q_off, mask=qm, other=0.0)
+        do = tl.load(DO + q_off, mask=qm, other=0.0)
+        lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+        delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+        dist = _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + sig * dist
+        ok = valid[None, :] & (lse != float("-inf"))[:, None]
+        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dsig += tl.sum(ds * dist, 0)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
+    tl.store(DSIG + pid.to(tl.int64) * H + h, tl.sum(dsig, 0))
+
+
+@triton.jit
+def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
+                        S, H, D, BALL, qk_scale, scale,
+                        P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                        PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    start = pid.to(tl.int64) * BM
+    ball_start = (start // BALL) * BALL
+    rows = start + tl.arange(0, BM)
+    rmask = rows < S
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    q_off = rows[:, None] * stride + h * D + d[None, :]
+    qm = rmask[:, None] & dmask[None, :]
+    q = tl.load(Q + q_off, mask=qm, other=0.0)
+    do = tl.load(DO + q_off, mask=qm, other=0.0)
+    lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+    delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+    sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
+    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    for kstart in range(0, BALL, BN):
+        cols = ball_start + kstart + tl.arange(0, BN)
+        cmask = cols < S
+        kv_off = cols[:, None] * stride + h * D + d[None, :]
+        kvm = cmask[:, None] & dmask[None, :]
+        k = tl.load(K + kv_off, mask=kvm, other=0.0)
+        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        valid = tl.load(MASK + cols, mask=cmask, other=0) != 0
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s += sig * _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        ok = valid[None, :] & (lse != float("-inf"))[:, None]
+        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers + custom ops
+# ----------------------------------------------------------------------------------------------
+import torch  # noqa: E402
+
+from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, interpret_mode  # noqa: E402
+
+
+def _tiles(m: int, block_m: int, block_n: int):
+    if block_m <= 0:
+        block_m = 128 if interpret_mode() else 64
+    if block_n <= 0:
+        block_n = 128 if interpret_mode() else 64
+    return min(m, block_m), min(m, block_n)
+
+
+@torch.library.custom_op("tgnsa::ball_attention_fwd", mutates_args=())
+def ball_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                       mask: torch.Tensor, sigma: torch.Tensor, ball_size: int, scale: float,
+                       block_m: int, block_n: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    S, H, D = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
+    if S == 0:
+        return o, lse
+    BM, BN = _tiles(ball_size, block_m, block_n)
+    grid = (triton.cdiv(S, BM), H)
+    _ball_fwd_kernel[grid](q, k, v, pos, mask, sigma, o, lse, S, H, D, ball_size, scale * _LOG2E,
+                           P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D),
+                           PREC=dot_precision(q.dtype), num_warps=num_warps)
+    return o, lse
+
+
+@ball_attention_fwd.register_fake
+def _(q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("tgnsa::ball_attention_bwd", mutates_args=())
+def ball_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       pos: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor, o: torch.Tensor,
+                       lse: torch.Tensor, ball_size: int, scale: float, block_m: int, block_n: int,
+                       num_warps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    S, H, D = q.shape
+    do = do.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if S == 0:
+        return dq, dk, dv, torch.zeros_like(sigma)
+    delta = (do.float() * o.float()).sum(-1)  # [S, H]
+    BM, BN = _tiles(ball_size, block_m, block_n)
+    nkt = triton.cdiv(S, BN)
+    dsig_part = torch.empty((nkt, H), device=q.device, dtype=torch.float32)
+    meta = dict(P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype),
+                num_warps=num_warps)
+    _ball_bwd_dkdv_kernel[(nkt, H)](q, k, v, pos, mask, sigma, do, lse, delta, dk, dv, dsig_part,
+                                    S, H, D, ball_size, scale * _LOG2E, scale, **meta)
+    _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, k, v, pos, mask, sigma, do, lse, delta, dq,
+                                                 S, H, D, ball_size, scale * _LOG2E, scale, **meta)
+    dsigma = dsig_part.sum(0).to(sigma.dtype)
+    return dq, dk, dv, dsigma
+
+
+@ball_attention_bwd.register_fake
+def _(do, q, k, v, pos, mask, sigma, o, lse, ball_size, scale, block_m, block_n, num_warps):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(sigma)
+
+
+def _ball_setup(ctx, inputs, output):
+    q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, pos, mask, sigma, o, lse)
+    ctx.args = (ball_size, scale, block_m, block_n, num_warps)
+    ctx.mark_non_differentiable(lse)
+
+
+def _ball_backward(ctx, do, dlse):
+    q, k, v, pos, mask, sigma, o, lse = ctx.saved_tensors
+    dq, dk, dv, dsigma = ball_attention_bwd(do, q, k, v, pos, mask, sigma, o, lse, *ctx.args)
+    return dq, dk, dv, None, None, dsigma, None, None, None, None, None
+
+
+ball_attention_fwd.register_autograd(_ball_backward, setup_context=_ball_setup)
+
+
+def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                   mask: torch.Tensor, sigma: torch.Tensor, ball_size: int,
+                   scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
+                   num_warps: int = 4) -> torch.Tensor:
+    r"""Local ball attention with the distance bias, Triton kernels.
+
+    Args:
+        q, k, v: ``[S, H, D]`` in slot (tree) order, float32/float16/bfloat16.
+        pos: ``[S, P]`` positions (a constant: no gradient).
+        mask: ``[S]`` bool, real slot.
+        sigma: ``[H]`` per-head bias weight (differentiable).
+        ball_size: ``m`` (divides ``S``).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        block_m, block_n: query / key tile sizes (0: automatic, clipped to ``m``).
+
+    Returns:
+        ``o`` ``[S, H, D]`` (0 for rows with no real key in their ball).
+    """
+    check_dtype(q, k, v)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    o, _ = ball_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
+                              pos.detach().float().contiguous(), mask.contiguous().view(torch.uint8),
+                              sigma.contiguous(), int(ball_size), float(scale), int(block_m),
+                              int(block_n), int(num_warps))
+    return o

@@ -1,0 +1,272 @@
+"""Compressed attention: varlen flash attention of queries against their cloud's compressed blocks.
+
+Query ``i`` in cloud ``b`` attends to the compressed keys ``beta`` in ``[ptr[b]//c, ptr[b+1]//c)``
+with ``block_mask[beta]``.  The cloud range of every slot is looked up in a per-slot table
+(``lo``/``hi`` in compressed-block units) built with ``torch.searchsorted`` (no host sync); a tile
+may straddle clouds, every row is masked by its own range.  Returns ``o`` and the natural-log LSE
+(float32; ``-inf`` and ``o = 0`` for rows without a valid block).  The backward recomputes the
+probabilities: dQ per query tile, dKc/dVc per compressed-key tile looping over the queries of that
+key's cloud; no atomics, deterministic.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, interpret_mode
+
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
+                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < S
+    lo = tl.load(LO + rows, mask=rmask, other=NC)
+    hi = tl.load(HI + rows, mask=rmask, other=0)
+    blo = tl.min(lo, 0)
+    bhi = tl.max(hi, 0)
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    for bstart in range(blo, bhi, BN):
+        cols = bstart + tl.arange(0, BN)
+        cmask = cols < bhi
+        kv_off = cols.to(tl.int64)[:, None] * stride + h * D + d[None, :]
+        kvm = cmask[:, None] & dmask[None, :]
+        k = tl.load(KC + kv_off, mask=kvm, other=0.0)
+        v = tl.load(VC + kv_off, mask=kvm, other=0.0)
+        bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
+        valid = bm[None, :] & (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    has = l_i > 0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    tl.store(O + rows[:, None] * stride + h * D + d[None, :], o.to(O.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("-inf"))
+    tl.store(LSE + rows * H + h, lse, mask=rmask)
+
+
+@triton.jit
+def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DQ, S, NC, H, D, qk_scale, scale,
+                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < S
+    lo = tl.load(LO + rows, mask=rmask, other=NC)
+    hi = tl.load(HI + rows, mask=rmask, other=0)
+    blo = tl.min(lo, 0)
+    bhi = tl.max(hi, 0)
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    q_off = rows[:, None] * stride + h * D + d[None, :]
+    qm = rmask[:, None] & dmask[None, :]
+    q = tl.load(Q + q_off, mask=qm, other=0.0)
+    do = tl.load(DO + q_off, mask=qm, other=0.0)
+    lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+    delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    for bstart in range(blo, bhi, BN):
+        cols = bstart + tl.arange(0, BN)
+        cmask = cols < bhi
+        kv_off = cols.to(tl.int64)[:, None] * stride + h * D + d[None, :]
+        kvm = cmask[:, None] & dmask[None, :]
+        k = tl.load(KC + kv_off, mask=kvm, other=0.0)
+        v = tl.load(VC + kv_off, mask=kvm, other=0.0)
+        bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
+        ok = bm[None, :] & (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+        ok = ok & (lse != float("-inf"))[:, None]
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
+
+
+@triton.jit
+def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC, H, D, C,
+                         qk_scale, scale,
+                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    cols = pid.to(tl.int64) * BN + tl.arange(0, BN)
+    cmask = cols < NC
+    # query range of each key's cloud: slots [lo*C, hi*C) of the key's first slot
+    klo = tl.load(LO + cols * C, mask=cmask, other=NC)
+    khi = tl.load(HI + cols * C, mask=cmask, other=0)
+    qlo = tl.min(klo, 0).to(tl.int64) * C
+    qhi = tl.max(khi, 0).to(tl.int64) * C
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    kv_off = cols[:, None] * stride + h * D + d[None, :]
+    kvm = cmask[:, None] & dmask[None, :]
+    k = tl.load(KC + kv_off, mask=kvm, other=0.0)
+    v = tl.load(VC + kv_off, mask=kvm, other=0.0)
+    bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dv = tl.zeros([BN, BD], dtype=tl.float32)
+    for qstart in range(qlo, qhi, BM):
+        rows = qstart + tl.arange(0, BM)
+        rmask = rows < qhi
+        lo = tl.load(LO + rows, mask=rmask, other=NC)
+        hi = tl.load(HI + rows, mask=rmask, other=0)
+        q_off = rows[:, None] * stride + h * D + d[None, :]
+        qm = rmask[:, None] & dmask[None, :]
+        q = tl.load(Q + q_off, mask=qm, other=0.0)
+        do = tl.load(DO + q_off, mask=qm, other=0.0)
+        lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+        delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+        ok = bm[None, :] & (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+        ok = ok & (lse != float("-inf"))[:, None]
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
+
+
+def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
+    """Per slot ``i``: ``[lo, hi)`` of its cloud in units of ``unit`` slots (int32, no host sync).
+
+    Slots of no cloud (``i >= ptr[-1]``) get the empty range ``lo = S // unit, hi = 0``.
+    """
+    n = S // unit
+    B = ptr.numel() - 1
+    dev = ptr.device
+    if B <= 0:
+        return (torch.full((S,), n, dtype=torch.int32, device=dev),
+                torch.zeros((S,), dtype=torch.int32, device=dev))
+    ptr = ptr.to(torch.int64)
+    slots = torch.arange(S, device=dev, dtype=torch.int64)
+    b = torch.searchsorted(ptr, slots, right=True) - 1
+    valid = (b >= 0) & (b < B)
+    bc = b.clamp(0, B - 1)
+    lo = torch.where(valid, ptr[bc] // unit, n).to(torch.int32)
+    hi = torch.where(valid, ptr[bc + 1] // unit, 0).to(torch.int32)
+    return lo, hi
+
+
+def _tiles(block_m: int, block_n: int):
+    big = 128 if interpret_mode() else 64
+    return (block_m if block_m > 0 else big), (block_n if block_n > 0 else big)
+
+
+@torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
+def compressed_attention_fwd(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                             block_mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                             scale: float, block_m: int, block_n: int,
+                             num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    S, H, D = q.shape
+    NC = kc.shape[0]
+    o = torch.empty_like(q)
+    lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
+    if S == 0:
+        return o, lse
+    BM, BN = _tiles(block_m, block_n)
+    _cmp_fwd_kernel[(triton.cdiv(S, BM), H)](
+        q, kc, vc, block_mask, lo, hi, o, lse, S, NC, H, D, scale * _LOG2E,
+        BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
+    return o, lse
+
+
+@compressed_attention_fwd.register_fake
+def _(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("tgnsa::compressed_attention_bwd", mutates_args=())
+def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                             block_mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                             o: torch.Tensor, lse: torch.Tensor, scale: float, block_m: int,
+                             block_n: int, num_warps: int
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    S, H, D = q.shape
+    NC = kc.shape[0]
+    do = do.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(kc), torch.empty_like(vc)
+    if S == 0 or NC == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    C = S // NC
+    delta = (do.float() * o.float()).sum(-1)
+    BM, BN = _tiles(block_m, block_n)
+    meta = dict(BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
+    _cmp_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, kc, vc, block_mask, lo, hi, do, lse, delta, dq,
+                                                S, NC, H, D, scale * _LOG2E, scale, **meta)
+    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, BN), H)](q, kc, vc, block_mask, lo, hi, do, lse, delta,
+                                                   dk, dv, S, NC, H, D, C, scale * _LOG2E, scale,
+                                                   **meta)
+    return dq, dk, dv
+
+
+@compressed_attention_bwd.register_fake
+def _(do, q, kc, vc, block_mask, lo, hi, o, lse, scale, block_m, block_n, num_warps):
+    return torch.empty_like(q), torch.empty_like(kc), torch.empty_like(vc)
+
+
+def _cmp_setup(ctx, inputs, output):
+    q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps = inputs
+    o, lse = output
+    ctx.save_for_backward(q, kc, vc, block_mask, lo, hi, o, lse)
+    ctx.args = (scale, block_m, block_n, num_warps)
+    ctx.mark_non_differentiable(lse)
+
+
+def _cmp_backward(ctx, do, dlse):
+    q, kc, vc, block_mask, lo, hi, o, lse = ctx.saved_tensors
+    dq, dk, dv = compressed_attention_bwd(do, q, kc, vc, block_mask, lo, hi, o, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+compressed_attention_fwd.register_autograd(_cmp_backward, setup_context=_cmp_setup)
+
+
+def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                         block_mask: torch.Tensor, ptr: torch.Tensor, block_size: int,
+                         scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
+                         num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Attention of every query to the compressed blocks of its own cloud, Triton kernels.
+
+    Args:
+        q: ``[S, H, D]``.
+        kc, vc: ``[S // c, H, D]`` compressed keys / values.
+        block_mask: ``[S // c]`` bool, block holds at least one real slot.
+        ptr: ``[B + 1]`` int64 slot offsets of the clouds.
+        block_size: ``c``.
+        scale: default ``1/sqrt(D)``.
+
+    Returns:
+        ``(o [S, H, D], lse [S, H] float32)``; ``lse`` is not differentiable.
+    """
+    check_dtype(q, kc, vc)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    S = q.shape[0]
+    lo, hi = cloud_block_ranges(ptr, S, int(block_size))
+    return compressed_attention_fwd(q.contiguous(), kc.contiguous(), vc.contiguous(),
+                                    block_mask.contiguous().view(torch.uint8), lo, hi, float(scale),
+                                    int(block_m), int(block_n), int(num_warps))

@@ -1,0 +1,130 @@
+"""Selection scoring + top-k per query group, fused and streaming (never an ``[S, S/c]`` matrix).
+
+A program owns one query group ``G`` (``g`` slots).  It streams over the compressed blocks of the
+group's cloud in chunks of ``BN`` blocks (whole selection blocks), recomputes for every head the
+compressed-attention probabilities ``exp(scale <q_i, kc_beta> - lse_ih)`` of the group's real queries,
+sums them over queries, heads and the compressed blocks of each selection block, and merges the
+chunk's selection blocks into a running top-k held in registers.  The order is exact: every candidate
+is a 64-bit key ``(float bits of the importance) << 32 | (2^31 - 1 - gamma)``, so equal importances
+prefer the smaller ``gamma`` (the contract's tie rule).  Memory is O(S/g * topk).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E as _LOG2E, dot_precision, head_block, interpret_mode, next_pow2
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@triton.jit
+def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, qk_scale,
+                   R: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    G = tl.program_id(0).to(tl.int64)
+    r = tl.arange(0, BM)
+    rows = G * GS + r
+    rmask = r < GS
+    qreal = (tl.load(MASK + rows, mask=rmask, other=0) != 0) & rmask
+    any_real = tl.max(qreal.to(tl.int32), 0) > 0
+    lo = tl.load(LO + G * GS)
+    hi = tl.load(HI + G * GS)
+    hi_eff = tl.where(any_real, hi, lo)
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    NT: tl.constexpr = BN // R
+    kk = tl.arange(0, KP)
+    top = tl.full([KP], -1, dtype=tl.int64)
+    for bstart in range(lo, hi_eff, BN):
+        cols = bstart + tl.arange(0, BN)
+        cmask = cols < hi
+        bm = (tl.load(BMASK + cols, mask=cmask, other=0) != 0) & cmask
+        ok = qreal[:, None] & bm[None, :]
+        imp = tl.zeros([BN], dtype=tl.float32)
+        for h in range(H):
+            q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
+                        mask=rmask[:, None] & dmask[None, :], other=0.0)
+            k = tl.load(KC + cols.to(tl.int64)[:, None] * stride + h * D + d[None, :],
+                        mask=cmask[:, None] & dmask[None, :], other=0.0)
+            lse = tl.load(LSE + rows * H + h, mask=qreal, other=0.0) * LOG2E
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+            imp += tl.sum(p, 0)
+        simp = tl.sum(tl.reshape(imp, [NT, R]), 1)
+        gam = bstart // R + tl.arange(0, NT)
+        sv = (tl.load(SELVALID + gam, mask=gam < hi // R, other=0) != 0) & (gam < hi // R)
+        bits = tl.cast(simp, tl.int32, bitcast=True).to(tl.int64)
+        ck = tl.where(sv, (bits << 32) | (2147483647 - gam.to(tl.int64)), -1)
+        new = tl.full([KP], -1, dtype=tl.int64)
+        for t in tl.static_range(TOPK):
+            mx = tl.maximum(tl.max(top, 0), tl.max(ck, 0))
+            new = tl.where(kk == t, mx, new)
+            top = tl.where(top == mx, -1, top)
+            ck = tl.where(ck == mx, -1, ck)
+        top = new
+    tl.store(OUT + G * KP + kk, top)
+
+
+@torch.library.custom_op("tgnsa::select_blocks", mutates_args=())
+def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
+                     block_mask: torch.Tensor, mask: torch.Tensor, lo: torch.Tensor,
+                     hi: torch.Tensor, block_size: int, select_size: int, group_size: int,
+                     topk: int, scale: float, block_n: int, num_warps: int) -> torch.Tensor:
+    S, H, D = q.shape
+    NG = S // group_size
+    KP = next_pow2(max(topk, 1))
+    if NG == 0 or topk == 0:
+        return torch.full((NG, topk), -1, dtype=torch.int64, device=q.device)
+    R = select_size // block_size
+    if block_n <= 0:
+        block_n = 128 if interpret_mode() else 64
+    BN = max(block_n, R)
+    selvalid = mask.view(-1, select_size).any(1).view(torch.uint8)
+    keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
+    _select_kernel[(NG,)](q, kc, lse, block_mask, mask, selvalid, lo, hi, keys, S, H, D,
+                          group_size, scale * _LOG2E, R=R, TOPK=topk, KP=KP,
+                          BM=max(16, next_pow2(group_size)), BN=BN, BD=head_block(D),
+                          PREC=dot_precision(q.dtype), num_warps=num_warps)
+    keys = keys[:, :topk]
+    gam = torch.where(keys >= 0, 2147483647 - (keys & 0xFFFFFFFF), torch.iinfo(torch.int64).max)
+    gam = gam.sort(1).values
+    return torch.where(gam == torch.iinfo(torch.int64).max, -1, gam)
+
+
+@select_blocks_op.register_fake
+def _(q, kc, lse, block_mask, mask, lo, hi, block_size, select_size, group_size, topk, scale,
+      block_n, num_warps):
+    return q.new_empty((q.shape[0] // group_size, topk), dtype=torch.int64)
+
+
+def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_mask: torch.Tensor,
+                  mask: torch.Tensor, ptr: torch.Tensor, block_size: int, select_size: int,
+                  group_size: int, topk: int, scale: float | None = None, *, block_n: int = 0,
+                  num_warps: int = 4) -> torch.Tensor:
+    r"""Top-k selection blocks per query group from the compressed-attention probabilities.
+
+    Args:
+        q: ``[S, H, D]``; kc: ``[S // c, H, D]``; lse: ``[S, H]`` float32 (from compressed attention).
+        block_mask: ``[S // c]`` bool; mask: ``[S]`` bool; ptr: ``[B + 1]`` int64.
+        block_size ``c``, select_size ``s``, group_size ``g``, topk ``k``; scale default ``1/sqrt(D)``.
+        block_n: compressed blocks per streamed chunk (0: automatic).
+
+    Returns:
+        ``idx`` ``[S // g, topk]`` int64 global selection-block indices, ascending, ``-1``-padded
+        (no gradient).
+    """
+    from .compressed import cloud_block_ranges
+
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    lo, hi = cloud_block_ranges(ptr, q.shape[0], int(block_size))
+    with torch.no_grad():
+        return select_blocks_op(q.detach().contiguous(), kc.detach().contiguous(),
+                                lse.detach().float().contiguous(),
+                                block_mask.contiguous().view(torch.uint8),
+                                mask.contiguous().view(torch.uint8), lo, hi, int(block_size),
+                                int(select_size), int(group_size), int(topk), float(scale),
+                                int(block_n), int(num_warps))

@@ -1,0 +1,271 @@
+"""Selected (block-sparse) attention over the top-k selection blocks of each query group.
+
+Forward / dQ: a program holds one query group (``g`` slots as the M rows, padded to 16) and one head
+and streams over the group's ``topk`` selection blocks (``s`` slots each), gathering several blocks
+into one key tile of ``BN`` rows.  dK/dV: a program holds one selection block (or a ``BN``-row piece
+of it) and one head and loops over the query groups that chose the block, read from an inverse map
+(CSR: blocks -> groups) built with a stable sort; several groups are gathered into one M tile.  Every
+output element is written by exactly one program: no atomics, deterministic.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, interpret_mode, next_pow2
+
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
+    nl = n0 + tl.arange(0, BN)
+    t = nl // SEL
+    blk = tl.load(IDX + G * TOPK + t, mask=t < TOPK, other=-1)
+    cols = blk.to(tl.int64) * SEL + nl % SEL
+    ok = blk >= 0
+    valid = ok & (tl.load(MASK + cols, mask=ok, other=0) != 0)
+    return cols, ok, valid
+
+
+@triton.jit
+def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale,
+                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    G = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    r = tl.arange(0, BM)
+    rows = G * GS + r
+    rmask = r < GS
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    for n0 in range(0, TOPK * SEL, BN):
+        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
+        kv_off = cols[:, None] * stride + h * D + d[None, :]
+        kvm = ok[:, None] & dmask[None, :]
+        k = tl.load(K + kv_off, mask=kvm, other=0.0)
+        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    has = l_i > 0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    tl.store(O + rows[:, None] * stride + h * D + d[None, :], o.to(O.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("-inf"))
+    tl.store(LSE + rows * H + h, lse, mask=rmask)
+
+
+@triton.jit
+def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, DO, LSE, DELTA, DQ, S, H, D, TOPK, SEL, GS,
+                       qk_scale, scale,
+                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    G = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    r = tl.arange(0, BM)
+    rows = G * GS + r
+    rmask = r < GS
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    q_off = rows[:, None] * stride + h * D + d[None, :]
+    qm = rmask[:, None] & dmask[None, :]
+    q = tl.load(Q + q_off, mask=qm, other=0.0)
+    do = tl.load(DO + q_off, mask=qm, other=0.0)
+    lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+    delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    for n0 in range(0, TOPK * SEL, BN):
+        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
+        kv_off = cols[:, None] * stride + h * D + d[None, :]
+        kvm = ok[:, None] & dmask[None, :]
+        k = tl.load(K + kv_off, mask=kvm, other=0.0)
+        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        okp = valid[None, :] & (lse != float("-inf"))[:, None]
+        p = tl.where(okp, tl.exp2(s - tl.where(okp, lse[:, None], 0.0)), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
+
+
+@triton.jit
+def _sel_bwd_dkdv_kernel(Q, K, V, MASK, OFF, GRP, DO, LSE, DELTA, DK, DV, S, H, D, SEL, GS,
+                         qk_scale, scale,
+                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)  # key tile of BN rows (BN divides SEL)
+    h = tl.program_id(1)
+    cols = pid * BN + tl.arange(0, BN)
+    gamma = (pid * BN) // SEL
+    valid = tl.load(MASK + cols) != 0
+    d = tl.arange(0, BD)
+    dmask = d < D
+    stride = H * D
+    kv_off = cols[:, None] * stride + h * D + d[None, :]
+    kvm = dmask[None, :] & (cols[:, None] >= 0)
+    k = tl.load(K + kv_off, mask=kvm, other=0.0)
+    v = tl.load(V + kv_off, mask=kvm, other=0.0)
+    e_lo = tl.load(OFF + gamma)
+    e_hi = tl.load(OFF + gamma + 1)
+    GPI: tl.constexpr = BM // GS if BM > GS else 1  # groups gathered per iteration
+    r = tl.arange(0, BM)
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dv = tl.zeros([BN, BD], dtype=tl.float32)
+    for e0 in range(e_lo, e_hi, GPI):
+        e = e0 + r // GS
+        rmask = (e < e_hi) & (r < GPI * GS)
+        grp = tl.load(GRP + e, mask=rmask, other=0).to(tl.int64)
+        rows = grp * GS + r % GS
+        q_off = rows[:, None] * stride + h * D + d[None, :]
+        qm = rmask[:, None] & dmask[None, :]
+        q = tl.load(Q + q_off, mask=qm, other=0.0)
+        do = tl.load(DO + q_off, mask=qm, other=0.0)
+        lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+        delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        okp = valid[None, :] & (lse != float("-inf"))[:, None]
+        p = tl.where(okp, tl.exp2(s - tl.where(okp, lse[:, None], 0.0)), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
+
+
+def inverse_map(idx: torch.Tensor, num_blocks: int):
+    """CSR of the groups that chose each selection block: ``(off [num_blocks+1] int32, grp [E] int32)``.
+
+    Built with a stable sort (groups ascending inside a block), no host sync.  ``-1`` entries are
+    sorted to the end, past ``off[num_blocks]``.
+    """
+    NG, K = idx.shape
+    flat = idx.reshape(-1)
+    key = torch.where(flat >= 0, flat, num_blocks)
+    skey, order = torch.sort(key, stable=True)
+    grp = (order // max(K, 1)).to(torch.int32)
+    off = torch.searchsorted(skey, torch.arange(num_blocks + 1, device=idx.device,
+                                                dtype=skey.dtype)).to(torch.int32)
+    return off, grp
+
+
+def _cfg(g: int, s: int, topk: int, block_m: int, block_n: int, d: int):
+    BM = max(16, next_pow2(g))
+    if block_n <= 0:
+        block_n = 128 if (interpret_mode() or d <= 64) else 64
+    BN = min(block_n, max(16, next_pow2(topk) * s))
+    # dkdv: key tile divides the selection block; M tile gathers whole groups
+    BNK = min(s, 128 if interpret_mode() else 64)
+    BMK = max(BM, block_m if block_m > 0 else (128 if interpret_mode() else 64))
+    return BM, BN, max(16, BNK), BMK
+
+
+@torch.library.custom_op("tgnsa::selected_attention_fwd", mutates_args=())
+def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                           idx: torch.Tensor, select_size: int, group_size: int, scale: float,
+                           block_m: int, block_n: int,
+                           num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    S, H, D = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
+    NG, TOPK = idx.shape
+    if S == 0 or NG == 0:
+        return o, lse
+    BM, BN, _, _ = _cfg(group_size, select_size, TOPK, block_m, block_n, D)
+    _sel_fwd_kernel[(NG, H)](q, k, v, mask, idx, o, lse, S, H, D, TOPK, select_size, group_size,
+                             scale * _LOG2E, BM=BM, BN=BN, BD=head_block(D),
+                             PREC=dot_precision(q.dtype), num_warps=num_warps)
+    return o, lse
+
+
+@selected_attention_fwd.register_fake
+def _(q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("tgnsa::selected_attention_bwd", mutates_args=())
+def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor, idx: torch.Tensor, o: torch.Tensor,
+                           lse: torch.Tensor, select_size: int, group_size: int, scale: float,
+                           block_m: int, block_n: int, num_warps: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    S, H, D = q.shape
+    NG, TOPK = idx.shape
+    do = do.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if S == 0 or NG == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = (do.float() * o.float()).sum(-1)
+    BM, BN, BNK, BMK = _cfg(group_size, select_size, TOPK, block_m, block_n, D)
+    meta = dict(BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
+    _sel_bwd_dq_kernel[(NG, H)](q, k, v, mask, idx, do, lse, delta, dq, S, H, D, TOPK, select_size,
+                                group_size, scale * _LOG2E, scale, BM=BM, BN=BN, **meta)
+    off, grp = inverse_map(idx, S // select_size)
+    _sel_bwd_dkdv_kernel[(S // BNK, H)](q, k, v, mask, off, grp, do, lse, delta, dk, dv, S, H, D,
+                                        select_size, group_size, scale * _LOG2E, scale,
+                                        BM=BMK, BN=BNK, **meta)
+    return dq, dk, dv
+
+
+@selected_attention_bwd.register_fake
+def _(do, q, k, v, mask, idx, o, lse, select_size, group_size, scale, block_m, block_n, num_warps):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _sel_setup(ctx, inputs, output):
+    q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, mask, idx, o, lse)
+    ctx.args = (select_size, group_size, scale, block_m, block_n, num_warps)
+    ctx.mark_non_differentiable(lse)
+
+
+def _sel_backward(ctx, do, dlse):
+    q, k, v, mask, idx, o, lse = ctx.saved_tensors
+    dq, dk, dv = selected_attention_bwd(do, q, k, v, mask, idx, o, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+selected_attention_fwd.register_autograd(_sel_backward, setup_context=_sel_setup)
+
+
+def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                       idx: torch.Tensor, select_size: int, group_size: int,
+                       scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
+                       num_warps: int = 4) -> torch.Tensor:
+    r"""Block-sparse attention of each query group to its selected blocks, Triton kernels.
+
+    Args:
+        q, k, v: ``[S, H, D]``.
+        mask: ``[S]`` bool (real slots; pads are never keys).
+        idx: ``[S // g, topk]`` int64 global selection-block indices, ``-1`` = none.
+        select_size: ``s``; group_size: ``g``.
+        scale: default ``1/sqrt(D)``.
+        block_m: M tile of the dK/dV kernel (groups gathered per step); block_n: key tile of the
+            forward / dQ kernels (several selected blocks gathered).
+
+    Returns:
+        ``o`` ``[S, H, D]`` (0 for queries with no valid key).  Backward is deterministic, no atomics.
+    """
+    check_dtype(q, k, v)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return selected_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
+                                  mask.contiguous().view(torch.uint8),
+                                  idx.to(torch.int64).contiguous(), int(select_size),
+                                  int(group_size), float(scale), int(block_m), int(block_n),
+                                  int(num_warps))[0]
