@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from torch_geometric_nsa.nn import MPNNEmbedding, radius_graph
+from torch_geometric_nsa.nn.models import ErwinNSA
+from torch_geometric_nsa.testing import assert_no_leakage
+from torch_geometric_nsa.transforms import BallTree
+
+KW = dict(num_layers=2, heads=2, ball_size=32, compress_size=8, topk=2)
+
+
+def make_model(**kwargs):
+    torch.manual_seed(0)
+    return ErwinNSA(4, 16, 3, **{**KW, **kwargs})
+
+
+def test_model_mixed_batch_no_leakage(batch_maker):
+    model = make_model(radius=0.7)
+    x, pos, batch = batch_maker([300, 1, 45, 120], 4, seed=3)
+    assert_no_leakage(model, x, pos, batch, atol=1e-5)
+
+
+def test_translation_invariance(batch_maker):
+    model = make_model(radius=0.7)
+    x, pos, batch = batch_maker([200, 31], 4, seed=1)
+    out = model(x, pos, batch)
+    shift = torch.tensor([4.0, -2.0, 0.5])
+    assert torch.allclose(model(x, pos + shift, batch), out, atol=1e-4)
+
+
+def test_permutation_equivariance(batch_maker):
+    model = make_model(radius=0.7)
+    x, pos, batch = batch_maker([150], 4, seed=2)
+    perm = torch.randperm(150, generator=torch.Generator().manual_seed(0))
+    out = model(x, pos, batch)
+    assert torch.allclose(model(x[perm], pos[perm], batch), out[perm],
+                          atol=1e-5)
+
+
+def test_trees_from_transform_give_same_output(batch_maker):
+    model = make_model()
+    t = BallTree(ball_size=32, rotate=45.0)
+    data = [t(Data(x=torch.randn(n, 4), pos=torch.randn(n, 3)))
+            for n in (10, 70, 33)]
+    b = Batch.from_data_list(data)
+    tree = BallTree.layout(b, 32)
+    tree_rot = BallTree.layout(b, 32, rotated=True)
+    out = model(b.x, b.pos, b.batch, tree=tree, tree_rot=tree_rot)
+    assert torch.allclose(out, model(b.x, b.pos, b.batch), atol=1e-6)
+
+
+def test_given_edges_and_local_only_variant(batch_maker):
+    x, pos, batch = batch_maker([60, 20], 4)
+    ei = radius_graph(pos, 0.8, batch)
+    full = make_model()
+    local = make_model(branches=('local', ), rotate=None)
+    assert full(x, pos, batch, edge_index=ei).shape == (80, 3)
+    out = local(x, pos, batch, edge_index=ei)
+    assert out.shape == (80, 3)
+    loss = out.square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in local.parameters())
+    assert 'num_layers=2' in repr(full)
+
+
+def test_embedding_is_message_passing_and_uses_edges(batch_maker):
+    from torch_geometric.nn import MessagePassing
+    emb = MPNNEmbedding(4, 16, steps=2)
+    assert isinstance(emb, MessagePassing)
+    x, pos, batch = batch_maker([30], 4)
+    ei = radius_graph(pos, 1.0, batch)
+    a = emb(x, pos, ei)
+    assert not torch.allclose(a, emb(x, pos, None))
+    assert torch.allclose(emb(x, pos + 3.0, ei), a, atol=1e-5)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from torch_geometric_nsa.nn import knn_graph, radius_graph
+from torch_geometric_nsa.nn import neighbors
+
+
+def brute_radius(pos, r, batch, loop=False):
+    d = torch.cdist(pos.double(), pos.double())
+    ok = (d <= r) & (batch[:, None] == batch[None])
+    if not loop:
+        ok.fill_diagonal_(False)
+    t, s = ok.nonzero(as_tuple=True)
+    return torch.stack([s, t])
+
+
+def as_set(ei):
+    return set(map(tuple, ei.t().tolist()))
+
+
+@pytest.mark.parametrize('dim', [2, 3])
+@pytest.mark.parametrize('loop', [False, True])
+def test_radius_graph_is_exact(dim, loop):
+    gen = torch.Generator().manual_seed(dim)
+    pos = torch.rand(400, dim, generator=gen) * 4
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([150, 1, 249]))
+    ours = radius_graph(pos, 0.5, batch, loop=loop, max_num_neighbors=None,
+                        use_cluster=False)
+    assert as_set(ours) == as_set(brute_radius(pos, 0.5, batch, loop))
+    # sorted by target then source
+    key = ours[1] * 400 + ours[0]
+    assert torch.equal(key, key.sort().values)
+
+
+def test_radius_graph_keeps_nearest_neighbours():
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.rand(300, 3, generator=gen)
+    ei = radius_graph(pos, 0.6, max_num_neighbors=5, use_cluster=False)
+    full = radius_graph(pos, 0.6, max_num_neighbors=None, use_cluster=False)
+    counts = torch.bincount(ei[1], minlength=300)
+    assert counts.max() == 5
+    d = (pos[full[0]] - pos[full[1]]).norm(dim=1)
+    for i in [0, 17, 299]:
+        sel = full[1] == i
+        nearest = set(full[0][sel][d[sel].argsort()[:5]].tolist())
+        assert set(ei[0][ei[1] == i].tolist()) == nearest
+
+
+def test_knn_graph_is_exact():
+    gen = torch.Generator().manual_seed(1)
+    pos = torch.rand(200, 3, generator=gen)
+    batch = torch.repeat_interleave(torch.arange(2), torch.tensor([197, 3]))
+    ei = knn_graph(pos, 4, batch, use_cluster=False)
+    counts = torch.bincount(ei[1], minlength=200)
+    assert (counts[:197] == 4).all() and (counts[197:] == 2).all()
+    assert (batch[ei[0]] == batch[ei[1]]).all()
+    d = torch.cdist(pos, pos).fill_diagonal_(float('inf'))
+    d[batch[:, None] != batch[None]] = float('inf')
+    expect = d[:197].topk(4, largest=False).indices
+    for i in (0, 100, 196):
+        assert set(ei[0][ei[1] == i].tolist()) == set(expect[i].tolist())
+
+
+@pytest.mark.skipif(neighbors.torch_cluster is None,
+                    reason='torch-cluster not installed')
+def test_matches_torch_cluster():
+    gen = torch.Generator().manual_seed(2)
+    pos = torch.rand(500, 3, generator=gen)
+    batch = torch.repeat_interleave(torch.arange(2), torch.tensor([300, 200]))
+    a = radius_graph(pos, 0.3, batch, max_num_neighbors=None, use_cluster=False)
+    b = radius_graph(pos, 0.3, batch, max_num_neighbors=None, use_cluster=True)
+    assert torch.equal(a, b)
+    a = knn_graph(pos, 6, batch, use_cluster=False)
+    b = knn_graph(pos, 6, batch, use_cluster=True)
+    assert as_set(a) == as_set(b)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match='shape'):
+        radius_graph(torch.rand(5), 0.1)
+    with pytest.raises(ValueError, match="'batch' has"):
+        radius_graph(torch.rand(5, 3), 0.1, torch.zeros(4, dtype=torch.long))

@@ -1,0 +1,265 @@
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Linear, Parameter
+
+from .. import ops
+from ..tree import TreeLayout, build_ball_tree
+from ..tree.layout import _check_pow2
+
+BRANCHES = ('compressed', 'selected', 'local')
+
+
+def masked_block_mean(src: Tensor, mask: Tensor, size: int) -> Tensor:
+    """Mean of the real slots of every block of :obj:`size` slots.
+
+    Args:
+        src (torch.Tensor): ``[S, ...]`` slot values.
+        mask (torch.Tensor): ``[S]`` real slots.
+
+    Returns:
+        torch.Tensor: ``[S / size, ...]`` (zero for blocks of pads only).
+    """
+    shape = (-1, size) + src.shape[1:]
+    w = mask.to(src.dtype).view((-1, size) + (1, ) * (src.dim() - 1))
+    total = (src.view(shape) * w).sum(1)
+    return total / w.sum(1).clamp(min=1)
+
+
+class ErwinNSAConv(torch.nn.Module):
+    r"""The Erwin NSA attention layer: natively trainable sparse attention
+    (`Yuan et al., 2025 <https://arxiv.org/abs/2502.11089>`_) over the balls
+    of a ball tree (`Zhdanov et al., 2025 <https://arxiv.org/abs/2502.17019>`_).
+
+    Points are read into ball-tree slot order
+    (:class:`~torch_geometric_nsa.tree.TreeLayout`); each point first gets
+    :math:`\mathbf{x}_i \leftarrow \mathbf{x}_i + \mathbf{W}_{\mathrm{pe}}
+    (\mathbf{p}_i - \bar{\mathbf{p}}_{\mathrm{ball}(i)})` and then attends
+    through up to three branches per head, mixed by learned gates:
+
+    .. math::
+        \mathbf{o}_i = \sum_{b \in \{\mathrm{cmp}, \mathrm{slc},
+        \mathrm{loc}\}} \sigma(\mathbf{w}_{b,h}^\top \mathbf{x}_i)\,
+        \mathbf{o}_i^{b}
+
+    * **compressed**: every block :math:`\beta` of :math:`c` slots is
+      summarised by :math:`\tilde{\mathbf{k}}_\beta = \mathrm{MLP}_k\big(
+      \mathrm{mean}_{j \in \beta}\, \mathrm{GELU}(\mathbf{A}_k\mathbf{k}_j +
+      \mathbf{B}_k(\mathbf{p}_j - \bar{\mathbf{p}}_\beta))\big)` (likewise
+      :math:`\tilde{\mathbf{v}}_\beta`); queries attend to all blocks of their
+      cloud: :math:`\mathbf{o}^{\mathrm{cmp}}_i = \sum_\beta
+      \mathrm{softmax}_\beta(\mathbf{q}_i^\top\tilde{\mathbf{k}}_\beta /
+      \sqrt{d})\, \tilde{\mathbf{v}}_\beta`;
+    * **selected**: the compressed probabilities, summed over the heads and
+      the queries of a group (a ball of :math:`g` slots), rank the selection
+      blocks (:math:`s` slots) of the cloud; the group attends at full
+      resolution to the real points of its top-:math:`k` blocks;
+    * **local**: dense attention inside the query's ball of :math:`m` slots
+      with a learned per-head distance bias:
+      :math:`\mathrm{softmax}_j(\mathbf{q}_i^\top\mathbf{k}_j / \sqrt{d} +
+      \sigma_h \|\mathbf{p}_i - \mathbf{p}_j\|)`.
+
+    Pads are never keys and no attention crosses a cloud boundary.
+
+    Args:
+        channels (int): input and output channels :math:`C`.
+        heads (int): attention heads; :math:`C / H \ge 8`.
+        ball_size (int): local ball size :math:`m`.  (default: :obj:`128`)
+        compress_size (int): compression block size :math:`c`.
+            (default: :obj:`32`)
+        select_size (int, optional): selection block size :math:`s`, a
+            multiple of :math:`c`.  (default: :obj:`None`, :math:`c`)
+        group_size (int, optional): query group size :math:`g` sharing one
+            selection (:obj:`1` selects per query).  (default: :obj:`None`,
+            :math:`s`)
+        topk (int): selected blocks per group.  (default: :obj:`4`)
+        branches (Sequence[str]): the branches to use, a subset of
+            :obj:`('compressed', 'selected', 'local')`; :obj:`('local',)` is
+            the Erwin-style baseline.  (default: all three)
+        pos_dim (int): spatial dimension of :obj:`pos`.  (default: :obj:`3`)
+        dist_bias_init (float): initial :math:`\sigma_h`.  (default:
+            :obj:`-1.0`)
+
+    Shapes:
+        - **input:** node features :math:`(N, C)`, positions :math:`(N, P)`,
+          batch vector :math:`(N)` *(optional)*, a
+          :class:`~torch_geometric_nsa.tree.TreeLayout` *(optional)*
+        - **output:** node features :math:`(N, C)` in input order
+    """
+    def __init__(self, channels: int, heads: int, *, ball_size: int = 128,
+                 compress_size: int = 32, select_size: Optional[int] = None,
+                 group_size: Optional[int] = None, topk: int = 4,
+                 branches: Sequence[str] = BRANCHES, pos_dim: int = 3,
+                 dist_bias_init: float = -1.0):
+        super().__init__()
+        select_size = compress_size if select_size is None else select_size
+        group_size = select_size if group_size is None else group_size
+        if heads < 1 or channels % heads:
+            raise ValueError(f'channels={channels} must be divisible by '
+                             f'heads={heads}')
+        if channels // heads < 8:
+            raise ValueError(f'head dim channels/heads = {channels // heads} '
+                             f'is below the minimum of 8')
+        for name, v in (('ball_size', ball_size),
+                        ('compress_size', compress_size),
+                        ('select_size', select_size),
+                        ('group_size', group_size)):
+            _check_pow2(v, name)
+            if v > ball_size:
+                raise ValueError(f'{name}={v} must not exceed '
+                                 f'ball_size={ball_size}')
+        if select_size % compress_size:
+            raise ValueError(f'select_size={select_size} must be a multiple of '
+                             f'compress_size={compress_size}')
+        if not isinstance(topk, int) or topk < 1:
+            raise ValueError(f'topk must be a positive int (got {topk!r})')
+        branches = tuple(branches)
+        if not branches or any(b not in BRANCHES for b in branches) or \
+                len(set(branches)) != len(branches):
+            raise ValueError(f'branches must be a non-empty subset of '
+                             f'{BRANCHES} (got {branches})')
+        if pos_dim < 1:
+            raise ValueError(f'pos_dim must be positive (got {pos_dim})')
+
+        self.channels, self.heads = channels, heads
+        self.head_dim = channels // heads
+        self.ball_size, self.compress_size = ball_size, compress_size
+        self.select_size, self.group_size = select_size, group_size
+        self.topk, self.pos_dim = topk, pos_dim
+        self.branches = tuple(b for b in BRANCHES if b in branches)
+        self.dist_bias_init = dist_bias_init
+
+        self.pos_proj = Linear(pos_dim, channels)
+        self.qkv = Linear(channels, 3 * channels)
+        self.gate = Linear(channels, len(self.branches) * heads)
+        self.out = Linear(channels, channels)
+        if 'local' in self.branches:
+            self.sigma = Parameter(torch.empty(heads))
+        else:
+            self.register_parameter('sigma', None)
+        if self.needs_compression:
+            # DeepSets summary phi of a block (keys and values together)
+            self.phi_in = Linear(2 * channels, 2 * channels)
+            self.phi_pos = Linear(pos_dim, 2 * channels, bias=False)
+            self.phi_out_k = Linear(channels, channels)
+            self.phi_out_v = Linear(channels, channels)
+        self.reset_parameters()
+
+    @property
+    def needs_compression(self) -> bool:
+        return 'compressed' in self.branches or 'selected' in self.branches
+
+    def reset_parameters(self):
+        for module in self.children():
+            module.reset_parameters()
+        if self.sigma is not None:
+            with torch.no_grad():
+                self.sigma.fill_(self.dist_bias_init)
+
+    def _check(self, x: Tensor, pos: Tensor, batch: Optional[Tensor],
+               tree: Optional[TreeLayout]) -> None:
+        if x.dim() != 2 or x.size(1) != self.channels:
+            raise ValueError(f"'x' must have shape [num_points, {self.channels}]"
+                             f" (got {tuple(x.shape)})")
+        if pos.dim() != 2 or pos.size(1) != self.pos_dim:
+            raise ValueError(f"'pos' must have shape [num_points, "
+                             f"{self.pos_dim}] (got {tuple(pos.shape)})")
+        if pos.size(0) != x.size(0):
+            raise ValueError(f"'x' has {x.size(0)} points but 'pos' has "
+                             f"{pos.size(0)}")
+        if batch is not None and batch.numel() != x.size(0):
+            raise ValueError(f"'batch' has {batch.numel()} entries but 'x' has "
+                             f"{x.size(0)} points")
+        if not x.is_floating_point() or not pos.is_floating_point():
+            raise TypeError(f"'x' and 'pos' must be floating point (got "
+                            f"{x.dtype} and {pos.dtype})")
+        if x.device != pos.device or (batch is not None
+                                      and batch.device != x.device):
+            raise ValueError("'x', 'pos' and 'batch' must be on one device")
+        if tree is not None:
+            if tree.num_points != x.size(0):
+                raise ValueError(f'the tree holds {tree.num_points} points but '
+                                 f"'x' has {x.size(0)}")
+            if tree.ball_size < self.ball_size:
+                raise ValueError(f'the tree was built with ball_size='
+                                 f'{tree.ball_size} < the layer\'s '
+                                 f'{self.ball_size}')
+            if tree.device != x.device:
+                raise ValueError(f'the tree is on {tree.device} but x on '
+                                 f'{x.device}')
+
+    def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
+                tree: Optional[TreeLayout] = None) -> Tensor:
+        """Runs the layer.
+
+        Args:
+            x (torch.Tensor): ``[N, C]`` point features.
+            pos (torch.Tensor): ``[N, P]`` positions.
+            batch (torch.Tensor, optional): ``[N]`` sorted cloud index.
+            tree (TreeLayout, optional): a precomputed layout with
+                ``ball_size >= self.ball_size`` (built from :obj:`pos` and
+                :obj:`batch` when omitted).
+
+        Returns:
+            torch.Tensor: ``[N, C]`` in input order.
+        """
+        self._check(x, pos, batch, tree)
+        if tree is None:
+            tree = build_ball_tree(pos, batch, ball_size=self.ball_size)
+        return tree.scatter(self.forward_slots(tree.gather(x),
+                                               tree.gather(pos), tree))
+
+    def forward_slots(self, xs: Tensor, ps: Tensor, tree: TreeLayout) -> Tensor:
+        """The layer on slot-ordered inputs ``[S, C]``, ``[S, P]``; returns
+        ``[S, C]`` (pad rows are unspecified)."""
+        S, H, D = xs.size(0), self.heads, self.head_dim
+        mask = tree.mask
+        m, c = self.ball_size, self.compress_size
+        ps = ps.to(xs.dtype)
+        centre = masked_block_mean(ps, mask, m)
+        xs = xs + self.pos_proj(ps - centre.repeat_interleave(m, 0))
+        q, k, v = self.qkv(xs).view(S, 3, H, D).unbind(1)
+        outs = []
+        if self.needs_compression:
+            kc, vc, block_mask = self.compress(k, v, ps, mask)
+            o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask,
+                                                  tree.ptr, c)
+            if 'compressed' in self.branches:
+                outs.append(o_cmp)
+            if 'selected' in self.branches:
+                idx = ops.select_blocks(q, kc, lse, block_mask, mask, tree.ptr,
+                                        c, self.select_size, self.group_size,
+                                        self.topk)
+                outs.append(ops.selected_attention(
+                    q, k, v, mask, idx, self.select_size, self.group_size))
+        if 'local' in self.branches:
+            outs.append(ops.ball_attention(q, k, v, ps.detach(), mask,
+                                           self.sigma.to(q.dtype), m))
+        gates = torch.sigmoid(self.gate(xs)).view(S, len(outs), H, 1)
+        o = (torch.stack(outs, 1) * gates).sum(1)
+        return self.out(o.reshape(S, self.channels))
+
+    def compress(self, k: Tensor, v: Tensor, ps: Tensor,
+                 mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""The block summaries :math:`\phi`: ``[S/c, H, D]`` keys and values
+        and the ``[S/c]`` mask of blocks holding a real point."""
+        S, H, D = k.shape
+        c = self.compress_size
+        centre = masked_block_mean(ps, mask, c).repeat_interleave(c, 0)
+        h = self.phi_in(torch.cat([k.reshape(S, -1), v.reshape(S, -1)], -1))
+        h = F.gelu(h + self.phi_pos(ps - centre))
+        h = masked_block_mean(h, mask, c)
+        hk, hv = h.chunk(2, dim=-1)
+        kc = self.phi_out_k(hk).view(-1, H, D)
+        vc = self.phi_out_v(hv).view(-1, H, D)
+        block_mask = mask.view(-1, c).any(1)
+        return kc, vc, block_mask
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.channels}, '
+                f'heads={self.heads}, ball_size={self.ball_size}, '
+                f'compress_size={self.compress_size}, '
+                f'select_size={self.select_size}, topk={self.topk}, '
+                f'branches={self.branches})')

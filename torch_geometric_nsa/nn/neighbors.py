@@ -1,0 +1,198 @@
+"""Exact neighbour graphs on the points' own device.
+
+torch-cluster's kernels are used when it is installed; otherwise a cell-list
+(radius) or chunked brute-force (kNN) search of our own, with the same result
+sets.  PyG 2.8's own ``radius_graph``/``knn_graph`` need pyg-lib, which is not on
+PyPI, so we do not route through them.
+"""
+import itertools
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:  # pragma: no cover - depends on the environment
+    import torch_cluster
+except ImportError:  # pragma: no cover
+    torch_cluster = None
+
+
+def _batch_or_zeros(pos: Tensor, batch: Optional[Tensor]) -> Tensor:
+    if batch is None:
+        return pos.new_zeros(pos.size(0), dtype=torch.long)
+    if batch.numel() != pos.size(0):
+        raise ValueError(f"'batch' has {batch.numel()} entries but 'pos' has "
+                         f"{pos.size(0)} points")
+    return batch.long()
+
+
+def _keep_nearest(row: Tensor, col: Tensor, dist: Tensor, num_points: int,
+                  k: int) -> Tensor:
+    """Boolean mask keeping, for every target ``row``, its ``k`` nearest
+    sources (ties towards the smaller index)."""
+    order = torch.sort(col, stable=True)[1]  # secondary key: source index
+    order = order[torch.sort(dist[order], stable=True)[1]]
+    order = order[torch.sort(row[order], stable=True)[1]]
+    counts = torch.bincount(row, minlength=num_points)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(row.numel(), device=row.device) - start[row[order]]
+    keep = torch.zeros_like(row, dtype=torch.bool)
+    keep[order] = rank < k
+    return keep
+
+
+def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
+                 loop: bool = False, max_num_neighbors: Optional[int] = 32,
+                 use_cluster: Optional[bool] = None) -> Tensor:
+    r"""All pairs of points of the same cloud closer than :obj:`r`.
+
+    Args:
+        pos (torch.Tensor): ``[N, D]`` positions.
+        r (float): the radius (pairs with :math:`\|p_i - p_j\| \le r`).
+        batch (torch.Tensor, optional): ``[N]`` cloud of every point.
+        loop (bool): include self loops.  (default: :obj:`False`)
+        max_num_neighbors (int, optional): keep at most this many neighbours
+            per point.  Our search keeps the nearest ones; torch-cluster keeps
+            the first it finds.  :obj:`None` keeps all.  (default: :obj:`32`)
+        use_cluster (bool, optional): force (:obj:`True`) or avoid
+            (:obj:`False`) torch-cluster.  (default: use it when installed)
+
+    Returns:
+        torch.Tensor: ``[2, E]`` edge index, row 0 the source (neighbour)
+        :math:`j`, row 1 the target :math:`i`, sorted by target then source.
+    """
+    if pos.dim() != 2:
+        raise ValueError("'pos' must have shape [num_points, dim]")
+    batch = _batch_or_zeros(pos, batch)
+    if use_cluster is None:
+        use_cluster = torch_cluster is not None
+    if use_cluster:
+        if torch_cluster is None:
+            raise ImportError("torch-cluster is not installed")
+        k = pos.size(0) if max_num_neighbors is None else max_num_neighbors
+        ei = torch_cluster.radius_graph(pos, r, batch, loop, k)
+        return _sort_edges(ei, pos.size(0))
+    return _sort_edges(_radius_cells(pos, float(r), batch, loop,
+                                     max_num_neighbors), pos.size(0))
+
+
+def _sort_edges(edge_index: Tensor, num_points: int) -> Tensor:
+    key = edge_index[1] * num_points + edge_index[0]
+    return edge_index[:, torch.sort(key)[1]]
+
+
+def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
+                  max_num_neighbors: Optional[int],
+                  chunk: int = 1 << 22) -> Tensor:
+    """Cell list: points hashed into cubes of side ``r``; each point checks the
+    3^D cubes around its own."""
+    n, dim = pos.shape
+    device = pos.device
+    if n == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
+    p = pos.double()
+    cell = torch.floor((p - p.min(0).values) / r).long()
+    extent = cell.max(0).values + 3  # room for the -1/+1 neighbour offsets
+    cell = cell + 1
+    # exact (collision-free) key; fall back to brute force if it overflows
+    span = [int(e) for e in extent.tolist()] + [int(batch.max()) + 1]
+    total = 1
+    for s in span:
+        total *= s
+    if total >= 2**62:
+        return _radius_brute(pos, r, batch, loop, max_num_neighbors)
+    strides = []
+    acc = 1
+    for s in span[:dim]:
+        strides.append(acc)
+        acc *= s
+    strides = torch.tensor(strides, device=device)
+    key = batch * acc + (cell * strides).sum(1)
+    sorted_key, order = torch.sort(key)
+
+    rows, cols = [], []
+    offsets = torch.tensor(list(itertools.product((-1, 0, 1), repeat=dim)),
+                           device=device)
+    for off in offsets:
+        nkey = key + (off * strides).sum()
+        lo = torch.searchsorted(sorted_key, nkey)
+        hi = torch.searchsorted(sorted_key, nkey, right=True)
+        cnt = hi - lo
+        tgt = torch.repeat_interleave(torch.arange(n, device=device), cnt)
+        start = torch.repeat_interleave(lo - (torch.cumsum(cnt, 0) - cnt), cnt)
+        src = order[start + torch.arange(tgt.numel(), device=device)]
+        for a in range(0, tgt.numel(), chunk):
+            t, s = tgt[a:a + chunk], src[a:a + chunk]
+            d = (p[t] - p[s]).norm(dim=1)
+            ok = d <= r
+            if not loop:
+                ok &= t != s
+            rows.append(t[ok])
+            cols.append(s[ok])
+    row, col = torch.cat(rows), torch.cat(cols)
+    if max_num_neighbors is not None:
+        dist = (p[row] - p[col]).norm(dim=1)
+        keep = _keep_nearest(row, col, dist, n, max_num_neighbors)
+        row, col = row[keep], col[keep]
+    return torch.stack([col, row])
+
+
+def _radius_brute(pos, r, batch, loop, max_num_neighbors, chunk=2048):
+    rows, cols = [], []
+    n = pos.size(0)
+    for a in range(0, n, chunk):
+        d = torch.cdist(pos[a:a + chunk].double(), pos.double())
+        ok = (d <= r) & (batch[a:a + chunk, None] == batch[None])
+        if not loop:
+            ok[torch.arange(ok.size(0)), torch.arange(a, a + ok.size(0))] = False
+        t, s = ok.nonzero(as_tuple=True)
+        rows.append(t + a)
+        cols.append(s)
+    row, col = torch.cat(rows), torch.cat(cols)
+    if max_num_neighbors is not None:
+        dist = (pos[row].double() - pos[col].double()).norm(dim=1)
+        keep = _keep_nearest(row, col, dist, n, max_num_neighbors)
+        row, col = row[keep], col[keep]
+    return torch.stack([col, row])
+
+
+def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
+              loop: bool = False, use_cluster: Optional[bool] = None,
+              chunk: int = 1024) -> Tensor:
+    r"""The :obj:`k` nearest neighbours of every point within its cloud.
+
+    Args:
+        pos (torch.Tensor): ``[N, D]`` positions.
+        k (int): neighbours per point (fewer in clouds with at most :obj:`k`
+            points).
+        batch (torch.Tensor, optional): ``[N]`` cloud of every point.
+        loop (bool): count a point as its own neighbour.  (default:
+            :obj:`False`)
+        use_cluster (bool, optional): force or avoid torch-cluster.
+            (default: use it when installed)
+
+    Returns:
+        torch.Tensor: ``[2, E]`` edge index (source, target), sorted by target.
+    """
+    batch = _batch_or_zeros(pos, batch)
+    if use_cluster is None:
+        use_cluster = torch_cluster is not None
+    if use_cluster:
+        if torch_cluster is None:
+            raise ImportError("torch-cluster is not installed")
+        return _sort_edges(torch_cluster.knn_graph(pos, k, batch, loop),
+                           pos.size(0))
+    n = pos.size(0)
+    rows, cols = [], []
+    for a in range(0, n, chunk):
+        d = torch.cdist(pos[a:a + chunk].double(), pos.double())
+        d = d.masked_fill(batch[a:a + chunk, None] != batch[None], float('inf'))
+        if not loop:
+            d[torch.arange(d.size(0)), torch.arange(a, a + d.size(0))] = float('inf')
+        kk = min(k, n)
+        val, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+        ok = torch.isfinite(val)
+        t = torch.arange(a, a + d.size(0), device=pos.device)[:, None].expand_as(idx)
+        rows.append(t[ok])
+        cols.append(idx[ok])
+    return _sort_edges(torch.stack([torch.cat(cols), torch.cat(rows)]), n)
