@@ -51,7 +51,8 @@ def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, 
                         mask=cmask[:, None] & dmask[None, :], other=0.0)
             lse = tl.load(LSE + rows * H + h, mask=qreal, other=0.0) * LOG2E
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+            okl = ok & (lse != float("-inf"))[:, None]
+            p = tl.where(okl, tl.exp2(s - tl.where(okl, lse[:, None], 0.0)), 0.0)
             imp += tl.sum(p, 0)
         simp = tl.sum(tl.reshape(imp, [NT, R]), 1)
         gam = bstart // R + tl.arange(0, NT)

@@ -1,0 +1,88 @@
+"""Kernel checks run on the CPU through the Triton interpreter.
+
+Not collected directly (no ``test_`` prefix): ``test_kernels_interpreter.py`` runs this module in a
+subprocess with ``TRITON_INTERPRET=1`` set before Triton and the kernels are imported, so the
+variable never leaks into the other test modules of the session.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run through test_kernels_interpreter.py (needs TRITON_INTERPRET=1)",
+                allow_module_level=True)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kernel_cases as kc  # noqa: E402
+
+CASES = [
+    # sizes, m, c, s, g, topk, H, D, dtype, tail, P
+    ([1], 32, 8, 16, 8, 4, 1, 8, torch.float32, 0, 3),               # N = 1, topk >= #blocks
+    ([1, 37, 129, 300], 128, 32, 32, 32, 8, 2, 16, torch.float32, 0, 3),  # mostly-pad last blocks
+    ([5, 200], 64, 16, 32, 16, 4, 2, 8, torch.float16, 64, 3),       # fp16, capacity tail slots
+    ([70, 190], 64, 8, 16, 64, 3, 3, 32, torch.float32, 0, 2),       # g = m, P = 2
+    ([100, 33], 32, 16, 32, 8, 2, 1, 64, torch.float16, 0, 3),       # s = m
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[8]}-D{c[7]}-H{c[6]}-m{c[1]}")
+def test_against_reference(case):
+    sizes, m, c, s, g, topk, H, D, dtype, tail, P = case
+    kc.run_all(sizes, m, c, s, g, topk, H, D, dtype, tail=tail, P=P)
+
+
+def test_single_real_point_ball():
+    from torch_geometric_nsa import kernels as K
+
+    S, H, D, m = 64, 2, 16, 32
+    q, k, v = (torch.randn(S, H, D) for _ in range(3))
+    mask = torch.zeros(S, dtype=torch.bool)
+    mask[3] = True  # ball 0: one real point; ball 1: none
+    o = K.ball_attention(q, k, v, torch.randn(S, 3), mask, -torch.ones(H), m)
+    assert torch.isfinite(o).all()
+    torch.testing.assert_close(o[:m], v[3].expand(m, H, D))
+    assert (o[m:] == 0).all()
+
+
+def test_compile_fullgraph():
+    from torch_geometric_nsa import kernels as K
+
+    torch._dynamo.reset()
+    S, H, D, m, c, s, g = 128, 2, 16, 64, 16, 32, 32
+    case = kc.make_case([100], m, H, D, c)
+    mask, ptr, bm = case["mask"], case["ptr"], case["block_mask"]
+
+    def f(q, k, v, kc_, vc_, sigma):
+        ob = K.ball_attention(q, k, v, case["pos"], mask, sigma, m)
+        oc, lse = K.compressed_attention(q, kc_, vc_, bm, ptr, c)
+        idx = K.select_blocks(q, kc_, lse, bm, mask, ptr, c, s, g, 2)
+        os_ = K.selected_attention(q, k, v, mask, idx, s, g)
+        return (ob + oc + os_).square().sum()
+
+    args = [case[n].float().requires_grad_() for n in ("q", "k", "v", "kc", "vc", "sigma")]
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    ref = torch.autograd.grad(f(*args), args)
+    out = torch.autograd.grad(cf(*args), args)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_opcheck():
+    from torch_geometric_nsa.kernels.compressed import cloud_block_ranges
+
+    S, H, D, m, c = 64, 1, 16, 32, 16
+    case = kc.make_case([40], m, H, D, c)
+    f = {n: case[n].float() for n in ("q", "k", "v", "kc", "vc", "pos", "sigma")}
+    mask8 = case["mask"].view(torch.uint8)
+    lo, hi = cloud_block_ranges(case["ptr"], S, c)
+    for n in ("q", "k", "v", "kc", "vc", "sigma"):
+        f[n].requires_grad_()
+    torch.library.opcheck(torch.ops.tgnsa.ball_attention_fwd,
+                          (f["q"], f["k"], f["v"], f["pos"], mask8, f["sigma"], m, 0.25, 0, 0, 4),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(torch.ops.tgnsa.compressed_attention_fwd,
+                          (f["q"], f["kc"], f["vc"], case["block_mask"].view(torch.uint8), lo, hi,
+                           0.25, 0, 0, 4),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
