@@ -150,3 +150,13 @@ def small_chunks(monkeypatch):
     """Makes the reference chunk its work into many small pieces (exercises chunk borders)."""
     from torch_geometric_nsa.ops import reference
     monkeypatch.setattr(reference, "MAX_CHUNK_ELEMENTS", 2000)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The ops tests run thousands of tiny kernels: one intra-op thread avoids OpenMP barrier
+    overhead (which dominates on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
