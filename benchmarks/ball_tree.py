@@ -1,0 +1,200 @@
+"""Ball-tree build: speed (ours on CPU and CUDA vs balltree-erwin) and ball quality.
+
+    python benchmarks/ball_tree.py                 # speed table (+ quality table)
+    python benchmarks/ball_tree.py --quality-only  # quality on AdK and a uniform cube
+    python benchmarks/ball_tree.py --quick         # small sizes only
+
+Speed: median wall time of the build (CUDA timed with synchronisation, after a
+warm-up), 1 x {1k..1M} and 16 x {1k..16k} points, uniform in the unit cube.
+balltree-erwin (the anchor; OpenMP on all CPU cores) is timed when importable.
+
+Quality: mean ball radius (largest distance of a ball's points from their
+centroid) at ball sizes 32/128/512, next to a plain median-split tree's at the
+same number of points per ball (log-log interpolation between its levels,
+since a median tree of n points has n / 2^d points per node at depth d).
+"""
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from torch_geometric_nsa import build_ball_tree
+from torch_geometric_nsa.tree import ball_radius, slot_capacity
+
+try:
+    import balltree as anchor  # balltree-erwin
+except ImportError:
+    anchor = None
+
+
+def timeit(fn, device, repeats):
+    times = []
+    for i in range(repeats + 1):
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        if i:  # the first call is a warm-up
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def speed(configs, devices, repeats):
+    rows = []
+    for clouds, n in configs:
+        pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0))
+        batch = torch.arange(clouds).repeat_interleave(n)
+        row = {'config': f'{clouds} x {n}', 'N': clouds * n}
+        for dev in devices:
+            p, b = pos.to(dev), batch.to(dev)
+            reps = repeats if (dev == 'cuda' or clouds * n <= 65536) else 2
+            row[f'ours {dev} (ms)'] = timeit(
+                lambda: build_ball_tree(p, b, ball_size=128), dev, reps)
+            if dev == 'cuda':
+                cap = slot_capacity(p.size(0), clouds, 128)
+                row['ours cuda, no sync (ms)'] = timeit(
+                    lambda: build_ball_tree(p, b, ball_size=128,
+                                            batch_size=clouds, num_slots=cap),
+                    dev, reps)
+        if anchor is not None:
+            row['balltree-erwin (ms)'] = timeit(
+                lambda: anchor.build_balltree(pos, batch), 'cpu',
+                repeats if clouds * n <= 65536 else 2)
+        rows.append(row)
+    return rows
+
+
+def check_no_sync():
+    """The capacity-mode build runs under torch.cuda's sync debug mode."""
+    sizes = [1000, 1, 4097, 300]
+    pos = torch.rand(sum(sizes), 3, device='cuda')
+    batch = torch.repeat_interleave(torch.arange(4, device='cuda'),
+                                    torch.tensor(sizes, device='cuda'))
+    cap = slot_capacity(pos.size(0), 4, 128)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        layout = build_ball_tree(pos, batch, ball_size=128, batch_size=4,
+                                 num_slots=cap)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    ref = build_ball_tree(pos.cpu(), batch.cpu(), ball_size=128)
+    same = torch.equal(layout.perm[:ref.num_slots].cpu(), ref.perm)
+    return f'no host sync in capacity mode: OK; same layout as CPU: {same}'
+
+
+def median_tree_levels(pos: np.ndarray):
+    """Mean node radius and mean node size per depth of a plain median-split
+    tree (split along the axis of largest spread into ceil/floor halves)."""
+    levels = {}
+
+    def visit(idx, depth):
+        p = pos[idx]
+        radius = np.linalg.norm(p - p.mean(0), axis=1).max()
+        levels.setdefault(depth, []).append((radius, len(idx)))
+        if len(idx) <= 8:
+            return
+        axis = np.argmax(p.max(0) - p.min(0))
+        order = idx[np.argsort(p[:, axis], kind='stable')]
+        half = (len(idx) + 1) // 2
+        visit(order[:half], depth + 1)
+        visit(order[half:], depth + 1)
+
+    visit(np.arange(len(pos)), 0)
+    return [(np.mean([c for _, c in v]), np.mean([r for r, _ in v]))
+            for _, v in sorted(levels.items())]
+
+
+def interpolate(levels, count):
+    for (c0, r0), (c1, r1) in zip(levels, levels[1:]):
+        if c1 <= count <= c0:
+            t = (math.log(count) - math.log(c0)) / (math.log(c1) - math.log(c0))
+            return math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0)))
+    return float('nan')
+
+
+def quality(clouds):
+    rows = []
+    for name, pos in clouds:
+        levels = median_tree_levels(pos.double().numpy())
+        layout = build_ball_tree(pos, ball_size=512)
+        for size in (32, 128, 512):
+            r, valid = ball_radius(layout, pos, size)
+            full = layout.mask.view(-1, size).all(1)  # balls with `size` points
+            ours = r[full].mean().item()
+            base = interpolate(levels, size)
+            row = {'cloud': name, 'ball': size, 'ours': ours,
+                   'median tree': base, 'ratio': ours / base}
+            if anchor is not None:  # its balls of `size` slots hold fewer points
+                idx, mask = anchor.build_balltree(pos, torch.zeros(
+                    len(pos), dtype=torch.long))
+                p = pos.double()[idx].view(-1, size, pos.size(1))
+                mk = mask.view(-1, size, 1).double()
+                cen = (p * mk).sum(1) / mk.sum(1).clamp(min=1)
+                rad = ((p - cen[:, None]).norm(dim=-1) * mk[..., 0]).amax(1)
+                row['anchor (same slots)'] = rad.mean().item()
+                row['anchor pts/ball'] = mask.float().mean().item() * size
+            rows.append(row)
+    return rows
+
+
+def load_clouds():
+    clouds = []
+    try:
+        import MDAnalysis as mda
+        from MDAnalysisTests.datafiles import PSF, DCD
+        u = mda.Universe(PSF, DCD)
+        clouds.append(('AdK (3,341 atoms)',
+                       torch.tensor(u.atoms.positions, dtype=torch.float32)))
+    except ImportError:
+        print('MDAnalysis/MDAnalysisTests not installed: AdK skipped')
+    gen = torch.Generator().manual_seed(0)
+    clouds.append(('uniform cube 10k', torch.rand(10000, 3, generator=gen)))
+    clouds.append(('uniform cube 16,384', torch.rand(16384, 3, generator=gen)))
+    return clouds
+
+
+def print_table(rows):
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
+    widths = [max(len(k), *(len(fmt(r.get(k, ''))) for r in rows)) for k in keys]
+    print(' | '.join(k.ljust(w) for k, w in zip(keys, widths)))
+    print('-|-'.join('-' * w for w in widths))
+    for r in rows:
+        print(' | '.join(fmt(r.get(k, '')).ljust(w) for k, w in zip(keys, widths)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true')
+    parser.add_argument('--quality-only', action='store_true')
+    parser.add_argument('--speed-only', action='store_true')
+    parser.add_argument('--repeats', type=int, default=5)
+    args = parser.parse_args()
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    if torch.cuda.is_available():
+        print('card:', torch.cuda.get_device_name(), '| torch', torch.__version__)
+    print('CPU threads:', torch.get_num_threads(),
+          '| balltree-erwin:', 'yes' if anchor else 'not importable')
+    if not args.quality_only:
+        sizes = [1024, 4096, 16384] if args.quick else \
+            [1024, 4096, 16384, 65536, 262144, 1048576]
+        configs = [(1, n) for n in sizes] + [(16, n) for n in
+                                             (1024, 4096, 16384)]
+        rows = speed(configs, devices, args.repeats)
+        if 'cuda' in devices:
+            print(check_no_sync())
+        print('\nBuild time, ball_size=128 (median ms)')
+        print_table(rows)
+    if not args.speed_only:
+        print('\nMean ball radius (balls full of real points)')
+        print_table(quality(load_clouds()))
+
+
+if __name__ == '__main__':
+    main()
