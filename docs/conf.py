@@ -58,10 +58,9 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_include_init_with_doc = False
 napoleon_use_rtype = False
-napoleon_custom_sections = [
-    ('Shapes', 'params_style'),
-    ('Shape', 'params_style'),
-]
+# PyG's "Shapes:" section is a bullet list (``- **input:** ...``): render it
+# as-is under a heading.
+napoleon_custom_sections = ['Shapes', 'Shape']
 
 # --- cross references ------------------------------------------------------
 # Nitpicky for our own names.  Without intersphinx (CI is offline) references
@@ -87,6 +86,8 @@ nitpick_ignore_regex = [
     # (:obj:`True`, :obj:`-1.0`, :obj:`batch_size`): only dotted Python
     # names given to :obj: are checkable.
     (r'py:obj', r'(?![A-Za-z_]\w*(\.[A-Za-z_]\w*)+$).*'),
+    # docstrings inherited from PyG base classes (``:obj:`self.raw_dir```)
+    (r'py:.*', r'self\..*'),
     # methods our classes inherit from PyTorch / PyG base classes
     (r'py:(meth|attr)', r'(propagate|message|aggregate|update|'
                          r'message_and_aggregate|forward|state_dict|'
@@ -98,9 +99,7 @@ nitpick_ignore_regex = [
 # Public names that pages already mention but that have not landed in the
 # package yet (their doctests are skipped through ``pending()`` below).  This
 # list must be empty at a release.
-_PENDING = [
-    'torch_geometric_nsa.datasets.MDTrajectory',
-]
+_PENDING = []
 nitpick_ignore = [(role, name) for name in _PENDING
                   for role in ('py:class', 'py:func', 'py:obj')]
 
