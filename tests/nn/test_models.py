@@ -48,6 +48,9 @@ def test_trees_from_transform_give_same_output(batch_maker):
     tree_rot = BallTree.layout(b, 32, rotated=True)
     out = model(b.x, b.pos, b.batch, tree=tree, tree_rot=tree_rot)
     assert torch.allclose(out, model(b.x, b.pos, b.batch), atol=1e-6)
+    tree2, rot2 = model.trees_from_data(b)
+    assert torch.equal(tree2.perm, tree.perm)
+    assert torch.equal(rot2.perm, tree_rot.perm)
 
 
 def test_given_edges_and_local_only_variant(batch_maker):

@@ -126,6 +126,16 @@ class ErwinNSA(torch.nn.Module):
                                        batch_size=batch_size)
         return tree, tree_rot
 
+    def trees_from_data(self, data):
+        """The (plain, rotated) layouts stored on a :class:`Data`/:class:`Batch`
+        by the :class:`~torch_geometric_nsa.transforms.BallTree` transform
+        (built with this model's ``ball_size`` and ``rotate``)."""
+        from ...transforms import BallTree
+        tree = BallTree.layout(data, self.ball_size)
+        tree_rot = BallTree.layout(data, self.ball_size, rotated=True) \
+            if self.uses_rotation else None
+        return tree, tree_rot
+
     def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                 edge_index: Optional[Tensor] = None,
                 tree: Optional[TreeLayout] = None,
