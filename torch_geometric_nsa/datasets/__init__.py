@@ -1,1 +1,11 @@
+"""PyG datasets for the real data formats of the examples (DESIGN §6).
 
+Nothing is downloaded: each class's ``download()`` says where its data comes
+from.  Normalisation statistics always come from the training split.
+"""
+from .md_trajectory import MDTrajectory
+from .polymer_md import PolymerMD
+from .shapenet_car import ShapeNetCar
+from .cosmology_halos import CosmologyHalos
+
+__all__ = ['MDTrajectory', 'PolymerMD', 'ShapeNetCar', 'CosmologyHalos']

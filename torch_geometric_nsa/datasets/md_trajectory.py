@@ -1,0 +1,295 @@
+import hashlib
+import json
+import os.path as osp
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data, Dataset
+
+from ._utils import DataFormatError, default_root, mean_std
+
+PathList = Union[str, Sequence[str]]
+
+
+def _as_list(p: Optional[PathList]) -> List[str]:
+    if p is None:
+        return []
+    return [p] if isinstance(p, str) else list(p)
+
+
+def _adk_files():
+    try:
+        from MDAnalysisTests.datafiles import DCD, DCD2, PSF
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "MDTrajectory's default data (adenylate kinase) ships with the PyPI "
+            "package 'MDAnalysisTests': pip install MDAnalysis MDAnalysisTests"
+        ) from e
+    return PSF, DCD, DCD2
+
+
+class MDTrajectory(Dataset):
+    r"""Windows of a molecular-dynamics trajectory as point clouds: predict
+    every atom's next displacement from its last few displacements and its
+    atom type.
+
+    Any topology + trajectory pair that `MDAnalysis <https://www.mdanalysis.org>`_
+    opens works (PSF/PDB/GRO/PRMTOP/TPR + DCD/XTC/TRR/H5MD/NetCDF/LAMMPS, ...).
+    Displacements are taken with the minimum-image convention when the
+    trajectory has a periodic box.  For a frame :math:`t` with positions
+    :math:`\mathbf{p}_t` and displacements
+    :math:`\mathbf{d}_t = \mathbf{p}_{t+1} - \mathbf{p}_t`, a sample is
+
+    .. math::
+        \mathbf{x}_i = \big[\hat{\mathbf{d}}_{t-1,i}, \ldots,
+        \hat{\mathbf{d}}_{t-K,i}, \mathrm{onehot}(\mathrm{type}_i)\big],
+        \qquad \mathbf{y}_i = \hat{\mathbf{d}}_{t,i},
+        \qquad \hat{\mathbf{d}} = (\mathbf{d} - \mu) / \sigma,
+
+    with :obj:`pos` :math:`= \mathbf{p}_t` and the topology's bonds as
+    :obj:`edge_index`.  :math:`\mu` (per axis) and :math:`\sigma` (one scalar)
+    come from the training frames only; :meth:`denormalize` maps predictions
+    back to Ångström per frame.  Each sample also carries the raw last
+    displacement :obj:`last_disp` (Å), for the constant-velocity baseline, and
+    the raw target :obj:`disp` (Å).
+
+    With no arguments, the dataset is the real adenylate kinase (AdK, 3,341
+    atoms, CHARMM PSF) runs shipped in the PyPI package ``MDAnalysisTests``:
+    ``adk_dims.dcd`` (98 frames) for training and ``adk_dims2.dcd`` (102
+    frames), a separate run, for testing.  Without :obj:`test_trajectory`, the
+    last :obj:`test_fraction` of the frames form the test split (windows never
+    straddle the split).
+
+    Args:
+        root (str, optional): folder for the processed file.  (default:
+            ``$TORCH_GEOMETRIC_NSA_DATA/MDTrajectory`` or
+            ``~/.cache/torch_geometric_nsa/MDTrajectory``)
+        split (str): :obj:`"train"` or :obj:`"test"`.  (default: :obj:`"train"`)
+        topology (str, optional): topology file.  (default: AdK's ``adk.psf``)
+        trajectory (str or [str], optional): training trajectory file(s),
+            chained in order.  (default: AdK's ``adk_dims.dcd``)
+        test_trajectory (str or [str], optional): test trajectory file(s).
+            (default: AdK's ``adk_dims2.dcd`` for the default data, else
+            :obj:`None`)
+        window (int): number :math:`K` of past displacements in the input.
+            (default: :obj:`4`)
+        stride (int): use every :obj:`stride`-th frame.  (default: :obj:`1`)
+        test_fraction (float): fraction of frames held out when there is no
+            :obj:`test_trajectory`.  (default: :obj:`0.2`)
+        transform (callable, optional): applied to every sample on access.
+        pre_transform (callable, optional): also applied to every sample on
+            access (windows are built on the fly, never stored).
+        force_reload (bool): reprocess the trajectory.  (default: :obj:`False`)
+
+    Shapes:
+        - **x**: :math:`[N, 3K + T]` with :math:`T` atom types,
+          **pos**, **y**, **disp**, **last_disp**: :math:`[N, 3]`,
+          **atom_type**: :math:`[N]`, **edge_index**: :math:`[2, 2B]`.
+    """
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        split: str = 'train',
+        topology: Optional[str] = None,
+        trajectory: Optional[PathList] = None,
+        test_trajectory: Optional[PathList] = None,
+        window: int = 4,
+        stride: int = 1,
+        test_fraction: float = 0.2,
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        force_reload: bool = False,
+    ):
+        if split not in ('train', 'test'):
+            raise ValueError(f"split must be 'train' or 'test' (got '{split}')")
+        if window < 1 or stride < 1:
+            raise ValueError('window and stride must be positive')
+        self.is_default = topology is None and trajectory is None
+        if self.is_default:
+            psf, dcd, dcd2 = _adk_files()
+            topology, trajectory = psf, dcd
+            if test_trajectory is None:
+                test_trajectory = dcd2
+        elif topology is None or trajectory is None:
+            raise ValueError("give both 'topology' and 'trajectory' (or neither, "
+                             "for the default AdK data)")
+        self.topology = osp.abspath(topology)
+        self.trajectory = [osp.abspath(p) for p in _as_list(trajectory)]
+        self.test_trajectory = [osp.abspath(p) for p in _as_list(test_trajectory)]
+        self.split = split
+        self.window = int(window)
+        self.stride = int(stride)
+        self.test_fraction = float(test_fraction)
+        if root is None:
+            root = default_root('MDTrajectory')
+        super().__init__(root, transform, pre_transform,
+                         force_reload=force_reload)
+        self._store = torch.load(self.processed_paths[0], weights_only=False)
+        self._data = self._store[split]
+        T = self._data['disp'].size(0)
+        self._frames = list(range(self.window, T))
+
+    # -- PyG plumbing -------------------------------------------------------
+    def _config(self) -> Dict:
+        return dict(topology=self.topology, trajectory=self.trajectory,
+                    test_trajectory=self.test_trajectory, window=self.window,
+                    stride=self.stride, test_fraction=self.test_fraction)
+
+    @property
+    def raw_file_names(self) -> List[str]:
+        # absolute paths: ``osp.join(raw_dir, abs)`` is ``abs``
+        return [self.topology] + self.trajectory + self.test_trajectory
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        key = hashlib.sha1(json.dumps(self._config(), sort_keys=True).encode())
+        return [f'md_{key.hexdigest()[:12]}.pt']
+
+    def download(self):
+        missing = [p for p in self.raw_file_names if not osp.isfile(p)]
+        raise FileNotFoundError(
+            f"MDTrajectory: missing trajectory file(s) {missing}.  Nothing is "
+            "downloaded: pass the topology and trajectory files of your "
+            "simulation, or install 'MDAnalysisTests' (pip install "
+            "MDAnalysisTests) for the default adenylate kinase runs.")
+
+    # -- reading ------------------------------------------------------------
+    def _read(self, trajectory: List[str]):
+        try:
+            import MDAnalysis as mda
+            from MDAnalysis.lib.distances import minimize_vectors
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("MDTrajectory reads trajectories with MDAnalysis: "
+                              "pip install MDAnalysis") from e
+        files = [self.topology] + trajectory
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                u = mda.Universe(self.topology, *trajectory)
+                frames, boxes = [], []
+                for ts in u.trajectory[::self.stride]:
+                    frames.append(torch.from_numpy(ts.positions.copy()))
+                    dims = ts.dimensions
+                    boxes.append(None if dims is None else dims.copy())
+        except Exception as e:
+            raise DataFormatError(
+                f"Malformed trajectory: MDAnalysis could not read {files}: "
+                f"{type(e).__name__}: {e}") from e
+        if len(frames) < self.window + 2:
+            raise DataFormatError(
+                f"Malformed trajectory {trajectory}: {len(frames)} frames, but a "
+                f"window of {self.window} needs at least {self.window + 2}")
+        pos = torch.stack(frames).float()  # [T, N, 3]
+        if not torch.isfinite(pos).all():
+            raise DataFormatError(f"Malformed trajectory {trajectory}: "
+                                  "positions are not all finite")
+        disp = (pos[1:] - pos[:-1]).double()
+        for t in range(disp.size(0)):
+            box = boxes[t + 1]
+            if box is not None and (box[:3] > 0).all():
+                disp[t] = torch.from_numpy(
+                    minimize_vectors(disp[t].numpy(), box.astype('float64')))
+        return u, pos, disp.float()
+
+    def _atom_info(self, u):
+        atoms = u.atoms
+        for attr in ('types', 'names', 'elements'):
+            try:
+                labels = [str(v) for v in getattr(atoms, attr)]
+                break
+            except Exception:
+                continue
+        else:  # pragma: no cover
+            labels = ['X'] * len(atoms)
+        names = sorted(set(labels))
+        lookup = {n: i for i, n in enumerate(names)}
+        atom_type = torch.tensor([lookup[n] for n in labels], dtype=torch.long)
+        try:
+            bonds = torch.as_tensor(u.bonds.indices, dtype=torch.long).view(-1, 2)
+            edge_index = torch.cat([bonds.t(), bonds.t().flip(0)], dim=1)
+        except Exception:
+            edge_index = torch.empty(2, 0, dtype=torch.long)
+        return atom_type, names, edge_index
+
+    def process(self):
+        u, pos, disp = self._read(self.trajectory)
+        if self.test_trajectory:
+            u2, pos_te, disp_te = self._read(self.test_trajectory)
+            if pos_te.size(1) != pos.size(1):
+                raise DataFormatError(
+                    f"Malformed trajectory {self.test_trajectory}: "
+                    f"{pos_te.size(1)} atoms, the training run has {pos.size(1)}")
+            train = dict(pos=pos, disp=disp)
+            test = dict(pos=pos_te, disp=disp_te)
+        else:
+            T = pos.size(0)
+            cut = int(round(T * (1 - self.test_fraction)))
+            if cut < self.window + 2 or T - cut < self.window + 2:
+                raise DataFormatError(
+                    f"Malformed trajectory {self.trajectory}: {T} frames are too "
+                    f"few to split with test_fraction={self.test_fraction} and "
+                    f"window={self.window}")
+            train = dict(pos=pos[:cut], disp=disp[:cut - 1])
+            test = dict(pos=pos[cut:], disp=disp[cut:])
+        atom_type, names, edge_index = self._atom_info(u)
+        # statistics from the training split only
+        mean, _ = mean_std(train['disp'].reshape(-1, 3))
+        std = (train['disp'] - mean).double().pow(2).mean().sqrt().float()
+        stats = dict(disp_mean=mean, disp_std=std.clamp_min(1e-8))
+        torch.save(dict(train=train, test=test, atom_type=atom_type,
+                        type_names=names, edge_index=edge_index, stats=stats,
+                        config=self._config()), self.processed_paths[0])
+
+    # -- samples ------------------------------------------------------------
+    @property
+    def stats(self) -> Dict[str, Tensor]:
+        """Normalisation statistics (training split only)."""
+        return self._store['stats']
+
+    @property
+    def num_atom_types(self) -> int:
+        return len(self._store['type_names'])
+
+    @property
+    def num_atoms(self) -> int:
+        return self._store['atom_type'].numel()
+
+    @property
+    def num_node_features(self) -> int:
+        return 3 * self.window + self.num_atom_types
+
+    def normalize(self, disp: Tensor) -> Tensor:
+        s = self.stats
+        return (disp - s['disp_mean'].to(disp)) / s['disp_std'].to(disp)
+
+    def denormalize(self, y: Tensor) -> Tensor:
+        """Maps normalised displacements back to Ångström per frame."""
+        s = self.stats
+        return y * s['disp_std'].to(y) + s['disp_mean'].to(y)
+
+    def len(self) -> int:
+        return len(self._frames)
+
+    def get(self, idx: int) -> Data:
+        t = self._frames[idx]
+        d = self._data['disp']
+        past = d[t - self.window:t].flip(0)  # [K, N, 3], most recent first
+        K, N = past.shape[:2]
+        onehot = torch.nn.functional.one_hot(self._store['atom_type'],
+                                             self.num_atom_types).float()
+        x = torch.cat([self.normalize(past).permute(1, 0, 2).reshape(N, 3 * K),
+                       onehot], dim=1)
+        data = Data(x=x, pos=self._data['pos'][t], y=self.normalize(d[t]),
+                    disp=d[t], last_disp=d[t - 1],
+                    atom_type=self._store['atom_type'],
+                    edge_index=self._store['edge_index'], frame=torch.tensor([t]))
+        if self.pre_transform is not None:
+            data = self.pre_transform(data)
+        return data
+
+    def __repr__(self) -> str:
+        name = 'AdK' if self.is_default else osp.basename(self.topology)
+        return (f'{self.__class__.__name__}({name}, split={self.split}, '
+                f'{len(self)} windows, {self.num_atoms} atoms)')
