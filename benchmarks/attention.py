@@ -68,6 +68,13 @@ def layer(ops, t, return_idx=False):
     return (out, idx) if return_idx else out
 
 
+class _OURS:
+    ball_attention = staticmethod(K.ball_attention)
+    compressed_attention = staticmethod(K.compressed_attention)
+    select_blocks = staticmethod(K.select_blocks)
+    selected_attention = staticmethod(K.selected_attention)
+
+
 def sdpa(t):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -184,12 +191,7 @@ def main(argv=None):
     print(f"# {name}, torch {torch.__version__}, triton {triton.__version__}; bf16, H={H}, D={D}, "
           f"m={M}, c={C}, s={SEL}, g={G}, topk={TOPK}", flush=True)
 
-    class Ours:
-        ball_attention = staticmethod(K.ball_attention)
-        compressed_attention = staticmethod(K.compressed_attention)
-        select_blocks = staticmethod(K.select_blocks)
-        selected_attention = staticmethod(K.selected_attention)
-
+    Ours = _OURS
     rows = []
     for B, n in sizes:
         t = make(B, n, dtype, dev)
@@ -210,7 +212,11 @@ def main(argv=None):
             except torch.OutOfMemoryError:
                 res[key] = ("oom", "oom")
             torch.cuda.empty_cache()
+        print(f"ours {B}x{n}: fwd {fmt(res['ours'][0])} / f+b {fmt(res['ours'][1])}", flush=True)
         if not args.no_flex:
+            global _flex
+            _flex = None
+            torch._dynamo.reset()
             try:
                 with torch.no_grad():
                     _, idx = layer(Ours, t, return_idx=True)
@@ -283,6 +289,15 @@ def breakdown(t):
     fl_sel = 4 * S * H * D * TOPK * SEL
     fl_sdpa = 4 * t["B"] * t["n"] ** 2 * H * D
     print(f"\n# breakdown at S={S}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in out.items()))
+    from torch.profiler import ProfilerActivity, profile
+
+    qq, kk, vv = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    tt = dict(t, q=qq, k=kk, v=vv)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            torch.autograd.backward(layer(_OURS, tt), go)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
     print(f"# selected fwd {fl_sel / out['selected fwd'] / 1e9:.1f} TFLOP/s (useful) vs sdpa fwd "
           f"{fl_sdpa / sd / 1e9:.1f} TFLOP/s ({sd:.3f} ms)", flush=True)
 

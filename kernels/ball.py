@@ -12,8 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -123,6 +123,9 @@ def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
                         S, H, D, BALL, qk_scale, scale,
                         P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                         PREC: tl.constexpr):
+    # Two passes over the ball's keys: first delta_i = sum_j p_ij dp_ij (exact, in fp32, instead
+    # of rowsum(dO * O) with a rounded O: dsigma is a cancellation-heavy sum that needs it),
+    # written for the dK/dV kernel; then dq.
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = pid.to(tl.int64) * BM
@@ -137,8 +140,23 @@ def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
     q = tl.load(Q + q_off, mask=qm, other=0.0)
     do = tl.load(DO + q_off, mask=qm, other=0.0)
     lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
-    delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
     sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
+    delta = tl.zeros([BM], dtype=tl.float32)
+    for kstart in range(0, BALL, BN):
+        cols = ball_start + kstart + tl.arange(0, BN)
+        cmask = cols < S
+        kv_off = cols[:, None] * stride + h * D + d[None, :]
+        kvm = cmask[:, None] & dmask[None, :]
+        k = tl.load(K + kv_off, mask=kvm, other=0.0)
+        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        valid = tl.load(MASK + cols, mask=cmask, other=0) != 0
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s += sig * _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        ok = valid[None, :] & (lse != float("-inf"))[:, None]
+        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        delta += tl.sum(p * dp, 1)
+    tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
     for kstart in range(0, BALL, BN):
         cols = ball_start + kstart + tl.arange(0, BN)
@@ -163,15 +181,12 @@ def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
 # ----------------------------------------------------------------------------------------------
 import torch  # noqa: E402
 
-from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, interpret_mode  # noqa: E402
+from ._common import LOG2E as _LOG2E, check_dtype, default_tile, dot_precision, head_block  # noqa: E402
 
 
-def _tiles(m: int, block_m: int, block_n: int):
-    if block_m <= 0:
-        block_m = 128 if interpret_mode() else 64
-    if block_n <= 0:
-        block_n = 128 if interpret_mode() else 64
-    return min(m, block_m), min(m, block_n)
+def _tiles(m: int, block_m: int, block_n: int, D: int, dtype: torch.dtype):
+    t = default_tile(D, dtype)
+    return min(m, block_m if block_m > 0 else t), min(m, block_n if block_n > 0 else t)
 
 
 @torch.library.custom_op("tgnsa::ball_attention_fwd", mutates_args=())
@@ -183,7 +198,7 @@ def ball_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: t
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    BM, BN = _tiles(ball_size, block_m, block_n)
+    BM, BN = _tiles(ball_size, block_m, block_n, D, q.dtype)
     grid = (triton.cdiv(S, BM), H)
     _ball_fwd_kernel[grid](q, k, v, pos, mask, sigma, o, lse, S, H, D, ball_size, scale * _LOG2E,
                            P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D),
@@ -206,16 +221,16 @@ def ball_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if S == 0:
         return dq, dk, dv, torch.zeros_like(sigma)
-    delta = (do.float() * o.float()).sum(-1)  # [S, H]
-    BM, BN = _tiles(ball_size, block_m, block_n)
+    delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
+    BM, BN = _tiles(ball_size, block_m, block_n, D, q.dtype)
     nkt = triton.cdiv(S, BN)
     dsig_part = torch.empty((nkt, H), device=q.device, dtype=torch.float32)
     meta = dict(P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype),
                 num_warps=num_warps)
-    _ball_bwd_dkdv_kernel[(nkt, H)](q, k, v, pos, mask, sigma, do, lse, delta, dk, dv, dsig_part,
-                                    S, H, D, ball_size, scale * _LOG2E, scale, **meta)
     _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, k, v, pos, mask, sigma, do, lse, delta, dq,
                                                  S, H, D, ball_size, scale * _LOG2E, scale, **meta)
+    _ball_bwd_dkdv_kernel[(nkt, H)](q, k, v, pos, mask, sigma, do, lse, delta, dk, dv, dsig_part,
+                                    S, H, D, ball_size, scale * _LOG2E, scale, **meta)
     dsigma = dsig_part.sum(0).to(sigma.dtype)
     return dq, dk, dv, dsigma
 
@@ -264,7 +279,7 @@ def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch
     if scale is None:
         scale = q.shape[-1] ** -0.5
     o, _ = ball_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
-                              pos.detach().float().contiguous(), mask.contiguous().view(torch.uint8),
+                              pos.detach().float().contiguous(), mask.contiguous().to(torch.uint8),
                               sigma.contiguous(), int(ball_size), float(scale), int(block_m),
                               int(block_n), int(num_warps))
     return o

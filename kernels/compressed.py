@@ -14,10 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, interpret_mode
+from ._common import LOG2E as _LOG2E, check_dtype, default_tile, dot_precision, head_block
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -171,9 +171,9 @@ def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     return lo, hi
 
 
-def _tiles(block_m: int, block_n: int):
-    big = 128 if interpret_mode() else 64
-    return (block_m if block_m > 0 else big), (block_n if block_n > 0 else big)
+def _tiles(block_m: int, block_n: int, D: int, dtype: torch.dtype):
+    t = default_tile(D, dtype)
+    return (block_m if block_m > 0 else t), (block_n if block_n > 0 else t)
 
 
 @torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
@@ -187,7 +187,7 @@ def compressed_attention_fwd(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    BM, BN = _tiles(block_m, block_n)
+    BM, BN = _tiles(block_m, block_n, D, q.dtype)
     _cmp_fwd_kernel[(triton.cdiv(S, BM), H)](
         q, kc, vc, block_mask, lo, hi, o, lse, S, NC, H, D, scale * _LOG2E,
         BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
@@ -213,7 +213,7 @@ def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor
         return dq.zero_(), dk.zero_(), dv.zero_()
     C = S // NC
     delta = (do.float() * o.float()).sum(-1)
-    BM, BN = _tiles(block_m, block_n)
+    BM, BN = _tiles(block_m, block_n, D, q.dtype)
     meta = dict(BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
     _cmp_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, kc, vc, block_mask, lo, hi, do, lse, delta, dq,
                                                 S, NC, H, D, scale * _LOG2E, scale, **meta)
@@ -268,5 +268,5 @@ def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
     S = q.shape[0]
     lo, hi = cloud_block_ranges(ptr, S, int(block_size))
     return compressed_attention_fwd(q.contiguous(), kc.contiguous(), vc.contiguous(),
-                                    block_mask.contiguous().view(torch.uint8), lo, hi, float(scale),
+                                    block_mask.contiguous().to(torch.uint8), lo, hi, float(scale),
                                     int(block_m), int(block_n), int(num_warps))

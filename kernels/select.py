@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ._common import LOG2E as _LOG2E, dot_precision, head_block, interpret_mode, next_pow2
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -83,7 +83,7 @@ def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
     if block_n <= 0:
         block_n = 128 if interpret_mode() else 64
     BN = max(block_n, R)
-    selvalid = mask.view(-1, select_size).any(1).view(torch.uint8)
+    selvalid = mask.view(-1, select_size).any(1).to(torch.uint8)
     keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
     _select_kernel[(NG,)](q, kc, lse, block_mask, mask, selvalid, lo, hi, keys, S, H, D,
                           group_size, scale * _LOG2E, R=R, TOPK=topk, KP=KP,
@@ -125,7 +125,7 @@ def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_ma
     with torch.no_grad():
         return select_blocks_op(q.detach().contiguous(), kc.detach().contiguous(),
                                 lse.detach().float().contiguous(),
-                                block_mask.contiguous().view(torch.uint8),
-                                mask.contiguous().view(torch.uint8), lo, hi, int(block_size),
+                                block_mask.contiguous().to(torch.uint8),
+                                mask.contiguous().to(torch.uint8), lo, hi, int(block_size),
                                 int(select_size), int(group_size), int(topk), float(scale),
                                 int(block_n), int(num_warps))

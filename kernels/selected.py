@@ -13,10 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, interpret_mode, next_pow2
+from ._common import LOG2E as _LOG2E, check_dtype, default_tile, dot_precision, head_block, interpret_mode, next_pow2
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -105,7 +105,7 @@ def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, DO, LSE, DELTA, DQ, S, H, D, TOPK, SE
 
 @triton.jit
 def _sel_bwd_dkdv_kernel(Q, K, V, MASK, OFF, GRP, DO, LSE, DELTA, DK, DV, S, H, D, SEL, GS,
-                         qk_scale, scale,
+                         qk_scale, scale, GPI: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # key tile of BN rows (BN divides SEL)
     h = tl.program_id(1)
@@ -121,7 +121,6 @@ def _sel_bwd_dkdv_kernel(Q, K, V, MASK, OFF, GRP, DO, LSE, DELTA, DK, DV, S, H, 
     v = tl.load(V + kv_off, mask=kvm, other=0.0)
     e_lo = tl.load(OFF + gamma)
     e_hi = tl.load(OFF + gamma + 1)
-    GPI: tl.constexpr = BM // GS if BM > GS else 1  # groups gathered per iteration
     r = tl.arange(0, BM)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BD], dtype=tl.float32)
@@ -163,14 +162,15 @@ def inverse_map(idx: torch.Tensor, num_blocks: int):
     return off, grp
 
 
-def _cfg(g: int, s: int, topk: int, block_m: int, block_n: int, d: int):
+def _cfg(g: int, s: int, topk: int, block_m: int, block_n: int, d: int, dtype: torch.dtype):
     BM = max(16, next_pow2(g))
+    t = default_tile(d, dtype)
     if block_n <= 0:
-        block_n = 128 if (interpret_mode() or d <= 64) else 64
+        block_n = 128 if (interpret_mode() or (d <= 64 and dtype != torch.float32)) else t
     BN = min(block_n, max(16, next_pow2(topk) * s))
     # dkdv: key tile divides the selection block; M tile gathers whole groups
-    BNK = min(s, 128 if interpret_mode() else 64)
-    BMK = max(BM, block_m if block_m > 0 else (128 if interpret_mode() else 64))
+    BNK = min(s, t)
+    BMK = max(BM, block_m if block_m > 0 else t)
     return BM, BN, max(16, BNK), BMK
 
 
@@ -185,7 +185,7 @@ def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     NG, TOPK = idx.shape
     if S == 0 or NG == 0:
         return o, lse
-    BM, BN, _, _ = _cfg(group_size, select_size, TOPK, block_m, block_n, D)
+    BM, BN, _, _ = _cfg(group_size, select_size, TOPK, block_m, block_n, D, q.dtype)
     _sel_fwd_kernel[(NG, H)](q, k, v, mask, idx, o, lse, S, H, D, TOPK, select_size, group_size,
                              scale * _LOG2E, BM=BM, BN=BN, BD=head_block(D),
                              PREC=dot_precision(q.dtype), num_warps=num_warps)
@@ -210,14 +210,14 @@ def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     if S == 0 or NG == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = (do.float() * o.float()).sum(-1)
-    BM, BN, BNK, BMK = _cfg(group_size, select_size, TOPK, block_m, block_n, D)
+    BM, BN, BNK, BMK = _cfg(group_size, select_size, TOPK, block_m, block_n, D, q.dtype)
     meta = dict(BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
     _sel_bwd_dq_kernel[(NG, H)](q, k, v, mask, idx, do, lse, delta, dq, S, H, D, TOPK, select_size,
                                 group_size, scale * _LOG2E, scale, BM=BM, BN=BN, **meta)
     off, grp = inverse_map(idx, S // select_size)
     _sel_bwd_dkdv_kernel[(S // BNK, H)](q, k, v, mask, off, grp, do, lse, delta, dk, dv, S, H, D,
                                         select_size, group_size, scale * _LOG2E, scale,
-                                        BM=BMK, BN=BNK, **meta)
+                                        GPI=max(1, BMK // group_size), BM=BMK, BN=BNK, **meta)
     return dq, dk, dv
 
 
@@ -265,7 +265,7 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return selected_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
-                                  mask.contiguous().view(torch.uint8),
+                                  mask.contiguous().to(torch.uint8),
                                   idx.to(torch.int64).contiguous(), int(select_size),
                                   int(group_size), float(scale), int(block_m), int(block_n),
                                   int(num_warps))[0]
