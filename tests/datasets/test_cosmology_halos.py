@@ -1,4 +1,3 @@
-import struct
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ from torch_geometric_nsa.datasets import CosmologyHalos
 from torch_geometric_nsa.datasets._tfrecord import (crc32c, encode_example,
                                                     encode_tensor_proto, masked_crc32c,
                                                     parse_example, parse_tensor_proto,
-                                                    read_tfrecord, write_tfrecord)
+                                                    write_tfrecord)
 
 
 def test_crc32c_and_protobuf():

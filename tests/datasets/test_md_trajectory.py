@@ -1,4 +1,3 @@
-import os.path as osp
 import warnings
 
 import numpy as np

@@ -3,7 +3,6 @@ import os
 import os.path as osp
 from typing import Dict, Iterable, Optional
 
-import torch
 from torch import Tensor
 
 #: Environment variable naming the folder where default datasets are processed.

@@ -1,0 +1,107 @@
+"""The four models the examples compare, behind one call signature
+``model(x, pos, batch=None, edge_index=None) -> [N, out_channels]``.
+
+* ``erwin-nsa``: :class:`torch_geometric_nsa.nn.models.ErwinNSA` with the
+  branches of ``--branches`` (compressed, selected, local);
+* ``local-only``: the same model with the local ball branch only (the
+  Erwin-style ablation);
+* ``point-transformer``: a residual stack of PyG's
+  :class:`~torch_geometric.nn.conv.PointTransformerConv` on a kNN graph;
+* ``mlp``: a per-point MLP (no interaction between points).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import GELU, LayerNorm, Linear, Sequential
+
+
+def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
+              loop: bool = True) -> Tensor:
+    """``[2, N*k]`` edges (source, target) from the ``k`` nearest points of the
+    same cloud to every point; uses the package's helper when present."""
+    try:
+        from torch_geometric_nsa.nn import knn_graph as _knn
+        return _knn(pos, k, batch, loop=loop)
+    except ImportError:  # pragma: no cover - older package versions
+        pass
+    N = pos.size(0)  # pragma: no cover - fallback: chunked brute force
+    batch = pos.new_zeros(N, dtype=torch.long) if batch is None else batch
+    rows, cols = [], []
+    for s in range(0, N, 1024):
+        d = torch.cdist(pos[s:s + 1024], pos)
+        d[batch[s:s + 1024, None] != batch[None, :]] = float('inf')
+        if not loop:
+            d[torch.arange(d.size(0)), torch.arange(s, s + d.size(0))] = float('inf')
+        idx = d.topk(min(k, N), largest=False).indices
+        cols.append(torch.arange(s, s + d.size(0)).repeat_interleave(idx.size(1)))
+        rows.append(idx.reshape(-1))
+    return torch.stack([torch.cat(rows), torch.cat(cols)])
+
+
+class MLP(torch.nn.Module):
+    """Per-point MLP baseline."""
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
+                 num_layers: int = 4):
+        super().__init__()
+        layers = [Linear(in_channels, hidden_channels), GELU()]
+        for _ in range(num_layers - 1):
+            layers += [LayerNorm(hidden_channels), Linear(hidden_channels, hidden_channels),
+                       GELU()]
+        layers.append(Linear(hidden_channels, out_channels))
+        self.net = Sequential(*layers)
+
+    def forward(self, x, pos, batch=None, edge_index=None):
+        return self.net(x)
+
+
+class PointTransformer(torch.nn.Module):
+    """A residual stack of :class:`~torch_geometric.nn.conv.PointTransformerConv`
+    (pre-LayerNorm, then a per-point MLP) on the kNN graph of the points."""
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
+                 num_layers: int = 4, k: int = 16):
+        super().__init__()
+        from torch_geometric.nn import PointTransformerConv
+        self.k = k
+        self.lin_in = Linear(in_channels, hidden_channels)
+        self.convs = torch.nn.ModuleList()
+        self.mlps = torch.nn.ModuleList()
+        self.norms = torch.nn.ModuleList()
+        for _ in range(num_layers):
+            pos_nn = Sequential(Linear(3, hidden_channels), GELU(),
+                                Linear(hidden_channels, hidden_channels))
+            attn_nn = Sequential(Linear(hidden_channels, hidden_channels), GELU(),
+                                 Linear(hidden_channels, hidden_channels))
+            self.convs.append(PointTransformerConv(hidden_channels, hidden_channels,
+                                                   pos_nn=pos_nn, attn_nn=attn_nn))
+            self.mlps.append(Sequential(LayerNorm(hidden_channels),
+                                        Linear(hidden_channels, 2 * hidden_channels),
+                                        GELU(), Linear(2 * hidden_channels, hidden_channels)))
+            self.norms.append(LayerNorm(hidden_channels))
+        self.lin_out = Linear(hidden_channels, out_channels)
+
+    def forward(self, x, pos, batch=None, edge_index=None):
+        graph = knn_graph(pos, self.k, batch, loop=False)
+        h = self.lin_in(x)
+        for conv, mlp, norm in zip(self.convs, self.mlps, self.norms):
+            h = h + conv(norm(h), pos, graph)
+            h = h + mlp(h)
+        return self.lin_out(h)
+
+
+def build_model(args, in_channels: int, out_channels: int) -> torch.nn.Module:
+    """The model named by ``args.model`` with the sizes of ``args``."""
+    if args.model == 'mlp':
+        return MLP(in_channels, args.hidden, out_channels, args.layers)
+    if args.model == 'point-transformer':
+        return PointTransformer(in_channels, args.hidden, out_channels, args.layers,
+                                k=args.knn)
+    from torch_geometric_nsa.nn.models import ErwinNSA
+    if args.model == 'local-only':
+        branches = ('local', )
+    else:
+        branches = tuple(b.strip() for b in args.branches.split(',') if b.strip())
+    return ErwinNSA(in_channels, args.hidden, out_channels, num_layers=args.layers,
+                    heads=args.heads, ball_size=args.ball_size,
+                    compress_size=args.compress_size, select_size=args.select_size,
+                    topk=args.topk, branches=branches, rotate=args.rotate)
