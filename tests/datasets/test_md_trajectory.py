@@ -77,3 +77,18 @@ def test_missing_and_malformed(tmp_path):
     bad.write_bytes(b'this is not a dcd file' * 10)
     with pytest.raises(ValueError, match='bad.dcd'):
         MDTrajectory(root=str(tmp_path / 'r2'), topology=top, trajectory=str(bad))
+
+
+def test_npz_archive_matches_mdanalysis(tmp_path):
+    from torch_geometric_nsa.datasets import trajectory_to_npz
+    top, traj, _ = _write_pair(tmp_path, frames=25)
+    arch = trajectory_to_npz(str(tmp_path / 'frames.npz'), top, traj)
+    a = MDTrajectory(root=str(tmp_path / 'a'), topology=top, trajectory=traj, window=2)
+    b = MDTrajectory(root=str(tmp_path / 'b'), trajectory=arch, window=2)
+    assert len(a) == len(b)
+    for key in ('x', 'y', 'pos', 'edge_index', 'disp'):
+        assert torch.equal(a[3][key], b[3][key])
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, positions=np.zeros((10, 5, 3)))
+    with pytest.raises(ValueError, match=r"bad\.npz.*displacements"):
+        MDTrajectory(root=str(tmp_path / 'c'), trajectory=str(bad))

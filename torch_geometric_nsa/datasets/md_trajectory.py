@@ -30,6 +30,78 @@ def _adk_files():
     return PSF, DCD, DCD2
 
 
+def _is_npz(paths) -> bool:
+    paths = _as_list(paths)
+    return bool(paths) and all(str(p).endswith('.npz') for p in paths)
+
+
+class _NpzAtoms:
+    def __init__(self, arch):
+        self.atoms = self
+        self.types = [str(t) for t in arch['types']]
+        self.bonds = self
+        self.indices = arch['bonds']
+
+    def __len__(self):
+        return len(self.types)
+
+
+def _read_npz(paths: List[str], stride: int, window: int):
+    """Frames from archives written by :func:`trajectory_to_npz`."""
+    import numpy as np
+    if len(paths) != 1:
+        raise ValueError(f'give one .npz archive per split (got {paths})')
+    pos, disp, arch = [], [], None
+    for p in paths:
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                a = {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Missing data file '{p}'") from None
+        except Exception as e:
+            raise DataFormatError(f"Malformed data file '{p}': {e}") from e
+        for key in ('positions', 'displacements', 'types', 'bonds'):
+            if key not in a:
+                raise DataFormatError(f"Malformed data file '{p}': no array '{key}'")
+        P, D = a['positions'][::stride], a['displacements']
+        if stride > 1:  # displacement over `stride` frames, minimum image kept
+            D = np.add.reduceat(D, np.arange(0, len(D), stride))[:len(P) - 1]
+        if P.ndim != 3 or P.shape[2] != 3 or D.shape != (P.shape[0] - 1, ) + P.shape[1:]:
+            raise DataFormatError(f"Malformed data file '{p}': positions {P.shape} and "
+                                  f"displacements {D.shape} do not match")
+        pos.append(torch.from_numpy(P).float())
+        disp.append(torch.from_numpy(D).float())
+        arch = arch or a
+    P, D = pos[0], disp[0]
+    if P.size(0) < window + 2:
+        raise DataFormatError(f"Malformed trajectory {paths}: {P.size(0)} frames, but a "
+                              f"window of {window} needs at least {window + 2}")
+    return arch, P, D
+
+
+def trajectory_to_npz(path: str, topology: Optional[str] = None,
+                      trajectory: Optional[PathList] = None) -> str:
+    """Saves the frames of a trajectory (default: AdK's training run) into a
+    compressed ``.npz`` archive that :class:`MDTrajectory` reads without
+    MDAnalysis (``positions`` [T, N, 3], minimum-image ``displacements``
+    [T-1, N, 3], atom ``types`` [N], ``bonds`` [B, 2]).  Useful on machines
+    without MDAnalysis."""
+    import numpy as np
+    if topology is None and trajectory is None:
+        topology, trajectory, _ = _adk_files()
+    ds = MDTrajectory.__new__(MDTrajectory)
+    ds.topology, ds.trajectory = osp.abspath(topology), [osp.abspath(p) for p in
+                                                         _as_list(trajectory)]
+    ds.stride, ds.window = 1, 1
+    u, pos, disp = ds._read(ds.trajectory)
+    atom_type, names, edge_index = ds._atom_info(u)
+    types = np.array([names[i] for i in atom_type.tolist()])
+    bonds = edge_index[:, :edge_index.size(1) // 2].t().numpy()
+    np.savez_compressed(path, positions=pos.numpy(), displacements=disp.numpy(),
+                        types=types, bonds=bonds)
+    return path
+
+
 class MDTrajectory(Dataset):
     r"""Windows of a molecular-dynamics trajectory as point clouds: predict
     every atom's next displacement from its last few displacements and its
@@ -60,7 +132,9 @@ class MDTrajectory(Dataset):
     ``adk_dims.dcd`` (98 frames) for training and ``adk_dims2.dcd`` (102
     frames), a separate run, for testing.  Without :obj:`test_trajectory`, the
     last :obj:`test_fraction` of the frames form the test split (windows never
-    straddle the split).
+    straddle the split).  Frame archives written by
+    :func:`trajectory_to_npz` (``.npz``) are read without MDAnalysis and
+    without a topology.
 
     Args:
         root (str, optional): folder for the processed file.  (default:
@@ -112,10 +186,11 @@ class MDTrajectory(Dataset):
             topology, trajectory = psf, dcd
             if test_trajectory is None:
                 test_trajectory = dcd2
-        elif topology is None or trajectory is None:
+        elif trajectory is None or (topology is None and not _is_npz(trajectory)):
             raise ValueError("give both 'topology' and 'trajectory' (or neither, "
-                             "for the default AdK data)")
-        self.topology = osp.abspath(topology)
+                             "for the default AdK data; or '.npz' frame archives "
+                             "from 'trajectory_to_npz' without a topology)")
+        self.topology = None if topology is None else osp.abspath(topology)
         self.trajectory = [osp.abspath(p) for p in _as_list(trajectory)]
         self.test_trajectory = [osp.abspath(p) for p in _as_list(test_trajectory)]
         self.split = split
@@ -140,7 +215,8 @@ class MDTrajectory(Dataset):
     @property
     def raw_file_names(self) -> List[str]:
         # absolute paths: ``osp.join(raw_dir, abs)`` is ``abs``
-        return [self.topology] + self.trajectory + self.test_trajectory
+        top = [] if self.topology is None else [self.topology]
+        return top + self.trajectory + self.test_trajectory
 
     @property
     def processed_file_names(self) -> List[str]:
@@ -157,6 +233,8 @@ class MDTrajectory(Dataset):
 
     # -- reading ------------------------------------------------------------
     def _read(self, trajectory: List[str]):
+        if _is_npz(trajectory):
+            return _read_npz(trajectory, self.stride, self.window)
         try:
             import MDAnalysis as mda
             from MDAnalysis.lib.distances import minimize_vectors
@@ -194,6 +272,8 @@ class MDTrajectory(Dataset):
         return u, pos, disp.float()
 
     def _atom_info(self, u):
+        if isinstance(u, dict):  # from an .npz archive
+            u = _NpzAtoms(u)
         atoms = u.atoms
         for attr in ('types', 'names', 'elements'):
             try:
@@ -290,6 +370,7 @@ class MDTrajectory(Dataset):
         return data
 
     def __repr__(self) -> str:
-        name = 'AdK' if self.is_default else osp.basename(self.topology)
+        name = ('AdK' if self.is_default else
+                osp.basename(self.topology or self.trajectory[0]))
         return (f'{self.__class__.__name__}({name}, split={self.split}, '
                 f'{len(self)} windows, {self.num_atoms} atoms)')
