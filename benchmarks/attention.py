@@ -102,6 +102,8 @@ def flex_setup(t, idx):
     num = uniq.sum(1).to(torch.int32)
     key = torch.where(uniq, cand, torch.iinfo(torch.int64).max)
     kv_idx = torch.sort(key, 1).values.clamp_max(nb - 1).to(torch.int32)
+    # from_kv_blocks wants the last dim to be the number of kv blocks (it builds the transpose)
+    kv_idx = torch.nn.functional.pad(kv_idx, (0, max(0, nb - kv_idx.shape[1])))[:, :nb].contiguous()
     idxg, sigma = idx, t["sigma"].float()
     px, py, pz = (t["pos"][:, i].float().contiguous() for i in range(3))
     mask = t["mask"]
