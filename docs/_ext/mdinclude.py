@@ -49,6 +49,16 @@ def _inline(text: str) -> str:
     return re.sub('\x00(\\d+)\x00', restore, text)
 
 
+def _block(text: str) -> str:
+    """Inline markup for text that starts a body element (a list item or a
+    table cell): a leading ``-``, ``(a)``, ``1.`` ... is text in Markdown,
+    but would open a nested list in reStructuredText."""
+    text = _inline(text)
+    if re.match(r'^([-*+](\s|$)|\(?[A-Za-z0-9]{1,3}[.)](\s|$)|#\.)', text):
+        text = '\\' + text
+    return text
+
+
 def _cells(line: str):
     line = line.strip()
     if line.startswith('|'):
@@ -101,9 +111,9 @@ def markdown_to_rst(md: str, heading_level=None) -> list:
             out += ['.. list-table::', '   :header-rows: 1', '']
             for row in [header] + rows:
                 row = (row + [''] * width)[:width]
-                out.append('   * - ' + (_inline(row[0]) or r'\ '))
+                out.append('   * - ' + (_block(row[0]) or r'\ '))
                 for cell in row[1:]:
-                    out.append('     - ' + (_inline(cell) or r'\ '))
+                    out.append('     - ' + (_block(cell) or r'\ '))
             out.append('')
             continue
         if re.match(r'^\s*([-*+]|\d+\.)\s+', line):
@@ -123,7 +133,7 @@ def markdown_to_rst(md: str, heading_level=None) -> list:
                 if depth != previous:
                     out.append('')
                 previous = depth
-                out.append('   ' * depth + f'{bullet} {_inline(text)}')
+                out.append('   ' * depth + f'{bullet} {_block(text)}')
             out.append('')
             continue
         if not stripped:

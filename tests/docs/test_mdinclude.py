@@ -64,6 +64,15 @@ def test_structure():
     assert len(rows) == 3  # header + 2 rows, the empty cell kept
 
 
+def test_markdown_text_that_looks_like_rst_lists():
+    md = "- (a) ours: x\n- (b) ref\n\n| a | b |\n|---|---|\n| - | 1. |\n"
+    doctree, warnings = parse(markdown_to_rst(md))
+    assert warnings == ''
+    assert len(list(doctree.findall(lambda n: n.tagname == 'enumerated_list'))) == 0
+    assert len(list(doctree.findall(lambda n: n.tagname == 'bullet_list'))) == 1
+    assert '(a) ours' in doctree.astext()
+
+
 def test_headings_become_rubrics_by_default():
     rst = markdown_to_rst('# Title\n\ntext\n')
     assert rst[0] == '.. rubric:: Title'
