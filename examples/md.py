@@ -159,7 +159,7 @@ def get_parser():
     g.add_argument('--stride', type=int, default=1)
     # defaults sized for the demo: <= 5 minutes on 2 CPU cores
     _train.add_common_args(parser, hidden=32, layers=2, heads=2, ball_size=64,
-                           compress_size=16, topk=4, steps=100, lr=3e-3,
+                           compress_size=16, topk=4, steps=150, lr=3e-3,
                            ckpt_every=50, eval_batch_size=1)
     return parser
 
