@@ -9,6 +9,8 @@ documentation needs no Markdown parser package.
 Options:
 
 ``:start-after: TEXT``  include only what follows the first line containing TEXT.
+``:start-at: TEXT``     include from the first line containing TEXT on.
+``:end-before: TEXT``   stop before the first (later) line containing TEXT.
 ``:heading-level: N``   ``#`` becomes a heading of level N (0 = the page title,
                         1 = the page's sections, ...); headings deeper than
                         four levels become rubrics.  Default: rubrics only.
@@ -154,6 +156,8 @@ class MarkdownInclude(Directive):
     required_arguments = 1
     option_spec = {
         'start-after': directives.unchanged_required,
+        'start-at': directives.unchanged_required,
+        'end-before': directives.unchanged_required,
         'heading-level': directives.nonnegative_int,
         'optional': directives.flag,
     }
@@ -170,12 +174,21 @@ class MarkdownInclude(Directive):
         env.note_dependency(rel)
         with open(path, encoding='utf-8') as f:
             text = f.read()
-        if 'start-after' in self.options:
-            marker = self.options['start-after']
+        for option in ('start-after', 'start-at'):
+            if option in self.options:
+                marker = self.options[option]
+                pos = text.find(marker)
+                if pos < 0:
+                    raise self.error(f'mdinclude: {marker!r} not found in {path}')
+                line_start = text.rfind('\n', 0, pos) + 1
+                text = text[line_start:] if option == 'start-at' else \
+                    text[text.find('\n', pos) + 1:]
+        if 'end-before' in self.options:
+            marker = self.options['end-before']
             pos = text.find(marker)
             if pos < 0:
                 raise self.error(f'mdinclude: {marker!r} not found in {path}')
-            text = text[text.find('\n', pos) + 1:]
+            text = text[:text.rfind('\n', 0, pos) + 1]
         rst = markdown_to_rst(text, self.options.get('heading-level'))
         # like docutils' own ``include``: the translated text is read as if it
         # stood in the including file (so headings become real sections)
