@@ -26,6 +26,7 @@ Select it with :func:`set_backend` or, temporarily, with the :func:`use_backend`
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from torch import Tensor
@@ -60,6 +61,7 @@ _backend: str = "auto"
 # name -> kernel function (or None when unavailable); filled lazily, once per name.
 _kernel_cache: Dict[str, Optional[Callable]] = {}
 _kernel_error: Dict[str, str] = {}
+_warned: set = set()
 
 
 def set_backend(name: str) -> None:
@@ -119,6 +121,12 @@ def _impl(name: str, q: Tensor) -> Callable:
         fn = _kernel(name)
         if fn is not None:
             return fn
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(
+                f"torch_geometric_nsa.kernels.{name} is unavailable "
+                f"({_kernel_error.get(name, 'unknown error')}); CUDA tensors fall back to the "
+                f"slow pure-PyTorch reference", RuntimeWarning, stacklevel=3)
     return getattr(reference, name)
 
 

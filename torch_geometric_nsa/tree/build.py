@@ -35,13 +35,11 @@ def _ordered_bits(x: Tensor) -> Tensor:
 
 
 def _split_size(length: Tensor) -> Tensor:
-    """Slots of the left child of a node owning ``length`` slots: half if
-    ``length`` is a power of two, else the largest power of two below it."""
-    p = length - 1
-    for shift in (1, 2, 4, 8, 16, 32):
-        p = p | (p >> shift)
-    ceil_pow2 = p + 1  # smallest power of two >= length
-    return torch.where(ceil_pow2 == length, length // 2, ceil_pow2 // 2)
+    """Slots of the left child of a node owning ``length >= 2`` slots: half if
+    ``length`` is a power of two, else the largest power of two below it, i.e.
+    :math:`2^{\lfloor \log_2(L - 1) \rfloor}` (1 for ``length <= 2``)."""
+    _, exp = torch.frexp((length - 1).clamp(min=1).double())  # exact
+    return torch.ones_like(length) << (exp.long() - 1)
 
 
 def _check_inputs(pos: Tensor, batch: Optional[Tensor], ball_size: int,
@@ -185,12 +183,14 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
     node_ptr = torch.cat([zero, counts.cumsum(0)])  # offsets of real points
 
     if num_slots is None:
-        num_slots = int(ptr[-1])  # the layout's size: the one read-back
+        # the layout's size and the depth of the tree: the second read-back
+        num_slots, max_slots = torch.stack([ptr[-1], slots.max()]).tolist()
     else:
         torch._assert_async(ptr[-1] <= num_slots,
                             "num_slots is smaller than the layout needs")
+        max_slots = num_slots
 
-    order = _tree_order(posf, batch, slots, node_ptr, max_slots=num_slots)
+    order = _tree_order(posf, batch, slots, node_ptr, max_slots=max_slots)
     return _assemble(order, batch, counts, ptr, node_ptr, num_slots,
                      ball_size)
 
@@ -200,35 +200,37 @@ def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
     """Real points in tree order (cloud by cloud); see :func:`build_ball_tree`."""
     num_points, dim = posf.shape
     device = posf.device
+    bits = _ordered_bits(posf)                # [N, D] sort keys, computed once
 
     # Canonical start: lexicographic by coordinates within each cloud.
     order = torch.arange(num_points, device=device)
     for d in range(dim - 1, 0, -1):
-        key = _ordered_bits(posf[order, d])
-        order = order[torch.sort(key, stable=True)[1]]
-    key = (batch[order] << 32) | _ordered_bits(posf[order, 0])
-    order = order[torch.sort(key, stable=True)[1]]
+        order = order[torch.argsort(bits[order, d], stable=True)]
+    key = (batch[order] << 32) | bits[order, 0]
+    order = order[torch.argsort(key, stable=True)]
+    x, bits = posf[order], bits[order]        # kept in the current order
 
     # After the canonical sort position p holds a point of cloud batch[p].
     first = node_ptr[batch]                   # first position of the cloud
     local = torch.arange(num_points, device=device) - first
     start = torch.zeros_like(local)           # node's first slot (cloud-local)
     length = slots[batch]                     # node's slot count
+    lo, hi = torch.empty_like(x), torch.empty_like(x)
     num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
     for _ in range(num_levels):
-        x = posf[order]
         node = first + start                  # node id: its first position
         idx = node.unsqueeze(1).expand(-1, dim)
-        lo = torch.full_like(x, math.inf).scatter_reduce_(0, idx, x, 'amin')
-        hi = torch.full_like(x, -math.inf).scatter_reduce_(0, idx, x, 'amax')
-        axis = (hi - lo)[node].argmax(dim=1, keepdim=True)
-        key = (node << 32) | _ordered_bits(x.gather(1, axis).squeeze(1))
-        order = order[torch.sort(key, stable=True)[1]]
+        lo.fill_(math.inf).scatter_reduce_(0, idx, x, 'amin')
+        hi.fill_(-math.inf).scatter_reduce_(0, idx, x, 'amax')
+        axis = (hi - lo).index_select(0, node).argmax(dim=1, keepdim=True)
+        perm = torch.argsort((node << 32) | bits.gather(1, axis).squeeze(1),
+                             stable=True)
+        order, x, bits = order[perm], x[perm], bits[perm]
         half = _split_size(length)
         right = (local - start >= half) & (length > 1)
-        start = torch.where(right, start + half, start)
-        length = torch.where(length > 1, torch.where(right, length - half,
-                                                     half), length)
+        start = start + half * right
+        length = torch.where(right, length - half,
+                             torch.minimum(length, half))
     return order
 
 
