@@ -18,6 +18,7 @@ does the rest:
 """
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -407,7 +408,9 @@ def main(args, task: Task, build_model: Callable) -> Dict[str, Any]:
 
         @torch.no_grad()
         def predict(batch):
-            return forward(model, batch.to(env.device), task.use_edges)
+            # a shallow copy: ``Batch.to`` moves in place, and the task reads
+            # its targets from ``batch`` on the CPU afterwards
+            return forward(model, copy.copy(batch).to(env.device), task.use_edges)
 
         t0 = time.perf_counter()
         result = task.evaluate(predict, task.test_dataset, env.device,

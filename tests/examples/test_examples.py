@@ -76,3 +76,4 @@ def test_md_ddp_gloo(md_args, tmp_path):
     assert len(_losses(out)) == 4
     with open(osp.join(out, 'test_metrics.json')) as f:
         assert json.load(f)['processes'] == 2
+
