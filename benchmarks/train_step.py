@@ -48,9 +48,11 @@ def bench(name, backend, dtype, compile_, args, device):
     x, pos, batch, y = make_inputs(n, bs, device, gen)
     tree, tree_rot = model.build_trees(pos, batch, batch_size=bs)
     edges = radius_graph(pos, 0.05, batch, max_num_neighbors=16)
-    fwd = torch.compile(model) if compile_ else model
+    fwd = torch.compile(model, mode=args.compile_mode) if compile_ else model
 
     def step():
+        if compile_ and args.compile_mode == 'reduce-overhead':
+            torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
             out = fwd(x, pos, batch, edges, tree, tree_rot)
@@ -75,7 +77,8 @@ def bench(name, backend, dtype, compile_, args, device):
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else 0
     return {'config': f'{name} ({n} x {bs})', 'backend': backend,
-            'dtype': str(dtype).replace('torch.', ''), 'compile': compile_,
+            'dtype': str(dtype).replace('torch.', ''),
+            'compile': args.compile_mode if compile_ else False,
             'params (M)': params / 1e6, 'step (ms)': ms, 'peak (MiB)': peak,
             'anchor (ms)': anchor_ms, 'speed-up': anchor_ms / ms}
 
@@ -87,6 +90,11 @@ def main():
     parser.add_argument('--dtypes', nargs='+', default=['bfloat16'])
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile of the model')
+    parser.add_argument('--compile-mode', default='default',
+                        help="torch.compile mode, e.g. 'reduce-overhead' "
+                             '(CUDA graphs)')
+    parser.add_argument('--only-compiled', action='store_true',
+                        help='with --compile, skip the eager runs')
     parser.add_argument('--width', type=int, default=128)
     parser.add_argument('--layers', type=int, default=6)
     parser.add_argument('--heads', type=int, default=4)
@@ -100,7 +108,10 @@ def main():
     for name in args.configs:
         for backend in args.backends:
             for dt in args.dtypes:
-                for comp in ([False, True] if args.compile else [False]):
+                modes = [False, True] if args.compile else [False]
+                if args.compile and args.only_compiled:
+                    modes = [True]
+                for comp in modes:
                     try:
                         rows.append(bench(name, backend, getattr(torch, dt),
                                           comp, args, device))
