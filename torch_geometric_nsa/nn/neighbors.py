@@ -17,6 +17,19 @@ except ImportError:  # pragma: no cover
     torch_cluster = None
 
 
+def _prepare(pos: Tensor, batch: Optional[Tensor],
+             use_cluster: Optional[bool]):
+    """Checks the input; returns the batch vector and whether to use
+    torch-cluster."""
+    if pos.dim() != 2:
+        raise ValueError("'pos' must have shape [num_points, dim]")
+    if use_cluster is None:
+        use_cluster = torch_cluster is not None
+    elif use_cluster and torch_cluster is None:
+        raise ImportError("torch-cluster is not installed")
+    return _batch_or_zeros(pos, batch), use_cluster
+
+
 def _batch_or_zeros(pos: Tensor, batch: Optional[Tensor]) -> Tensor:
     if batch is None:
         return pos.new_zeros(pos.size(0), dtype=torch.long)
@@ -61,14 +74,8 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
         torch.Tensor: ``[2, E]`` edge index, row 0 the source (neighbour)
         :math:`j`, row 1 the target :math:`i`, sorted by target then source.
     """
-    if pos.dim() != 2:
-        raise ValueError("'pos' must have shape [num_points, dim]")
-    batch = _batch_or_zeros(pos, batch)
-    if use_cluster is None:
-        use_cluster = torch_cluster is not None
+    batch, use_cluster = _prepare(pos, batch, use_cluster)
     if use_cluster:
-        if torch_cluster is None:
-            raise ImportError("torch-cluster is not installed")
         k = pos.size(0) if max_num_neighbors is None else max_num_neighbors
         ei = torch_cluster.radius_graph(pos, r, batch, loop, k)
         return _sort_edges(ei, pos.size(0))
@@ -174,12 +181,8 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
     Returns:
         torch.Tensor: ``[2, E]`` edge index (source, target), sorted by target.
     """
-    batch = _batch_or_zeros(pos, batch)
-    if use_cluster is None:
-        use_cluster = torch_cluster is not None
+    batch, use_cluster = _prepare(pos, batch, use_cluster)
     if use_cluster:
-        if torch_cluster is None:
-            raise ImportError("torch-cluster is not installed")
         return _sort_edges(torch_cluster.knn_graph(pos, k, batch, loop),
                            pos.size(0))
     n = pos.size(0)
