@@ -1,0 +1,78 @@
+"""The Triton level loop of the tree build (``tree/_triton.py``): bitwise equal
+to the torch loop, on the CPU through the Triton interpreter (subprocess, so
+``TRITON_INTERPRET=1`` is set before Triton is imported and never leaks into
+the other test modules) and on CUDA against the CPU build."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torch_geometric_nsa import build_ball_tree
+from torch_geometric_nsa.tree import slot_capacity
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_tree_levels_under_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--rootdir", HERE, os.path.join(HERE, "triton_levels_suite.py")],
+        env=env, cwd=HERE, capture_output=True, text=True, timeout=600)
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    print(tail)
+    assert proc.returncode == 0, tail
+
+
+def _random_batch(sizes, dim, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    pos = torch.randn(sum(sizes), dim, generator=gen).to(dtype)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                    torch.tensor(sizes))
+    return pos, batch
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,
+                    reason='needs CUDA and triton')
+@pytest.mark.parametrize('dim, dtype', [(3, torch.float32), (2, torch.float64),
+                                        (1, torch.float32), (5, torch.float16)])
+def test_triton_build_matches_cpu_and_never_syncs(dim, dtype):
+    from torch_geometric_nsa.tree.build import _use_triton
+    sizes = [1000, 1, 4097, 300, 2999]
+    pos, batch = _random_batch(sizes, dim, seed=dim, dtype=dtype)
+    pos_c, batch_c = pos.cuda(), batch.cuda()
+    assert _use_triton(pos_c.float())
+    cpu = build_ball_tree(pos, batch, ball_size=128)
+    gpu = build_ball_tree(pos_c, batch_c, ball_size=128)
+    assert torch.equal(gpu.perm.cpu(), cpu.perm)
+    assert torch.equal(gpu.inverse.cpu(), cpu.inverse)
+    rot_cpu = build_ball_tree(pos, batch, ball_size=32, rotate=30.0)
+    rot_gpu = build_ball_tree(pos_c, batch_c, ball_size=32, rotate=30.0)
+    assert torch.equal(rot_gpu.perm.cpu(), rot_cpu.perm)
+    cap = slot_capacity(pos.size(0), len(sizes), 128)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        static = build_ball_tree(pos_c, batch_c, ball_size=128,
+                                 batch_size=len(sizes), num_slots=cap)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(static.perm[:cpu.num_slots].cpu(), cpu.perm)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,
+                    reason='needs CUDA and triton')
+def test_triton_build_grid_ties_cuda():
+    g = torch.stack(torch.meshgrid(torch.arange(64.), torch.arange(64.),
+                                   torch.arange(4.), indexing='ij'),
+                    -1).view(-1, 3)
+    cpu = build_ball_tree(g, ball_size=64)
+    gpu = build_ball_tree(g.cuda(), ball_size=64)
+    assert torch.equal(gpu.perm.cpu(), cpu.perm)

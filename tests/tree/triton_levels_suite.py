@@ -1,0 +1,118 @@
+"""Bitwise checks of ``tree_order_triton`` against the torch level loop, on the
+CPU through the Triton interpreter.
+
+Not collected directly (no ``test_`` prefix): ``test_triton_levels.py`` runs
+this module in a subprocess with ``TRITON_INTERPRET=1`` set before Triton and
+the kernels are imported.
+"""
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run through test_triton_levels.py (needs TRITON_INTERPRET=1)",
+                allow_module_level=True)
+
+import torch_geometric_nsa.tree._triton as tt  # noqa: E402
+from torch_geometric_nsa.tree._triton import tree_order_triton  # noqa: E402
+from torch_geometric_nsa.tree.build import _tree_order  # noqa: E402
+
+# (SEGMENTED, block size): the segmented reduction (the default) is slow in
+# the interpreter, so it runs on the smaller cases with small blocks (nodes
+# spanning blocks, blocks of many nodes); the per-element fallback (and its
+# single-node-block fast path) on all cases with the default block.
+SEGMENTED = (True, 128)
+FALLBACK = (False, 1024)
+
+
+@pytest.fixture(params=[SEGMENTED, FALLBACK], ids=['segmented', 'fallback'])
+def path(request, monkeypatch):
+    monkeypatch.setattr(tt, 'SEGMENTED', request.param[0])
+    monkeypatch.setattr(tt, '_BLOCK', request.param[1])
+
+
+@pytest.fixture
+def fallback(monkeypatch):
+    monkeypatch.setattr(tt, 'SEGMENTED', FALLBACK[0])
+    monkeypatch.setattr(tt, '_BLOCK', FALLBACK[1])
+
+
+def tree_inputs(pos, batch, m, batch_size=None, num_slots=None):
+    batch_size = batch_size or int(batch.max()) + 1
+    counts = torch.zeros(batch_size, dtype=torch.long)
+    counts.index_add_(0, batch, torch.ones_like(batch))
+    slots = (counts + m - 1) // m * m
+    node_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    max_slots = num_slots or int(slots.max())
+    return pos.detach().float(), batch, slots, node_ptr, max_slots
+
+
+def check(pos, batch, m, **kw):
+    args = tree_inputs(pos, batch, m, **kw)
+    ref = _tree_order(*args)
+    out = tree_order_triton(*args)
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
+
+
+def batch_of(sizes):
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_batches(dim, seed, fallback):
+    gen = torch.Generator().manual_seed(seed * 10 + dim)
+    sizes = torch.randint(1, 1500, (3,), generator=gen).tolist() + [1, 127]
+    if seed == 1:
+        sizes = sizes + [3000]
+    pos = torch.randn(sum(sizes), dim, generator=gen) * 10 ** (seed * 3)
+    check(pos, batch_of(sizes), 128)
+
+
+def test_mixed_batch_small(path):
+    gen = torch.Generator().manual_seed(11)
+    sizes = [1, 130, 517, 3, 64]
+    pos = torch.randn(sum(sizes), 3, generator=gen)
+    check(pos, batch_of(sizes), 32)
+
+
+def test_float64_origin_and_signed_zeros(path):
+    gen = torch.Generator().manual_seed(5)
+    pos = torch.randn(500, 3, generator=gen, dtype=torch.float64) * 1e-3 + 7.0
+    pos[::7, 0] = 0.0
+    pos[1::7, 0] = -0.0
+    pos[::5, 2] = pos[3, 2]                     # many exact ties on an axis
+    sizes = [133, 1, 366]
+    check(pos, batch_of(sizes), 32)
+
+
+def test_grid_ties(path):
+    g = torch.stack(torch.meshgrid(torch.arange(17.), torch.arange(13.),
+                                   indexing='ij'), -1).view(-1, 2)
+    check(g, torch.zeros(g.size(0), dtype=torch.long), 16)
+    # square grid: equal spreads on both axes (lowest axis wins)
+    sq = torch.stack(torch.meshgrid(torch.arange(9.), torch.arange(9.),
+                                    torch.arange(3.), indexing='ij'),
+                     -1).view(-1, 3)
+    check(sq, torch.zeros(sq.size(0), dtype=torch.long), 64)
+    # all points equal: zero spreads everywhere
+    same = torch.full((200, 3), 1.5)
+    check(same, torch.zeros(200, dtype=torch.long), 128)
+
+
+def test_empty_cloud_and_capacity_levels(path):
+    gen = torch.Generator().manual_seed(3)
+    sizes = [10, 300, 45]
+    pos = torch.randn(sum(sizes), 4, generator=gen)
+    batch = torch.tensor([0] * 10 + [2] * 300 + [3] * 45)
+    # a gap (cloud 1 empty), a trailing empty cloud, and more levels than
+    # needed (capacity mode: max_slots = num_slots)
+    check(pos, batch, 64, batch_size=5, num_slots=4096)
+
+
+def test_single_point_and_d8(path):
+    check(torch.tensor([[0.5, 1.0, -2.0]]), torch.zeros(1, dtype=torch.long), 16)
+    gen = torch.Generator().manual_seed(8)
+    pos = torch.randn(300, 8, generator=gen)
+    check(pos, batch_of([299, 1]), 128)
