@@ -29,6 +29,13 @@ def test_tree_levels_under_triton_interpreter():
     assert proc.returncode == 0, tail
 
 
+@pytest.fixture
+def triton_tree(monkeypatch):
+    """Opts in to the Triton level loop (off by default until GPU-verified)."""
+    from torch_geometric_nsa.tree import _triton
+    monkeypatch.setattr(_triton, 'ENABLED', True)
+
+
 def _random_batch(sizes, dim, seed, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     pos = torch.randn(sum(sizes), dim, generator=gen).to(dtype)
@@ -42,7 +49,7 @@ def _random_batch(sizes, dim, seed, dtype=torch.float32):
                     reason='needs CUDA and triton')
 @pytest.mark.parametrize('dim, dtype', [(3, torch.float32), (2, torch.float64),
                                         (1, torch.float32), (5, torch.float16)])
-def test_triton_build_matches_cpu_and_never_syncs(dim, dtype):
+def test_triton_build_matches_cpu_and_never_syncs(dim, dtype, triton_tree):
     from torch_geometric_nsa.tree.build import _use_triton
     sizes = [1000, 1, 4097, 300, 2999]
     pos, batch = _random_batch(sizes, dim, seed=dim, dtype=dtype)
@@ -69,7 +76,7 @@ def test_triton_build_matches_cpu_and_never_syncs(dim, dtype):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,
                     reason='needs CUDA and triton')
-def test_triton_build_grid_ties_cuda():
+def test_triton_build_grid_ties_cuda(triton_tree):
     g = torch.stack(torch.meshgrid(torch.arange(64.), torch.arange(64.),
                                    torch.arange(4.), indexing='ij'),
                     -1).view(-1, 3)

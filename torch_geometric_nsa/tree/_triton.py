@@ -20,8 +20,10 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-#: set ``TORCH_GEOMETRIC_NSA_TREE_TRITON=0`` to use the torch loop on CUDA
-ENABLED = os.environ.get('TORCH_GEOMETRIC_NSA_TREE_TRITON', '1') != '0'
+#: opt in with ``TORCH_GEOMETRIC_NSA_TREE_TRITON=1``: this path is bitwise
+#: equal to the torch loop under the Triton interpreter but has not been
+#: compiled or timed on a GPU yet, so the torch loop stays the CUDA default
+ENABLED = os.environ.get('TORCH_GEOMETRIC_NSA_TREE_TRITON', '0') == '1'
 #: bounding boxes by a segmented in-block reduction (one atomic per node,
 #: block and axis); ``TORCH_GEOMETRIC_NSA_TREE_SEGMENTED=0``: one atomic per
 #: element and axis, except blocks of a single node (reduced in registers)
