@@ -122,7 +122,8 @@ def read_abacus_particles(abacus_dir: str):
 
 class CosmologyHalos(InMemoryDataset):
     r"""Predict velocities from positions in cosmological N-body data, as in
-    the benchmark of `Balla et al. (2024) <https://arxiv.org/abs/2411.14780>`_.
+    the cosmology benchmark of Balla et al. (2024), "A Cosmology Benchmark for
+    Geometric Deep Learning", used by `Erwin <https://arxiv.org/abs/2502.17019>`_.
 
     Two sources:
 
@@ -199,7 +200,8 @@ class CosmologyHalos(InMemoryDataset):
             f"CosmologyHalos: no 'halos_{{train,test}}_*.tfrecord' files in "
             f"'{self.raw_dir}'.  Nothing is downloaded: get the halo catalogues of "
             "the cosmology benchmark of Balla et al. 2024 "
-            "(https://arxiv.org/abs/2411.14780, the data links of its repository) "
+            "('A Cosmology Benchmark for Geometric Deep Learning'; the data links of "
+            "its repository, also referenced by Erwin, github.com/maxxxzdn/erwin) "
             f"and put the tfrecord files into '{self.raw_dir}'; or use "
             "source='abacus'.  " + ABACUS_HELP)
 

@@ -29,8 +29,9 @@ def _h5(path: str, key: str) -> np.ndarray:
 
 
 class PolymerMD(Dataset):
-    r"""The coarse-grained polymer MD benchmark of `Fu et al. (2022)
-    <https://arxiv.org/abs/2204.10348>`_ in the format `Erwin
+    r"""The coarse-grained polymer MD benchmark of Fu et al. (2022), "Simulate
+    Time-integrated Coarse-grained Molecular Dynamics with Multi-scale Graph
+    Networks", in the format `Erwin
     <https://arxiv.org/abs/2502.17019>`_ uses: predict every bead's
     acceleration from a window of its past velocities.
 
@@ -102,8 +103,9 @@ class PolymerMD(Dataset):
         raise FileNotFoundError(
             f"PolymerMD: missing '{self.raw_dir}/polymer_train' or 'polymer_test'.  "
             "Nothing is downloaded: get the polymer data of Fu et al. 2022 "
-            "(https://github.com/kyonofx/MDsim, 'Simulate Time-integrated "
-            "Coarse-grained Molecular Dynamics with Multi-scale Graph Networks') "
+            "('Simulate Time-integrated Coarse-grained Molecular Dynamics with "
+            "Multi-scale Graph Networks'; the data links of its code release, also "
+            "referenced by Erwin, github.com/maxxxzdn/erwin) "
             f"and place the trajectory folders under '{self.raw_dir}'.")
 
     @property
