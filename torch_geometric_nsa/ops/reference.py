@@ -163,6 +163,17 @@ def ball_attention(
 # --------------------------------------------------------------------------------------------
 # 2. compressed attention
 # --------------------------------------------------------------------------------------------
+def _cloud_ranges(ptr: Tensor, q: Tensor):
+    """Slot ranges of the clouds when it pays to handle them one by one: eager
+    CPU calls on several clouds (reading ``ptr`` costs no device sync there).
+    The masked all-clouds form costs O(S^2 / c) over the whole batch instead of
+    per cloud; both give the same numbers."""
+    if (q.is_cuda or ptr.numel() <= 2 or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
+        return None
+    return ptr.tolist()
+
+
 def compressed_attention(
     q: Tensor,
     kc: Tensor,
@@ -189,6 +200,34 @@ def compressed_attention(
     else ``float32``; detached). Rows without a valid block (also tail slots ``i >= ptr[B]``):
     ``o = 0``, ``lse = -inf``.
     """
+    ranges = _cloud_ranges(ptr, q)
+    if ranges is None:
+        return _compressed_attention(q, kc, vc, block_mask, ptr, block_size, scale,
+                                     upcast=upcast)
+    c = block_size
+    o = torch.zeros_like(q)
+    lse = torch.full(q.shape[:2], float("-inf"), dtype=_stat_dtype(q.dtype), device=q.device)
+    for a, b in zip(ranges[:-1], ranges[1:]):
+        if b > a:
+            local = torch.tensor([0, b - a], device=ptr.device)
+            o[a:b], lse[a:b] = _compressed_attention(
+                q[a:b], kc[a // c:b // c], vc[a // c:b // c], block_mask[a // c:b // c], local,
+                c, scale, upcast=upcast)
+    return o, lse
+
+
+def _compressed_attention(
+    q: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    block_mask: Tensor,
+    ptr: Tensor,
+    block_size: int,
+    scale: Optional[float] = None,
+    *,
+    upcast: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """All clouds at once, other clouds masked (static shapes: compile-friendly)."""
     S, H, D = q.shape
     c = block_size
     nc = kc.shape[0]
@@ -255,6 +294,35 @@ def select_blocks(
     sorted ascending, followed by ``-1`` padding. ``p`` is ``0`` for invalid blocks and where
     ``lse`` is not finite.
     """
+    args = (block_size, select_size, group_size, topk, scale)
+    ranges = _cloud_ranges(ptr, q)
+    if ranges is None:
+        return _select_blocks(q, kc, lse, block_mask, mask, ptr, *args)
+    c, s, g = block_size, select_size, group_size
+    idx = torch.full((q.shape[0] // g, topk), -1, dtype=torch.long, device=q.device)
+    for a, b in zip(ranges[:-1], ranges[1:]):
+        if b > a:
+            local = torch.tensor([0, b - a], device=ptr.device)
+            part = _select_blocks(q[a:b], kc[a // c:b // c], lse[a:b], block_mask[a // c:b // c],
+                                  mask[a:b], local, *args)
+            idx[a // g:b // g] = torch.where(part >= 0, part + a // s, part)
+    return idx
+
+
+def _select_blocks(
+    q: Tensor,
+    kc: Tensor,
+    lse: Tensor,
+    block_mask: Tensor,
+    mask: Tensor,
+    ptr: Tensor,
+    block_size: int,
+    select_size: int,
+    group_size: int,
+    topk: int,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """All clouds at once, other clouds masked (static shapes: compile-friendly)."""
     S, H, D = q.shape
     c, s, g = block_size, select_size, group_size
     nc, ns, ng = S // c, S // s, S // g
