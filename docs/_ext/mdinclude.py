@@ -44,6 +44,11 @@ def _inline(text: str) -> str:
     text = re.sub(r'(?<![\w`])_(?=\w)', r'\\_', text)
     text = text.replace('|', r'\|')
 
+    # rST needs inline literals to be delimited by non-word characters
+    # (Markdown's `custom_op`s): join such neighbours with an escaped space
+    text = re.sub('(?<=\\w)(\x00\\d+\x00)', r'\\ \1', text)
+    text = re.sub('(\x00\\d+\x00)(?=\\w)', r'\1\\ ', text)
+
     def restore(m):
         code = spans[int(m.group(1))]
         return f'``{code}``' if '``' not in code else code

@@ -73,6 +73,12 @@ def test_markdown_text_that_looks_like_rst_lists():
     assert '(a) ours' in doctree.astext()
 
 
+def test_code_span_followed_by_a_letter():
+    doctree, warnings = parse(markdown_to_rst('many `custom_op`s here\n'))
+    assert warnings == ''
+    assert 'custom_ops here' in doctree.astext()
+
+
 def test_headings_become_rubrics_by_default():
     rst = markdown_to_rst('# Title\n\ntext\n')
     assert rst[0] == '.. rubric:: Title'
