@@ -149,9 +149,13 @@ class ErwinNSAConv(torch.nn.Module):
 
     @property
     def needs_compression(self) -> bool:
+        """Whether a branch needs the block summaries (compressed or
+        selected)."""
         return 'compressed' in self.branches or 'selected' in self.branches
 
     def reset_parameters(self):
+        """Resets all learnable parameters (:math:`\\sigma_h` to
+        :obj:`dist_bias_init`)."""
         for module in self.children():
             module.reset_parameters()
         if self.sigma is not None:

@@ -51,6 +51,7 @@ class MPNNEmbedding(MessagePassing):
         self.reset_parameters()
 
     def reset_parameters(self):
+        """Resets all learnable parameters."""
         super().reset_parameters()
         self.lin.reset_parameters()
         for mlp in list(self.message_mlps) + list(self.update_mlps):
@@ -60,6 +61,8 @@ class MPNNEmbedding(MessagePassing):
 
     def forward(self, x: Tensor, pos: Tensor,
                 edge_index: Optional[Tensor] = None) -> Tensor:
+        """``x [N, F_in]``, ``pos [N, P]``, ``edge_index [2, E]`` (optional:
+        without edges only the linear embedding runs) -> ``[N, F_out]``."""
         h = self.lin(x)
         if edge_index is None or self.steps == 0:
             return h
@@ -70,6 +73,8 @@ class MPNNEmbedding(MessagePassing):
 
     def message(self, h_i: Tensor, h_j: Tensor, pos_i: Tensor, pos_j: Tensor,
                 mlp: torch.nn.Module) -> Tensor:
+        """The message :math:`\\phi_m(\\mathbf{h}_i, \\mathbf{h}_j,
+        \\mathbf{p}_i - \\mathbf{p}_j)`."""
         return mlp(torch.cat([h_i, h_j, (pos_i - pos_j).to(h_i.dtype)], -1))
 
     def __repr__(self) -> str:

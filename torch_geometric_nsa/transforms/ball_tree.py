@@ -45,6 +45,7 @@ class BallTree(BaseTransform):
         self.rotate = None if rotate is None else float(rotate)
 
     def forward(self, data: Data) -> Data:
+        """Stores the layout of ``data.pos`` on :obj:`data`."""
         if getattr(data, 'pos', None) is None:
             raise ValueError("BallTree needs 'data.pos'")
         layout = build_ball_tree(data.pos, ball_size=self.ball_size)

@@ -61,6 +61,7 @@ class TreeLayout:
 
     @property
     def device(self) -> torch.device:
+        """The device of the layout's tensors."""
         return self.perm.device
 
     def to(self, device) -> 'TreeLayout':

@@ -20,6 +20,7 @@ class SwiGLU(torch.nn.Module):
         self.w3 = Linear(hidden, channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[*, C] -> [*, C]``."""
         a, b = self.w12(x).chunk(2, dim=-1)
         return self.w3(F.silu(a) * b)
 
@@ -34,6 +35,7 @@ class ErwinNSABlock(torch.nn.Module):
         self.mlp = SwiGLU(channels, mlp_ratio * channels)
 
     def forward(self, x: Tensor, pos: Tensor, tree: TreeLayout) -> Tensor:
+        """``x [N, C]``, ``pos [N, P]`` and the layout -> ``[N, C]``."""
         x = x + self.attn(self.norm1(x), pos, tree=tree)
         return x + self.mlp(self.norm2(x))
 
@@ -102,6 +104,7 @@ class ErwinNSA(torch.nn.Module):
         self.head = Linear(hidden_channels, out_channels)
 
     def reset_parameters(self):
+        """Resets all learnable parameters."""
         self.embedding.reset_parameters()
         for block in self.blocks:
             for module in block.modules():
@@ -112,6 +115,7 @@ class ErwinNSA(torch.nn.Module):
 
     @property
     def uses_rotation(self) -> bool:
+        """Whether odd blocks run on the rotated tree."""
         return self.rotate is not None and self.num_layers > 1
 
     def build_trees(self, pos: Tensor, batch: Optional[Tensor] = None,
