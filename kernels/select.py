@@ -108,9 +108,17 @@ def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_ma
     r"""Top-k selection blocks per query group from the compressed-attention probabilities.
 
     Args:
-        q: ``[S, H, D]``; kc: ``[S // c, H, D]``; lse: ``[S, H]`` float32 (from compressed attention).
-        block_mask: ``[S // c]`` bool; mask: ``[S]`` bool; ptr: ``[B + 1]`` int64.
-        block_size ``c``, select_size ``s``, group_size ``g``, topk ``k``; scale default ``1/sqrt(D)``.
+        q: ``[S, H, D]``.
+        kc: ``[S // c, H, D]`` compressed keys.
+        lse: ``[S, H]`` float32, from compressed attention.
+        block_mask: ``[S // c]`` bool, block holds at least one real slot.
+        mask: ``[S]`` bool, real slot.
+        ptr: ``[B + 1]`` int64 slot offsets of the clouds.
+        block_size: ``c``.
+        select_size: ``s``.
+        group_size: ``g``.
+        topk: ``k``.
+        scale: default ``1/sqrt(D)``.
         block_n: compressed blocks per streamed chunk (0: automatic).
 
     Returns:
