@@ -171,19 +171,12 @@ def tree_order_triton(posf: Tensor, batch: Tensor, slots: Tensor,
                       node_ptr: Tensor, max_slots: int) -> Tensor:
     """Same contract and bitwise the same result as
     :func:`torch_geometric_nsa.tree.build._tree_order`."""
-    from .build import _ordered_bits
+    from .build import _canonical_order
 
     num_points, dim = posf.shape
     device = posf.device
-    bits = _ordered_bits(posf)                # [N, D] sort keys, computed once
-
-    # Canonical start (torch): lexicographic by coordinates within each cloud.
-    order = torch.arange(num_points, device=device)
-    for d in range(dim - 1, 0, -1):
-        order = order[torch.argsort(bits[order, d], stable=True)]
-    key = (batch[order] << 32) | bits[order, 0]
-    order = order[torch.argsort(key, stable=True)]
-    bits = bits[order].contiguous()
+    order, bits = _canonical_order(posf, batch)  # canonical start (torch)
+    bits = bits.contiguous()
 
     node = node_ptr[batch].contiguous()       # node id: its first position
     length = slots[batch].contiguous()        # node's slot count

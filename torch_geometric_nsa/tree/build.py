@@ -205,6 +205,19 @@ def _use_triton(posf: Tensor) -> bool:
     return ENABLED
 
 
+def _canonical_order(posf: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
+    """The canonical start of the build: points ordered lexicographically by
+    their coordinates within each cloud (clouds in order).  Returns the order
+    and the ``[N, D]`` order-preserving coordinate bits in that order."""
+    bits = _ordered_bits(posf)
+    order = torch.arange(posf.size(0), device=posf.device)
+    for d in range(posf.size(1) - 1, 0, -1):
+        order = order[torch.argsort(bits[order, d], stable=True)]
+    key = (batch[order] << 32) | bits[order, 0]
+    order = order[torch.argsort(key, stable=True)]
+    return order, bits[order]
+
+
 def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
                 max_slots: int) -> Tensor:
     """Real points in tree order (cloud by cloud); see :func:`build_ball_tree`."""
@@ -213,15 +226,8 @@ def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
         return tree_order_triton(posf, batch, slots, node_ptr, max_slots)
     num_points, dim = posf.shape
     device = posf.device
-    bits = _ordered_bits(posf)                # [N, D] sort keys, computed once
-
-    # Canonical start: lexicographic by coordinates within each cloud.
-    order = torch.arange(num_points, device=device)
-    for d in range(dim - 1, 0, -1):
-        order = order[torch.argsort(bits[order, d], stable=True)]
-    key = (batch[order] << 32) | bits[order, 0]
-    order = order[torch.argsort(key, stable=True)]
-    x, bits = posf[order], bits[order]        # kept in the current order
+    order, bits = _canonical_order(posf, batch)
+    x = posf[order]                           # kept in the current order
 
     # After the canonical sort position p holds a point of cloud batch[p].
     first = node_ptr[batch]                   # first position of the cloud
