@@ -76,3 +76,15 @@ def test_embedding_is_message_passing_and_uses_edges(batch_maker):
     a = emb(x, pos, ei)
     assert not torch.allclose(a, emb(x, pos, None))
     assert torch.allclose(emb(x, pos + 3.0, ei), a, atol=1e-5)
+
+
+def test_bfloat16_model_and_autocast(batch_maker):
+    x, pos, batch = batch_maker([70, 20], 4)
+    model = make_model()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x, pos, batch)
+    ref = model(x, pos, batch)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    out16 = model.bfloat16()(x.bfloat16(), pos, batch)
+    assert out16.dtype == torch.bfloat16 and torch.isfinite(out16.float()).all()

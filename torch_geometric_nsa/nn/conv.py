@@ -221,9 +221,13 @@ class ErwinNSAConv(torch.nn.Module):
         S, H, D = xs.size(0), self.heads, self.head_dim
         mask = tree.mask
         m, c = self.ball_size, self.compress_size
-        ps = ps.to(xs.dtype)
+        # positions stay in at least float32 (distances of a bf16 cloud
+        # would lose their low bits); features enter in the model's dtype
+        ps = ps.detach().to(torch.float64 if xs.dtype == torch.float64
+                            else torch.float32)
         centre = masked_block_mean(ps, mask, m)
-        xs = xs + self.pos_proj(ps - centre.repeat_interleave(m, 0))
+        xs = xs + self.pos_proj((ps - centre.repeat_interleave(m, 0))
+                                .to(xs.dtype))
         q, k, v = self.qkv(xs).view(S, 3, H, D).unbind(1)
         outs = []
         if self.needs_compression:
@@ -239,7 +243,7 @@ class ErwinNSAConv(torch.nn.Module):
                 outs.append(ops.selected_attention(
                     q, k, v, mask, idx, self.select_size, self.group_size))
         if 'local' in self.branches:
-            outs.append(ops.ball_attention(q, k, v, ps.detach(), mask,
+            outs.append(ops.ball_attention(q, k, v, ps, mask,
                                            self.sigma.to(q.dtype), m))
         gates = torch.sigmoid(self.gate(xs)).view(S, len(outs), H, 1)
         o = (torch.stack(outs, 1) * gates).sum(1)
@@ -253,7 +257,7 @@ class ErwinNSAConv(torch.nn.Module):
         c = self.compress_size
         centre = masked_block_mean(ps, mask, c).repeat_interleave(c, 0)
         h = self.phi_in(torch.cat([k.reshape(S, -1), v.reshape(S, -1)], -1))
-        h = F.gelu(h + self.phi_pos(ps - centre))
+        h = F.gelu(h + self.phi_pos((ps - centre).to(h.dtype)))
         h = masked_block_mean(h, mask, c)
         hk, hv = h.chunk(2, dim=-1)
         kc = self.phi_out_k(hk).view(-1, H, D)
