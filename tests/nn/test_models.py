@@ -88,3 +88,17 @@ def test_bfloat16_model_and_autocast(batch_maker):
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
     out16 = model.bfloat16()(x.bfloat16(), pos, batch)
     assert out16.dtype == torch.bfloat16 and torch.isfinite(out16.float()).all()
+
+
+def test_whole_model_compiles_fullgraph_with_precomputed_trees(batch_maker):
+    torch._dynamo.reset()
+    model = make_model()
+    x, pos, batch = batch_maker([60, 30], 4)
+    tree, rot = model.build_trees(pos, batch)
+    ei = radius_graph(pos, 0.8, batch)
+    eager = model(x, pos, batch, ei, tree, rot)
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    out = compiled(x, pos, batch, ei, tree, rot)
+    assert torch.allclose(out, eager, atol=1e-6)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
