@@ -174,6 +174,12 @@ def test_capacity_mode_matches_exact_layout():
     assert torch.equal(static.ptr, exact.ptr)
 
 
+def test_capacity_too_small_raises():
+    pos, batch = random_batch([100])
+    with pytest.raises(RuntimeError, match='num_slots is smaller'):
+        build_ball_tree(pos, batch, ball_size=16, batch_size=1, num_slots=64)
+
+
 def test_empty_cloud_in_the_middle_gets_no_slots():
     pos, _ = random_batch([10, 20])
     batch = torch.tensor([0] * 10 + [2] * 20)
