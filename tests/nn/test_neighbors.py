@@ -80,3 +80,14 @@ def test_bad_input():
         radius_graph(torch.rand(5), 0.1)
     with pytest.raises(ValueError, match="'batch' has"):
         radius_graph(torch.rand(5, 3), 0.1, torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize('loop', [False, True])
+def test_brute_force_fallback_is_exact(loop):
+    # the path taken when the cell keys would overflow int64
+    gen = torch.Generator().manual_seed(3)
+    pos = torch.rand(300, 3, generator=gen) * 3
+    batch = torch.repeat_interleave(torch.arange(2), torch.tensor([120, 180]))
+    row, col = neighbors._radius_brute(pos, 0.4, batch, loop, chunk=64)
+    assert as_set(torch.stack([col, row])) == as_set(
+        brute_radius(pos, 0.4, batch, loop))

@@ -6,7 +6,7 @@ sets.  PyG 2.8's own ``radius_graph``/``knn_graph`` need pyg-lib, which is not o
 PyPI, so we do not route through them.
 """
 import itertools
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -79,8 +79,12 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
         k = pos.size(0) if max_num_neighbors is None else max_num_neighbors
         ei = torch_cluster.radius_graph(pos, r, batch, loop, k)
         return _sort_edges(ei, pos.size(0))
-    return _sort_edges(_radius_cells(pos, float(r), batch, loop,
-                                     max_num_neighbors), pos.size(0))
+    row, col = _radius_cells(pos, float(r), batch, loop)
+    if max_num_neighbors is not None:
+        dist = (pos[row].double() - pos[col].double()).norm(dim=1)
+        keep = _keep_nearest(row, col, dist, pos.size(0), max_num_neighbors)
+        row, col = row[keep], col[keep]
+    return _sort_edges(torch.stack([col, row]), pos.size(0))
 
 
 def _sort_edges(edge_index: Tensor, num_points: int) -> Tensor:
@@ -89,14 +93,14 @@ def _sort_edges(edge_index: Tensor, num_points: int) -> Tensor:
 
 
 def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
-                  max_num_neighbors: Optional[int],
-                  chunk: int = 1 << 22) -> Tensor:
+                  chunk: int = 1 << 22) -> Tuple[Tensor, Tensor]:
     """Cell list: points hashed into cubes of side ``r``; each point checks the
-    3^D cubes around its own."""
+    3^D cubes around its own.  Returns (target, source) index pairs."""
     n, dim = pos.shape
     device = pos.device
     if n == 0:
-        return torch.empty(2, 0, dtype=torch.long, device=device)
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty
     p = pos.double()
     cell = torch.floor((p - p.min(0).values) / r).long()
     extent = cell.max(0).values + 3  # room for the -1/+1 neighbour offsets
@@ -107,7 +111,7 @@ def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
     for s in span:
         total *= s
     if total >= 2**62:
-        return _radius_brute(pos, r, batch, loop, max_num_neighbors)
+        return _radius_brute(pos, r, batch, loop)
     strides = []
     acc = 1
     for s in span[:dim]:
@@ -136,31 +140,30 @@ def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
                 ok &= t != s
             rows.append(t[ok])
             cols.append(s[ok])
-    row, col = torch.cat(rows), torch.cat(cols)
-    if max_num_neighbors is not None:
-        dist = (p[row] - p[col]).norm(dim=1)
-        keep = _keep_nearest(row, col, dist, n, max_num_neighbors)
-        row, col = row[keep], col[keep]
-    return torch.stack([col, row])
+    return torch.cat(rows), torch.cat(cols)
 
 
-def _radius_brute(pos, r, batch, loop, max_num_neighbors, chunk=2048):
-    rows, cols = [], []
-    n = pos.size(0)
-    for a in range(0, n, chunk):
-        d = torch.cdist(pos[a:a + chunk].double(), pos.double())
-        ok = (d <= r) & (batch[a:a + chunk, None] == batch[None])
+def _chunked_distances(pos: Tensor, batch: Tensor, loop: bool, chunk: int):
+    """Yields ``(a, d)``: the float64 distances ``[rows, N]`` of the points
+    ``a:a + chunk`` to all points, ``inf`` to other clouds (and, without
+    :obj:`loop`, to the point itself)."""
+    p = pos.double()
+    for a in range(0, p.size(0), chunk):
+        d = torch.cdist(p[a:a + chunk], p)
+        d = d.masked_fill(batch[a:a + chunk, None] != batch[None], float('inf'))
         if not loop:
-            ok[torch.arange(ok.size(0)), torch.arange(a, a + ok.size(0))] = False
-        t, s = ok.nonzero(as_tuple=True)
+            d[torch.arange(d.size(0)), torch.arange(a, a + d.size(0))] = float('inf')
+        yield a, d
+
+
+def _radius_brute(pos: Tensor, r: float, batch: Tensor, loop: bool,
+                  chunk: int = 2048) -> Tuple[Tensor, Tensor]:
+    rows, cols = [], []
+    for a, d in _chunked_distances(pos, batch, loop, chunk):
+        t, s = (d <= r).nonzero(as_tuple=True)
         rows.append(t + a)
         cols.append(s)
-    row, col = torch.cat(rows), torch.cat(cols)
-    if max_num_neighbors is not None:
-        dist = (pos[row].double() - pos[col].double()).norm(dim=1)
-        keep = _keep_nearest(row, col, dist, n, max_num_neighbors)
-        row, col = row[keep], col[keep]
-    return torch.stack([col, row])
+    return torch.cat(rows), torch.cat(cols)
 
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
@@ -187,13 +190,8 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
                            pos.size(0))
     n = pos.size(0)
     rows, cols = [], []
-    for a in range(0, n, chunk):
-        d = torch.cdist(pos[a:a + chunk].double(), pos.double())
-        d = d.masked_fill(batch[a:a + chunk, None] != batch[None], float('inf'))
-        if not loop:
-            d[torch.arange(d.size(0)), torch.arange(a, a + d.size(0))] = float('inf')
-        kk = min(k, n)
-        val, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+    for a, d in _chunked_distances(pos, batch, loop, chunk):
+        val, idx = torch.topk(d, min(k, n), dim=1, largest=False, sorted=True)
         ok = torch.isfinite(val)
         t = torch.arange(a, a + d.size(0), device=pos.device)[:, None].expand_as(idx)
         rows.append(t[ok])
