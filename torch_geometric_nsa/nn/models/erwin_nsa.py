@@ -19,6 +19,11 @@ class SwiGLU(torch.nn.Module):
         self.w12 = Linear(channels, 2 * hidden)
         self.w3 = Linear(hidden, channels)
 
+    def reset_parameters(self):
+        """Resets all learnable parameters."""
+        self.w12.reset_parameters()
+        self.w3.reset_parameters()
+
     def forward(self, x: Tensor) -> Tensor:
         """``[*, C] -> [*, C]``."""
         a, b = self.w12(x).chunk(2, dim=-1)
@@ -33,6 +38,11 @@ class ErwinNSABlock(torch.nn.Module):
         self.attn = ErwinNSAConv(channels, heads, **kwargs)
         self.norm2 = RMSNorm(channels)
         self.mlp = SwiGLU(channels, mlp_ratio * channels)
+
+    def reset_parameters(self):
+        """Resets all learnable parameters."""
+        for module in (self.norm1, self.attn, self.norm2, self.mlp):
+            module.reset_parameters()
 
     def forward(self, x: Tensor, pos: Tensor, tree: TreeLayout) -> Tensor:
         """``x [N, C]``, ``pos [N, P]`` and the layout -> ``[N, C]``."""
@@ -107,9 +117,7 @@ class ErwinNSA(torch.nn.Module):
         """Resets all learnable parameters."""
         self.embedding.reset_parameters()
         for block in self.blocks:
-            for module in block.modules():
-                if module is not block and hasattr(module, 'reset_parameters'):
-                    module.reset_parameters()
+            block.reset_parameters()
         self.norm.reset_parameters()
         self.head.reset_parameters()
 
@@ -121,14 +129,13 @@ class ErwinNSA(torch.nn.Module):
     def build_trees(self, pos: Tensor, batch: Optional[Tensor] = None,
                     batch_size: Optional[int] = None):
         """The (plain, rotated) layouts the blocks use."""
-        tree = build_ball_tree(pos, batch, ball_size=self.ball_size,
-                               batch_size=batch_size)
-        tree_rot = None
-        if self.uses_rotation:
-            tree_rot = build_ball_tree(pos, batch, ball_size=self.ball_size,
-                                       rotate=self.rotate,
-                                       batch_size=batch_size)
-        return tree, tree_rot
+        return (self._build_tree(pos, batch, None, batch_size),
+                self._build_tree(pos, batch, self.rotate, batch_size)
+                if self.uses_rotation else None)
+
+    def _build_tree(self, pos, batch, rotate, batch_size=None) -> TreeLayout:
+        return build_ball_tree(pos, batch, ball_size=self.ball_size,
+                               rotate=rotate, batch_size=batch_size)
 
     def trees_from_data(self, data):
         """The (plain, rotated) layouts stored on a :class:`Data`/:class:`Batch`
@@ -158,11 +165,9 @@ class ErwinNSA(torch.nn.Module):
             torch.Tensor: ``[N, F_out]``.
         """
         if tree is None:
-            tree, built_rot = self.build_trees(pos, batch)
-            tree_rot = built_rot if tree_rot is None else tree_rot
-        elif tree_rot is None and self.uses_rotation:
-            tree_rot = build_ball_tree(pos, batch, ball_size=self.ball_size,
-                                       rotate=self.rotate)
+            tree = self._build_tree(pos, batch, None)
+        if tree_rot is None and self.uses_rotation:
+            tree_rot = self._build_tree(pos, batch, self.rotate)
         if edge_index is None and self.radius is not None:
             edge_index = radius_graph(pos, self.radius, batch,
                                       max_num_neighbors=self.max_num_neighbors)
