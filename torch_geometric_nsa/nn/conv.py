@@ -28,6 +28,12 @@ def masked_block_mean(src: Tensor, mask: Tensor, size: int) -> Tensor:
     return total / w.sum(1).clamp(min=1)
 
 
+def offset_from_block_centre(pos: Tensor, mask: Tensor, size: int) -> Tensor:
+    """``[S, P]`` position of every slot relative to the centroid of the real
+    slots of its block of :obj:`size` slots."""
+    return pos - masked_block_mean(pos, mask, size).repeat_interleave(size, 0)
+
+
 class ErwinNSAConv(torch.nn.Module):
     r"""The Erwin NSA attention layer: natively trainable sparse attention
     (`Yuan et al., 2025 <https://arxiv.org/abs/2502.11089>`_) over the balls
@@ -225,9 +231,8 @@ class ErwinNSAConv(torch.nn.Module):
         # would lose their low bits); features enter in the model's dtype
         ps = ps.detach().to(torch.float64 if xs.dtype == torch.float64
                             else torch.float32)
-        centre = masked_block_mean(ps, mask, m)
-        xs = xs + self.pos_proj((ps - centre.repeat_interleave(m, 0))
-                                .to(xs.dtype))
+        xs = xs + self.pos_proj(
+            offset_from_block_centre(ps, mask, m).to(xs.dtype))
         q, k, v = self.qkv(xs).view(S, 3, H, D).unbind(1)
         outs = []
         if self.needs_compression:
@@ -255,9 +260,9 @@ class ErwinNSAConv(torch.nn.Module):
         and the ``[S/c]`` mask of blocks holding a real point."""
         S, H, D = k.shape
         c = self.compress_size
-        centre = masked_block_mean(ps, mask, c).repeat_interleave(c, 0)
         h = self.phi_in(torch.cat([k.reshape(S, -1), v.reshape(S, -1)], -1))
-        h = F.gelu(h + self.phi_pos((ps - centre).to(h.dtype)))
+        rel = offset_from_block_centre(ps, mask, c)
+        h = F.gelu(h + self.phi_pos(rel.to(h.dtype)))
         h = masked_block_mean(h, mask, c)
         hk, hv = h.chunk(2, dim=-1)
         kc = self.phi_out_k(hk).view(-1, H, D)
