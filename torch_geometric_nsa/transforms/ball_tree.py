@@ -94,14 +94,4 @@ def layout_from_parts(perm: torch.Tensor, mask: torch.Tensor,
                          f'with another ball size?')
     slots = num_slots.view(-1).long()
     ptr = torch.cat([slots.new_zeros(1), slots.cumsum(0)])
-    size = perm.numel()
-    slot = torch.arange(size, device=perm.device)
-    slot_batch = torch.repeat_interleave(
-        torch.arange(slots.numel(), device=perm.device), slots,
-        output_size=size)
-    # Real slots hold distinct points; pads write into a dropped extra entry.
-    target = torch.where(mask, perm, torch.full_like(perm, num_points))
-    inverse = torch.zeros(num_points + 1, dtype=torch.long,
-                          device=perm.device).scatter_(0, target, slot)
-    return TreeLayout(perm=perm, mask=mask, ptr=ptr, inverse=inverse[:-1],
-                      slot_batch=slot_batch, ball_size=ball_size)
+    return TreeLayout.from_slots(perm, mask, ptr, num_points, ball_size)

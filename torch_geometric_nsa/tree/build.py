@@ -191,8 +191,7 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
         max_slots = num_slots
 
     order = _tree_order(posf, batch, slots, node_ptr, max_slots=max_slots)
-    return _assemble(order, batch, counts, ptr, node_ptr, num_slots,
-                     ball_size)
+    return _assemble(order, counts, ptr, node_ptr, num_slots, ball_size)
 
 
 def _use_triton(posf: Tensor) -> bool:
@@ -253,7 +252,7 @@ def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
     return order
 
 
-def _assemble(order: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor,
+def _assemble(order: Tensor, counts: Tensor, ptr: Tensor,
               node_ptr: Tensor, num_slots: int, ball_size: int) -> TreeLayout:
     device = order.device
     num_points, batch_size = order.numel(), counts.numel()
@@ -265,12 +264,8 @@ def _assemble(order: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor,
     # Pads repeat the last real point of their cloud.
     src = node_ptr[slot_batch] + torch.minimum(local, counts[slot_batch] - 1)
     perm = order[src.clamp_(0, num_points - 1)]
-
-    pos_slot = ptr[batch] + torch.arange(num_points, device=device) - \
-        node_ptr[batch]
-    inverse = torch.empty_like(order).scatter_(0, order, pos_slot)
-    return TreeLayout(perm=perm, mask=mask, ptr=ptr, inverse=inverse,
-                      slot_batch=slot_batch, ball_size=ball_size)
+    return TreeLayout.from_slots(perm, mask, ptr, num_points, ball_size,
+                                 slot_batch=slot_batch)
 
 
 def ball_radius(layout: TreeLayout, pos: Tensor, size: int) -> Tuple[Tensor,
@@ -282,9 +277,7 @@ def ball_radius(layout: TreeLayout, pos: Tensor, size: int) -> Tuple[Tensor,
         (torch.Tensor, torch.Tensor): ``[S / size]`` radii and ``[S / size]``
         bool, whether the ball holds a real point.
     """
-    _check_pow2(size, 'size')
-    if size > layout.ball_size:
-        raise ValueError(f"size={size} exceeds ball_size={layout.ball_size}")
+    layout.check_ball_size(size)
     p = layout.gather(pos.double()).view(-1, size, pos.size(1))
     m = layout.mask.view(-1, size, 1).double()
     cnt = m.sum(1)

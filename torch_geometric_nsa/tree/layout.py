@@ -44,6 +44,24 @@ class TreeLayout:
     slot_batch: Tensor
     ball_size: int
 
+    @classmethod
+    def from_slots(cls, perm: Tensor, mask: Tensor, ptr: Tensor,
+                   num_points: int, ball_size: int,
+                   slot_batch: Optional[Tensor] = None) -> 'TreeLayout':
+        """Completes a layout from its slots: derives :attr:`inverse` (and
+        :attr:`slot_batch` unless given) from ``perm``, ``mask`` and ``ptr``,
+        without host synchronisation."""
+        slot = torch.arange(perm.numel(), device=perm.device)
+        if slot_batch is None:
+            slot_batch = torch.searchsorted(ptr[1:], slot, right=True)
+            slot_batch = slot_batch.clamp_(max=ptr.numel() - 2)
+        # Real slots hold distinct points; pads write into a dropped entry.
+        target = torch.where(mask, perm, torch.full_like(perm, num_points))
+        inverse = torch.zeros(num_points + 1, dtype=torch.long,
+                              device=perm.device).scatter_(0, target, slot)
+        return cls(perm=perm, mask=mask, ptr=ptr, inverse=inverse[:-1],
+                   slot_batch=slot_batch, ball_size=ball_size)
+
     @property
     def num_slots(self) -> int:
         """The number of slots :math:`S`."""
@@ -84,11 +102,16 @@ class TreeLayout:
         """The ball of every slot at ball size :obj:`size` (default
         :attr:`ball_size`): ``[S]`` int64, ``slot // size``."""
         size = self.ball_size if size is None else size
+        self.check_ball_size(size)
+        return torch.arange(self.num_slots, device=self.device) // size
+
+    def check_ball_size(self, size: int) -> None:
+        """Raises unless balls of :obj:`size` slots can be read off this
+        layout (a power of two, at most :attr:`ball_size`)."""
         _check_pow2(size, 'size')
         if size > self.ball_size:
             raise ValueError(f"size={size} exceeds the layout's ball_size="
                              f"{self.ball_size}")
-        return torch.arange(self.num_slots, device=self.device) // size
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_points={self.num_points}, '
