@@ -37,11 +37,3 @@ def check_dtype(*ts: torch.Tensor) -> None:
     for t in ts[1:]:
         if t.dtype != dt:
             raise TypeError(f"dtype mismatch: {t.dtype} vs {dt}")
-
-
-def default_tile(D: int, dtype: torch.dtype) -> int:
-    """Default square tile: 128 under the interpreter (few, large blocks), else 64 (32 for float32
-    with a 128-wide head, which would spill)."""
-    if interpret_mode():
-        return 128
-    return 32 if (dtype == torch.float32 and D > 64) else 64

@@ -181,33 +181,37 @@ def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
 # ----------------------------------------------------------------------------------------------
 import torch  # noqa: E402
 
-from ._common import LOG2E as _LOG2E, check_dtype, default_tile, dot_precision, head_block  # noqa: E402
+from . import _config  # noqa: E402
+from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block  # noqa: E402
 
 
-def _tiles(m: int, block_m: int, block_n: int, D: int, dtype: torch.dtype):
-    t = default_tile(D, dtype)
-    return min(m, block_m if block_m > 0 else t), min(m, block_n if block_n > 0 else t)
+def _cfg(kernel: str, m: int, q: torch.Tensor, block_m: int, block_n: int, num_warps: int,
+         num_stages: int):
+    cfg = _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
+                      num_stages)
+    return min(m, cfg["BM"]), min(m, cfg["BN"]), _config.launch_meta(cfg)
 
 
 @torch.library.custom_op("tgnsa::ball_attention_fwd", mutates_args=())
 def ball_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                        mask: torch.Tensor, sigma: torch.Tensor, ball_size: int, scale: float,
-                       block_m: int, block_n: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+                       block_m: int, block_n: int, num_warps: int,
+                       num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    BM, BN = _tiles(ball_size, block_m, block_n, D, q.dtype)
+    BM, BN, launch = _cfg("ball_fwd", ball_size, q, block_m, block_n, num_warps, num_stages)
     grid = (triton.cdiv(S, BM), H)
     _ball_fwd_kernel[grid](q, k, v, pos, mask, sigma, o, lse, S, H, D, ball_size, scale * _LOG2E,
                            P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D),
-                           PREC=dot_precision(q.dtype), num_warps=num_warps)
+                           PREC=dot_precision(q.dtype), **launch)
     return o, lse
 
 
 @ball_attention_fwd.register_fake
-def _(q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps):
+def _(q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps, num_stages):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
@@ -215,43 +219,47 @@ def _(q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps):
 def ball_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        pos: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor, o: torch.Tensor,
                        lse: torch.Tensor, ball_size: int, scale: float, block_m: int, block_n: int,
-                       num_warps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                       num_warps: int, num_stages: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     do = do.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if S == 0:
         return dq, dk, dv, torch.zeros_like(sigma)
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
-    BM, BN = _tiles(ball_size, block_m, block_n, D, q.dtype)
+    common = dict(P=pos.shape[1], BD=head_block(D), PREC=dot_precision(q.dtype))
+    BM, BN, launch = _cfg("ball_bwd_dq", ball_size, q, block_m, block_n, num_warps, num_stages)
+    _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, k, v, pos, mask, sigma, do, lse, delta, dq,
+                                                 S, H, D, ball_size, scale * _LOG2E, scale,
+                                                 BM=BM, BN=BN, **common, **launch)
+    BM, BN, launch = _cfg("ball_bwd_dkdv", ball_size, q, block_m, block_n, num_warps, num_stages)
     nkt = triton.cdiv(S, BN)
     dsig_part = torch.empty((nkt, H), device=q.device, dtype=torch.float32)
-    meta = dict(P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype),
-                num_warps=num_warps)
-    _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, k, v, pos, mask, sigma, do, lse, delta, dq,
-                                                 S, H, D, ball_size, scale * _LOG2E, scale, **meta)
     _ball_bwd_dkdv_kernel[(nkt, H)](q, k, v, pos, mask, sigma, do, lse, delta, dk, dv, dsig_part,
-                                    S, H, D, ball_size, scale * _LOG2E, scale, **meta)
+                                    S, H, D, ball_size, scale * _LOG2E, scale,
+                                    BM=BM, BN=BN, **common, **launch)
     dsigma = dsig_part.sum(0).to(sigma.dtype)
     return dq, dk, dv, dsigma
 
 
 @ball_attention_bwd.register_fake
-def _(do, q, k, v, pos, mask, sigma, o, lse, ball_size, scale, block_m, block_n, num_warps):
+def _(do, q, k, v, pos, mask, sigma, o, lse, ball_size, scale, block_m, block_n, num_warps,
+      num_stages):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(sigma)
 
 
 def _ball_setup(ctx, inputs, output):
-    q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps = inputs
+    q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps, num_stages = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, pos, mask, sigma, o, lse)
-    ctx.args = (ball_size, scale, block_m, block_n, num_warps)
+    ctx.args = (ball_size, scale, block_m, block_n, num_warps, num_stages)
     ctx.mark_non_differentiable(lse)
 
 
 def _ball_backward(ctx, do, dlse):
     q, k, v, pos, mask, sigma, o, lse = ctx.saved_tensors
     dq, dk, dv, dsigma = ball_attention_bwd(do, q, k, v, pos, mask, sigma, o, lse, *ctx.args)
-    return dq, dk, dv, None, None, dsigma, None, None, None, None, None
+    return dq, dk, dv, None, None, dsigma, None, None, None, None, None, None
 
 
 ball_attention_fwd.register_autograd(_ball_backward, setup_context=_ball_setup)
@@ -260,7 +268,7 @@ ball_attention_fwd.register_autograd(_ball_backward, setup_context=_ball_setup)
 def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                    mask: torch.Tensor, sigma: torch.Tensor, ball_size: int,
                    scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
-                   num_warps: int = 4) -> torch.Tensor:
+                   num_warps: int = 0, num_stages: int = 0) -> torch.Tensor:
     r"""Local ball attention with the distance bias, Triton kernels.
 
     Args:
@@ -270,7 +278,9 @@ def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch
         sigma: ``[H]`` per-head bias weight (differentiable).
         ball_size: ``m`` (divides ``S``).
         scale: softmax scale, default ``1/sqrt(D)``.
-        block_m, block_n: query / key tile sizes (0: automatic, clipped to ``m``).
+        block_m, block_n: query / key tile sizes (0: from the config table, clipped to ``m``).
+        num_warps, num_stages: launch options of every kernel (0: from the config table,
+            ``torch_geometric_nsa.kernels._config``).
 
     Returns:
         ``o`` ``[S, H, D]`` (0 for rows with no real key in their ball).
@@ -281,5 +291,5 @@ def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch
     o, _ = ball_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
                               pos.detach().float().contiguous(), mask.contiguous().to(torch.uint8),
                               sigma.contiguous(), int(ball_size), float(scale), int(block_m),
-                              int(block_n), int(num_warps))
+                              int(block_n), int(num_warps), int(num_stages))
     return o

@@ -5,8 +5,10 @@ with ``block_mask[beta]``.  The cloud range of every slot is looked up in a per-
 (``lo``/``hi`` in compressed-block units) built with ``torch.searchsorted`` (no host sync); a tile
 may straddle clouds, every row is masked by its own range.  Returns ``o`` and the natural-log LSE
 (float32; ``-inf`` and ``o = 0`` for rows without a valid block).  The backward recomputes the
-probabilities: dQ per query tile, dKc/dVc per compressed-key tile looping over the queries of that
-key's cloud; no atomics, deterministic.
+probabilities: dQ per query tile (it also writes ``delta = rowsum(dO * O)``), dKc/dVc per
+compressed-key tile looping over the queries of that key's cloud, optionally split over parts of
+that query range into float32 partials summed by torch (more programs for a single large cloud);
+no atomics, deterministic.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E as _LOG2E, check_dtype, default_tile, dot_precision, head_block
+from . import _config
+from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -66,8 +69,10 @@ def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
 
 
 @triton.jit
-def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DQ, S, NC, H, D, qk_scale, scale,
+def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H, D, qk_scale,
+                       scale,
                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    # delta = rowsum(dO * O) in fp32, written for the dK/dV kernel (runs first)
     pid = tl.program_id(0)
     h = tl.program_id(1)
     rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
@@ -84,7 +89,9 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DQ, S, NC, H, D
     q = tl.load(Q + q_off, mask=qm, other=0.0)
     do = tl.load(DO + q_off, mask=qm, other=0.0)
     lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
-    delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+    o = tl.load(O + q_off, mask=qm, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
     for bstart in range(blo, bhi, BN):
         cols = bstart + tl.arange(0, BN)
@@ -106,10 +113,13 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DQ, S, NC, H, D
 
 @triton.jit
 def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC, H, D, C,
-                         qk_scale, scale,
+                         qk_scale, scale, SPLIT: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    # SPLIT > 1: program (pid, h, part) covers part ``part`` of the key tile's query range (whole
+    # BM tiles) and writes float32 partials DK/DV[part] (summed afterwards, deterministically).
     pid = tl.program_id(0)
     h = tl.program_id(1)
+    part = tl.program_id(2)
     cols = pid.to(tl.int64) * BN + tl.arange(0, BN)
     cmask = cols < NC
     # query range of each key's cloud: slots [lo*C, hi*C) of the key's first slot
@@ -117,6 +127,13 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     khi = tl.load(HI + cols * C, mask=cmask, other=0)
     qlo = tl.min(klo, 0).to(tl.int64) * C
     qhi = tl.max(khi, 0).to(tl.int64) * C
+    if SPLIT > 1:
+        chunk = tl.cdiv(tl.cdiv(tl.maximum(qhi - qlo, 0), BM), SPLIT) * BM
+        q0 = qlo + part * chunk
+        q1 = tl.minimum(q0 + chunk, qhi)
+    else:
+        q0 = qlo
+        q1 = qhi
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -127,9 +144,9 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BD], dtype=tl.float32)
-    for qstart in range(qlo, qhi, BM):
+    for qstart in range(q0, q1, BM):
         rows = qstart + tl.arange(0, BM)
-        rmask = rows < qhi
+        rmask = rows < q1
         lo = tl.load(LO + rows, mask=rmask, other=NC)
         hi = tl.load(HI + rows, mask=rmask, other=0)
         q_off = rows[:, None] * stride + h * D + d[None, :]
@@ -146,8 +163,9 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
-    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
+    out_off = part.to(tl.int64) * NC * stride + kv_off
+    tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
 def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
@@ -171,31 +189,41 @@ def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     return lo, hi
 
 
-def _tiles(block_m: int, block_n: int, D: int, dtype: torch.dtype):
-    t = default_tile(D, dtype)
-    return (block_m if block_m > 0 else t), (block_n if block_n > 0 else t)
+def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int,
+         num_stages: int):
+    return _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
+                       num_stages)
+
+
+def dkdv_split(cfg: dict, S: int, NC: int, H: int, device: torch.device) -> int:
+    """Parts of the query range of a dK/dV program: about ``OCC`` programs per SM, at least 4
+    query tiles per part (``S // BM`` tiles bound the range of a single cloud)."""
+    nprog = triton.cdiv(NC, cfg["BN"]) * H
+    want = triton.cdiv(max(1, cfg.get("OCC", 1)) * _config.sm_count(device), nprog)
+    return max(1, min(want, triton.cdiv(S, cfg["BM"]) // 4, 64))
 
 
 @torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
 def compressed_attention_fwd(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
                              block_mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                             scale: float, block_m: int, block_n: int,
-                             num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+                             scale: float, block_m: int, block_n: int, num_warps: int,
+                             num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NC = kc.shape[0]
     o = torch.empty_like(q)
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    BM, BN = _tiles(block_m, block_n, D, q.dtype)
-    _cmp_fwd_kernel[(triton.cdiv(S, BM), H)](
+    cfg = _cfg("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
+    _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
         q, kc, vc, block_mask, lo, hi, o, lse, S, NC, H, D, scale * _LOG2E,
-        BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
+        BM=cfg["BM"], BN=cfg["BN"], BD=head_block(D), PREC=dot_precision(q.dtype),
+        **_config.launch_meta(cfg))
     return o, lse
 
 
 @compressed_attention_fwd.register_fake
-def _(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps):
+def _(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_stages):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
@@ -203,43 +231,53 @@ def _(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps):
 def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
                              block_mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                              o: torch.Tensor, lse: torch.Tensor, scale: float, block_m: int,
-                             block_n: int, num_warps: int
+                             block_n: int, num_warps: int, num_stages: int
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NC = kc.shape[0]
     do = do.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(kc), torch.empty_like(vc)
+    dq = torch.empty_like(q)
     if S == 0 or NC == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq.zero_(), torch.zeros_like(kc), torch.zeros_like(vc)
     C = S // NC
-    delta = (do.float() * o.float()).sum(-1)
-    BM, BN = _tiles(block_m, block_n, D, q.dtype)
-    meta = dict(BM=BM, BN=BN, BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
-    _cmp_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, kc, vc, block_mask, lo, hi, do, lse, delta, dq,
-                                                S, NC, H, D, scale * _LOG2E, scale, **meta)
-    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, BN), H)](q, kc, vc, block_mask, lo, hi, do, lse, delta,
-                                                   dk, dv, S, NC, H, D, C, scale * _LOG2E, scale,
-                                                   **meta)
+    delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
+    common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
+    cfg = _cfg("cmp_bwd_dq", q, block_m, block_n, num_warps, num_stages)
+    _cmp_bwd_dq_kernel[(triton.cdiv(S, cfg["BM"]), H)](
+        q, kc, vc, block_mask, lo, hi, o, do, lse, delta, dq, S, NC, H, D, scale * _LOG2E, scale,
+        BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
+    cfg = _cfg("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
+    split = dkdv_split(cfg, S, NC, H, q.device)
+    if split > 1:
+        dk = torch.empty((split,) + tuple(kc.shape), device=q.device, dtype=torch.float32)
+        dv = torch.empty((split,) + tuple(vc.shape), device=q.device, dtype=torch.float32)
+    else:
+        dk, dv = torch.empty_like(kc), torch.empty_like(vc)
+    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H, split)](
+        q, kc, vc, block_mask, lo, hi, do, lse, delta, dk, dv, S, NC, H, D, C, scale * _LOG2E,
+        scale, SPLIT=split, BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
+    if split > 1:
+        dk, dv = dk.sum(0).to(kc.dtype), dv.sum(0).to(vc.dtype)
     return dq, dk, dv
 
 
 @compressed_attention_bwd.register_fake
-def _(do, q, kc, vc, block_mask, lo, hi, o, lse, scale, block_m, block_n, num_warps):
+def _(do, q, kc, vc, block_mask, lo, hi, o, lse, scale, block_m, block_n, num_warps, num_stages):
     return torch.empty_like(q), torch.empty_like(kc), torch.empty_like(vc)
 
 
 def _cmp_setup(ctx, inputs, output):
-    q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps = inputs
+    q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_stages = inputs
     o, lse = output
     ctx.save_for_backward(q, kc, vc, block_mask, lo, hi, o, lse)
-    ctx.args = (scale, block_m, block_n, num_warps)
+    ctx.args = (scale, block_m, block_n, num_warps, num_stages)
     ctx.mark_non_differentiable(lse)
 
 
 def _cmp_backward(ctx, do, dlse):
     q, kc, vc, block_mask, lo, hi, o, lse = ctx.saved_tensors
     dq, dk, dv = compressed_attention_bwd(do, q, kc, vc, block_mask, lo, hi, o, lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 compressed_attention_fwd.register_autograd(_cmp_backward, setup_context=_cmp_setup)
@@ -248,7 +286,8 @@ compressed_attention_fwd.register_autograd(_cmp_backward, setup_context=_cmp_set
 def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
                          block_mask: torch.Tensor, ptr: torch.Tensor, block_size: int,
                          scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
-                         num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                         num_warps: int = 0, num_stages: int = 0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Attention of every query to the compressed blocks of its own cloud, Triton kernels.
 
     Args:
@@ -258,6 +297,8 @@ def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
         ptr: ``[B + 1]`` int64 slot offsets of the clouds.
         block_size: ``c``.
         scale: default ``1/sqrt(D)``.
+        block_m, block_n, num_warps, num_stages: launch options of every kernel (0: from the
+            config table, ``torch_geometric_nsa.kernels._config``).
 
     Returns:
         ``(o [S, H, D], lse [S, H] float32)``; ``lse`` is not differentiable.
@@ -269,4 +310,4 @@ def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
     lo, hi = cloud_block_ranges(ptr, S, int(block_size))
     return compressed_attention_fwd(q.contiguous(), kc.contiguous(), vc.contiguous(),
                                     block_mask.contiguous().to(torch.uint8), lo, hi, float(scale),
-                                    int(block_m), int(block_n), int(num_warps))
+                                    int(block_m), int(block_n), int(num_warps), int(num_stages))

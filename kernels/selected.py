@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E as _LOG2E, check_dtype, default_tile, dot_precision, head_block, interpret_mode, next_pow2
+from . import _config
+from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, next_pow2
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -70,7 +71,7 @@ def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale
 
 
 @triton.jit
-def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, DO, LSE, DELTA, DQ, S, H, D, TOPK, SEL, GS,
+def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, O, DO, LSE, DELTA, DQ, S, H, D, TOPK, SEL, GS,
                        qk_scale, scale,
                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
     G = tl.program_id(0).to(tl.int64)
@@ -86,7 +87,9 @@ def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, DO, LSE, DELTA, DQ, S, H, D, TOPK, SE
     q = tl.load(Q + q_off, mask=qm, other=0.0)
     do = tl.load(DO + q_off, mask=qm, other=0.0)
     lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
-    delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
+    o = tl.load(O + q_off, mask=qm, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # for the dK/dV kernel (runs next)
+    tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
     for n0 in range(0, TOPK * SEL, BN):
         cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
@@ -162,38 +165,38 @@ def inverse_map(idx: torch.Tensor, num_blocks: int):
     return off, grp
 
 
-def _cfg(g: int, s: int, topk: int, block_m: int, block_n: int, d: int, dtype: torch.dtype):
-    BM = max(16, next_pow2(g))
-    t = default_tile(d, dtype)
-    if block_n <= 0:
-        block_n = 128 if (interpret_mode() or (d <= 64 and dtype != torch.float32)) else t
-    BN = min(block_n, max(16, next_pow2(topk) * s))
-    # dkdv: key tile divides the selection block; M tile gathers whole groups
-    BNK = min(s, t)
-    BMK = max(BM, block_m if block_m > 0 else t)
-    return BM, BN, max(16, BNK), BMK
+def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int,
+         num_stages: int):
+    return _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
+                       num_stages)
+
+
+def _key_tile(block_n: int, s: int, topk: int) -> int:
+    """Gathered key rows per step of the forward / dQ kernels (whole blocks when it exceeds s)."""
+    return min(block_n, max(16, next_pow2(topk) * s))
 
 
 @torch.library.custom_op("tgnsa::selected_attention_fwd", mutates_args=())
 def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                            idx: torch.Tensor, select_size: int, group_size: int, scale: float,
-                           block_m: int, block_n: int,
-                           num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
+                           block_m: int, block_n: int, num_warps: int,
+                           num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     NG, TOPK = idx.shape
     if S == 0 or NG == 0:
         return o, lse
-    BM, BN, _, _ = _cfg(group_size, select_size, TOPK, block_m, block_n, D, q.dtype)
+    cfg = _cfg("sel_fwd", q, 0, block_n, num_warps, num_stages)
     _sel_fwd_kernel[(NG, H)](q, k, v, mask, idx, o, lse, S, H, D, TOPK, select_size, group_size,
-                             scale * _LOG2E, BM=BM, BN=BN, BD=head_block(D),
-                             PREC=dot_precision(q.dtype), num_warps=num_warps)
+                             scale * _LOG2E, BM=max(16, next_pow2(group_size)),
+                             BN=_key_tile(cfg["BN"], select_size, TOPK), BD=head_block(D),
+                             PREC=dot_precision(q.dtype), **_config.launch_meta(cfg))
     return o, lse
 
 
 @selected_attention_fwd.register_fake
-def _(q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps):
+def _(q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps, num_stages):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
@@ -201,7 +204,7 @@ def _(q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_
 def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            mask: torch.Tensor, idx: torch.Tensor, o: torch.Tensor,
                            lse: torch.Tensor, select_size: int, group_size: int, scale: float,
-                           block_m: int, block_n: int, num_warps: int
+                           block_m: int, block_n: int, num_warps: int, num_stages: int
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NG, TOPK = idx.shape
@@ -209,35 +212,45 @@ def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if S == 0 or NG == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    delta = (do.float() * o.float()).sum(-1)
-    BM, BN, BNK, BMK = _cfg(group_size, select_size, TOPK, block_m, block_n, D, q.dtype)
-    meta = dict(BD=head_block(D), PREC=dot_precision(q.dtype), num_warps=num_warps)
-    _sel_bwd_dq_kernel[(NG, H)](q, k, v, mask, idx, do, lse, delta, dq, S, H, D, TOPK, select_size,
-                                group_size, scale * _LOG2E, scale, BM=BM, BN=BN, **meta)
+    delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
+    common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
+    BMG = max(16, next_pow2(group_size))
+    cfg = _cfg("sel_bwd_dq", q, 0, block_n, num_warps, num_stages)
+    _sel_bwd_dq_kernel[(NG, H)](q, k, v, mask, idx, o, do, lse, delta, dq, S, H, D, TOPK,
+                                select_size, group_size, scale * _LOG2E, scale, BM=BMG,
+                                BN=_key_tile(cfg["BN"], select_size, TOPK), **common,
+                                **_config.launch_meta(cfg))
     off, grp = inverse_map(idx, S // select_size)
+    # dK/dV: the key tile divides the selection block; the M tile gathers whole groups
+    cfg = _cfg("sel_bwd_dkdv", q, block_m, 0, num_warps, num_stages)
+    BNK = max(16, min(select_size, cfg["BN"]))
+    BMK = max(BMG, cfg["BM"])
     _sel_bwd_dkdv_kernel[(S // BNK, H)](q, k, v, mask, off, grp, do, lse, delta, dk, dv, S, H, D,
                                         select_size, group_size, scale * _LOG2E, scale,
-                                        GPI=max(1, BMK // group_size), BM=BMK, BN=BNK, **meta)
+                                        GPI=max(1, BMK // group_size), BM=BMK, BN=BNK, **common,
+                                        **_config.launch_meta(cfg))
     return dq, dk, dv
 
 
 @selected_attention_bwd.register_fake
-def _(do, q, k, v, mask, idx, o, lse, select_size, group_size, scale, block_m, block_n, num_warps):
+def _(do, q, k, v, mask, idx, o, lse, select_size, group_size, scale, block_m, block_n, num_warps,
+      num_stages):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _sel_setup(ctx, inputs, output):
-    q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps = inputs
+    (q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps,
+     num_stages) = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, mask, idx, o, lse)
-    ctx.args = (select_size, group_size, scale, block_m, block_n, num_warps)
+    ctx.args = (select_size, group_size, scale, block_m, block_n, num_warps, num_stages)
     ctx.mark_non_differentiable(lse)
 
 
 def _sel_backward(ctx, do, dlse):
     q, k, v, mask, idx, o, lse = ctx.saved_tensors
     dq, dk, dv = selected_attention_bwd(do, q, k, v, mask, idx, o, lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 selected_attention_fwd.register_autograd(_sel_backward, setup_context=_sel_setup)
@@ -246,7 +259,7 @@ selected_attention_fwd.register_autograd(_sel_backward, setup_context=_sel_setup
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                        idx: torch.Tensor, select_size: int, group_size: int,
                        scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
-                       num_warps: int = 4) -> torch.Tensor:
+                       num_warps: int = 0, num_stages: int = 0) -> torch.Tensor:
     r"""Block-sparse attention of each query group to its selected blocks, Triton kernels.
 
     Args:
@@ -256,7 +269,9 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
         select_size: ``s``; group_size: ``g``.
         scale: default ``1/sqrt(D)``.
         block_m: M tile of the dK/dV kernel (groups gathered per step); block_n: key tile of the
-            forward / dQ kernels (several selected blocks gathered).
+            forward / dQ kernels (several selected blocks gathered); 0: from the config table.
+        num_warps, num_stages: launch options of every kernel (0: from the config table,
+            ``torch_geometric_nsa.kernels._config``).
 
     Returns:
         ``o`` ``[S, H, D]`` (0 for queries with no valid key).  Backward is deterministic, no atomics.
@@ -268,4 +283,4 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
                                   mask.contiguous().to(torch.uint8),
                                   idx.to(torch.int64).contiguous(), int(select_size),
                                   int(group_size), float(scale), int(block_m), int(block_n),
-                                  int(num_warps))[0]
+                                  int(num_warps), int(num_stages))[0]

@@ -80,9 +80,25 @@ def test_opcheck():
     for n in ("q", "k", "v", "kc", "vc", "sigma"):
         f[n].requires_grad_()
     torch.library.opcheck(torch.ops.tgnsa.ball_attention_fwd,
-                          (f["q"], f["k"], f["v"], f["pos"], mask8, f["sigma"], m, 0.25, 0, 0, 4),
+                          (f["q"], f["k"], f["v"], f["pos"], mask8, f["sigma"], m, 0.25, 0, 0, 0, 0),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     torch.library.opcheck(torch.ops.tgnsa.compressed_attention_fwd,
                           (f["q"], f["kc"], f["vc"], case["block_mask"].view(torch.uint8), lo, hi,
-                           0.25, 0, 0, 4),
+                           0.25, 0, 0, 0, 0),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("table", [
+    dict(select=dict(GPP=1, BN=32), cmp_bwd_dkdv=dict(OCC=1, BN=16, BM=32),
+         sel_bwd_dkdv=dict(BM=64, BN=16)),
+    dict(select=dict(GPP=4, BN=16), cmp_bwd_dkdv=dict(OCC=64, BM=16), sel_fwd=dict(BN=32),
+         sel_bwd_dq=dict(BN=16), ball_bwd_dq=dict(BM=16, BN=32), ball_bwd_dkdv=dict(BM=32, BN=16)),
+], ids=["gpp1-nosplit", "gpp4-split"])
+def test_config_table(table, monkeypatch):
+    """Other entries of the config table (groups per select program, dK/dV query split, tiles)."""
+    from torch_geometric_nsa.kernels import _config
+
+    monkeypatch.setattr(_config, "TABLE", {(k, "interp", dc, bd): v for k, v in table.items()
+                                           for dc in ("16", "32") for bd in (16, 32, 64)})
+    kc.run_all([70, 1, 190], 64, 16, 32, 16, 4, 2, 16, torch.float32, tail=64)
+    kc.run_all([100, 33], 64, 16, 32, 32, 3, 1, 32, torch.float16)

@@ -1,0 +1,101 @@
+"""Launch configurations of the Triton kernels: one small table, filled from measurements.
+
+Every kernel launch takes its tile sizes, ``num_warps`` and ``num_stages`` (plus a few
+kernel-specific knobs) from :func:`get`.  Lookup order, first hit wins:
+
+1. explicit arguments of the public function (``block_m``, ``block_n``, ``num_warps``,
+   ``num_stages``; ``0`` = not given), applied to every kernel of the op;
+2. :data:`TABLE` ``[(kernel, arch, dtype class, padded head dim)]`` -- measured entries
+   (``benchmarks/tune_kernels.py`` prints them);
+3. the built-in defaults of :func:`_base` (the v1 defaults: square 64 tiles, 4 warps, 3 stages).
+
+Kernels (one entry each): ``ball_fwd``, ``ball_bwd_dq``, ``ball_bwd_dkdv``, ``cmp_fwd``,
+``cmp_bwd_dq``, ``cmp_bwd_dkdv``, ``select``, ``sel_fwd``, ``sel_bwd_dq``, ``sel_bwd_dkdv``.
+Keys of a config: ``BM``, ``BN`` (query / key tile), ``num_warps``, ``num_stages`` and
+
+- ``cmp_bwd_dkdv``: ``OCC`` -- split the query range of a key tile into parts (fp32 partials,
+  summed by torch: deterministic) until there are about ``OCC`` programs per SM (1: no split);
+- ``select``: ``GPP`` -- query groups per program (rows ``GPP * g``), ``BN`` compressed blocks per
+  streamed chunk (``BM`` unused);
+- ``sel_fwd`` / ``sel_bwd_dq``: ``BN`` keys per gathered tile (``BM`` is the group, unused);
+- ``sel_bwd_dkdv``: ``BM`` rows of gathered query groups, ``BN`` key rows (<= ``s``).
+
+Arch: ``"sm90"`` (Hopper), ``"sm80"`` (Ampere / Ada), ``"interp"`` (``TRITON_INTERPRET=1``).
+Dtype class: ``"16"`` (float16 / bfloat16) or ``"32"``.  Resolution happens inside the custom ops
+(at run time, on plain ints), so ``torch.compile`` only ever sees the int arguments.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ._common import head_block, interpret_mode
+
+KERNELS = ("ball_fwd", "ball_bwd_dq", "ball_bwd_dkdv", "cmp_fwd", "cmp_bwd_dq", "cmp_bwd_dkdv",
+           "select", "sel_fwd", "sel_bwd_dq", "sel_bwd_dkdv")
+
+#: Measured configs: ``(kernel, arch, dtype class, padded head dim) -> partial config``.
+#: Keys missing from an entry fall back to :func:`_base`.
+TABLE: dict[tuple[str, str, str, int], dict[str, int]] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_of(index: int) -> str:
+    major, _ = torch.cuda.get_device_capability(index)
+    return "sm90" if major >= 9 else "sm80"
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def arch(device: torch.device) -> str:
+    if interpret_mode() or device.type != "cuda":
+        return "interp"
+    return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def sm_count(device: torch.device) -> int:
+    """SMs of the device; 8 under the interpreter (so small test inputs exercise splits)."""
+    if interpret_mode() or device.type != "cuda":
+        return 8
+    return num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    return "32" if dtype == torch.float32 else "16"
+
+
+def _base(kernel: str, BD: int, dc: str, ar: str) -> dict[str, int]:
+    if ar == "interp":  # few, large blocks
+        t = 128
+    else:
+        t = 32 if (dc == "32" and BD > 64) else 64
+    cfg = dict(BM=t, BN=t, num_warps=4, num_stages=3)
+    if kernel == "cmp_bwd_dkdv":
+        cfg["OCC"] = 4
+    elif kernel == "select":
+        cfg.update(BN=128 if ar == "interp" else 64, GPP=2 if ar == "interp" else 1)
+    elif kernel in ("sel_fwd", "sel_bwd_dq"):
+        cfg["BN"] = 128 if (ar == "interp" or (BD <= 64 and dc == "16")) else t
+    return cfg
+
+
+def get(kernel: str, D: int, dtype: torch.dtype, device: torch.device, block_m: int = 0,
+        block_n: int = 0, num_warps: int = 0, num_stages: int = 0) -> dict[str, int]:
+    """Config of one kernel launch (a fresh dict)."""
+    BD, dc, ar = head_block(D), dtype_class(dtype), arch(device)
+    cfg = _base(kernel, BD, dc, ar)
+    cfg.update(TABLE.get((kernel, ar, dc, BD), {}))
+    for key, val in (("BM", block_m), ("BN", block_n), ("num_warps", num_warps),
+                     ("num_stages", num_stages)):
+        if val > 0:
+            cfg[key] = int(val)
+    return cfg
+
+
+def launch_meta(cfg: dict[str, int]) -> dict[str, int]:
+    """The launch keywords of a config (``num_warps``, ``num_stages``)."""
+    return dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
