@@ -14,6 +14,7 @@ same number of points per ball (log-log interpolation between its levels,
 since a median tree of n points has n / 2^d points per node at depth d).
 """
 import argparse
+import contextlib
 import math
 import statistics
 import time
@@ -44,6 +45,18 @@ def timeit(fn, device, repeats):
     return statistics.median(times) * 1e3
 
 
+@contextlib.contextmanager
+def torch_level_loop():
+    """The torch level loop (one sort per level) on CUDA instead of the
+    presorted Triton loop, as a baseline in the same run."""
+    from torch_geometric_nsa.tree import _triton
+    enabled, _triton.ENABLED = _triton.ENABLED, False
+    try:
+        yield
+    finally:
+        _triton.ENABLED = enabled
+
+
 def speed(configs, devices, repeats):
     rows = []
     for clouds, n in configs:
@@ -56,6 +69,9 @@ def speed(configs, devices, repeats):
             row[f'ours {dev} (ms)'] = timeit(
                 lambda: build_ball_tree(p, b, ball_size=128), dev, reps)
             if dev == 'cuda':
+                with torch_level_loop():
+                    row['ours cuda, torch loop (ms)'] = timeit(
+                        lambda: build_ball_tree(p, b, ball_size=128), dev, reps)
                 cap = slot_capacity(p.size(0), clouds, 128)
                 row['ours cuda, no sync (ms)'] = timeit(
                     lambda: build_ball_tree(p, b, ball_size=128,

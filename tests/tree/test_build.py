@@ -68,6 +68,41 @@ def check_nesting(layout, pos, dim_levels=(1, 2, 4, 8, 16, 32, 64, 128)):
         assert (mb[:, 0].all(1) | ~right_real).all()
 
 
+def reference_order(pos, m):
+    """The documented rule, recursively for one cloud: a node of L slots and
+    r points splits along its axis of largest float32 spread (lowest axis on
+    ties); the left child gets P slots and the min(P, r) points of smallest
+    coordinate, ties broken by the lexicographic order of the points."""
+    x = pos.float() + 0.0                      # -0.0 -> +0.0
+    canon = sorted(range(x.size(0)), key=lambda i: (x[i].tolist(), i))
+    rank = {p: r for r, p in enumerate(canon)}
+
+    def split(points, slots):
+        if slots <= 1 or len(points) <= 1:
+            return points
+        sub = x[points]
+        axis = int((sub.amax(0) - sub.amin(0)).argmax())
+        points = sorted(points, key=lambda i: (x[i, axis].item(), rank[i]))
+        half = 1 << ((slots - 1).bit_length() - 1)
+        return split(points[:half], half) + split(points[half:], slots - half)
+
+    return split(list(range(x.size(0))), math.ceil(x.size(0) / m) * m)
+
+
+@pytest.mark.parametrize('dim, m', [(3, 32), (2, 16), (1, 8)])
+def test_matches_recursive_reference(dim, m):
+    sizes = [300, 1, 70, 517]
+    pos, batch = random_batch(sizes, dim, seed=dim)
+    pos[::3, 0] = pos[1, 0]                   # ties along an axis
+    layout = build_ball_tree(pos, batch, ball_size=m)
+    start = 0
+    for b, k in enumerate(sizes):
+        lo = layout.ptr[b].item()
+        ref = [start + i for i in reference_order(pos[start:start + k], m)]
+        assert layout.perm[lo:lo + k].tolist() == ref
+        start += k
+
+
 @pytest.mark.parametrize('seed', range(4))
 def test_mixed_batch_properties(seed):
     sizes = random_sizes(seed, 1 + seed * 2, high=3000) + [1, 127, 129]

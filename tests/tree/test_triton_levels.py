@@ -31,7 +31,8 @@ def test_tree_levels_under_triton_interpreter():
 
 @pytest.fixture
 def triton_tree(monkeypatch):
-    """Opts in to the Triton level loop (off by default until GPU-verified)."""
+    """Forces the Triton level loop on CUDA (the default unless
+    TORCH_GEOMETRIC_NSA_TREE_TRITON=0)."""
     from torch_geometric_nsa.tree import _triton
     monkeypatch.setattr(_triton, 'ENABLED', True)
 

@@ -1,5 +1,6 @@
-"""Bitwise checks of ``tree_order_triton`` against the torch level loop, on the
-CPU through the Triton interpreter.
+"""Bitwise checks of ``tree_order_triton`` (presorted lists, no sort per level)
+against the torch level loop (one sort per level), on the CPU through the
+Triton interpreter.
 
 Not collected directly (no ``test_`` prefix): ``test_triton_levels.py`` runs
 this module in a subprocess with ``TRITON_INTERPRET=1`` set before Triton and
@@ -18,24 +19,10 @@ import torch_geometric_nsa.tree._triton as tt  # noqa: E402
 from torch_geometric_nsa.tree._triton import tree_order_triton  # noqa: E402
 from torch_geometric_nsa.tree.build import _tree_order  # noqa: E402
 
-# (SEGMENTED, block size): the segmented reduction (the default) is slow in
-# the interpreter, so it runs on the smaller cases with small blocks (nodes
-# spanning blocks, blocks of many nodes); the per-element fallback (and its
-# single-node-block fast path) on all cases with the default block.
-SEGMENTED = (True, 128)
-FALLBACK = (False, 1024)
-
-
-@pytest.fixture(params=[SEGMENTED, FALLBACK], ids=['segmented', 'fallback'])
+# Block sizes: small blocks put nodes across blocks and many nodes in a block.
+@pytest.fixture(params=[128, 1024], ids=['block128', 'block1024'])
 def path(request, monkeypatch):
-    monkeypatch.setattr(tt, 'SEGMENTED', request.param[0])
-    monkeypatch.setattr(tt, '_BLOCK', request.param[1])
-
-
-@pytest.fixture
-def fallback(monkeypatch):
-    monkeypatch.setattr(tt, 'SEGMENTED', FALLBACK[0])
-    monkeypatch.setattr(tt, '_BLOCK', FALLBACK[1])
+    monkeypatch.setattr(tt, '_BLOCK', request.param)
 
 
 def tree_inputs(pos, batch, m, batch_size=None, num_slots=None):
@@ -61,7 +48,7 @@ def batch_of(sizes):
 
 @pytest.mark.parametrize("dim", [1, 2, 3])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_mixed_batches(dim, seed, fallback):
+def test_mixed_batches(dim, seed):
     gen = torch.Generator().manual_seed(seed * 10 + dim)
     sizes = torch.randint(1, 1500, (3,), generator=gen).tolist() + [1, 127]
     if seed == 1:

@@ -35,7 +35,7 @@ def _ordered_bits(x: Tensor) -> Tensor:
 
 
 def _split_size(length: Tensor) -> Tensor:
-    """Slots of the left child of a node owning ``length >= 2`` slots: half if
+    r"""Slots of the left child of a node owning ``length >= 2`` slots: half if
     ``length`` is a power of two, else the largest power of two below it, i.e.
     :math:`2^{\lfloor \log_2(L - 1) \rfloor}` (1 for ``length <= 2``)."""
     _, exp = torch.frexp((length - 1).clamp(min=1).double())  # exact
@@ -175,12 +175,12 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
             raise ValueError(f"'batch' holds cloud index {flags[3] - 1} but "
                              f"batch_size={batch_size}")
 
-    counts = torch.zeros(batch_size, dtype=torch.long, device=device)
-    counts.index_add_(0, batch, torch.ones_like(batch))
+    # offsets of every cloud's real points (batch is sorted; no atomics)
+    node_ptr = torch.searchsorted(
+        batch, torch.arange(batch_size + 1, device=device))
+    counts = node_ptr.diff()
     slots = (counts + ball_size - 1) // ball_size * ball_size
-    zero = counts.new_zeros(1)
-    ptr = torch.cat([zero, slots.cumsum(0)])
-    node_ptr = torch.cat([zero, counts.cumsum(0)])  # offsets of real points
+    ptr = torch.cat([counts.new_zeros(1), slots.cumsum(0)])
 
     if num_slots is None:
         # the layout's size and the depth of the tree: the second read-back
@@ -195,7 +195,7 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
 
 
 def _use_triton(posf: Tensor) -> bool:
-    if not posf.is_cuda:
+    if not posf.is_cuda or posf.numel() >= 2**31:
         return False
     try:
         from ._triton import ENABLED
@@ -211,21 +211,45 @@ def _canonical_order(posf: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
     bits = _ordered_bits(posf)
     order = torch.arange(posf.size(0), device=posf.device)
     for d in range(posf.size(1) - 1, 0, -1):
-        order = order[torch.argsort(bits[order, d], stable=True)]
+        # 32-bit keys: half the radix passes of int64 keys
+        key = (bits[order, d] - 2**31).int()
+        order = order[torch.argsort(key, stable=True)]
     key = (batch[order] << 32) | bits[order, 0]
     order = order[torch.argsort(key, stable=True)]
     return order, bits[order]
 
 
+def _axis_lists(bits: Tensor, batch: Tensor) -> Tensor:
+    """``[D, N]``: row ``a`` lists the canonical ranks of every cloud's points
+    sorted by coordinate ``a`` (ties by canonical rank), clouds in order.  Row
+    0 is the canonical order itself."""
+    num_points, dim = bits.shape
+    rows = [torch.arange(num_points, device=bits.device)]
+    for d in range(1, dim):
+        rows.append(torch.argsort((batch << 32) | bits[:, d], stable=True))
+    return torch.stack(rows)
+
+
 def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
                 max_slots: int) -> Tensor:
-    """Real points in tree order (cloud by cloud); see :func:`build_ball_tree`."""
-    if _use_triton(posf):  # same result, two fused kernels + a sort per level
+    r"""Real points in tree order (cloud by cloud); see :func:`build_ball_tree`.
+
+    Every point carries its rank along each axis within its cloud (from
+    :func:`_axis_lists`, ties by canonical rank), so a split compares ranks:
+    the left child of a node gets its :math:`P` points of smallest rank along
+    the split axis.  This torch loop sorts by ``(node, rank)`` once per level;
+    the CUDA path (``_triton.py``) gives the same result without sorting in
+    the level loop (presorted lists and stable partitions).
+    """
+    if _use_triton(posf):
         from ._triton import tree_order_triton
         return tree_order_triton(posf, batch, slots, node_ptr, max_slots)
     num_points, dim = posf.shape
     device = posf.device
     order, bits = _canonical_order(posf, batch)
+    lists = _axis_lists(bits, batch)
+    rank = torch.empty_like(lists).scatter_(
+        1, lists, torch.arange(num_points, device=device).expand(dim, -1)).T
     x = posf[order]                           # kept in the current order
 
     # After the canonical sort position p holds a point of cloud batch[p].
@@ -241,9 +265,8 @@ def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
         lo.fill_(math.inf).scatter_reduce_(0, idx, x, 'amin')
         hi.fill_(-math.inf).scatter_reduce_(0, idx, x, 'amax')
         axis = (hi - lo).index_select(0, node).argmax(dim=1, keepdim=True)
-        perm = torch.argsort((node << 32) | bits.gather(1, axis).squeeze(1),
-                             stable=True)
-        order, x, bits = order[perm], x[perm], bits[perm]
+        perm = torch.argsort((node << 32) | rank.gather(1, axis).squeeze(1))
+        order, x, rank = order[perm], x[perm], rank[perm]
         half = _split_size(length)
         right = (local - start >= half) & (length > 1)
         start = start + half * right
