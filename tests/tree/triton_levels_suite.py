@@ -20,7 +20,7 @@ from torch_geometric_nsa.tree._triton import tree_order_triton  # noqa: E402
 from torch_geometric_nsa.tree.build import _tree_order  # noqa: E402
 
 # Block sizes: small blocks put nodes across blocks and many nodes in a block.
-@pytest.fixture(params=[128, 1024], ids=['block128', 'block1024'])
+@pytest.fixture(params=[32, 128, 1024], ids=['block32', 'block128', 'block1024'])
 def path(request, monkeypatch):
     monkeypatch.setattr(tt, '_BLOCK', request.param)
 

@@ -12,10 +12,14 @@ axis, so
 * a stable partition carries all ``D`` lists to the next level: one prefix
   sum of the "goes left" flags per list.
 
-Per level: ``_flag_kernel`` (split axis of every node, flags written in list
-order), ``torch.cumsum`` over the ``[D, N]`` flags, ``_partition_kernel``
-(moves every entry of every list to its child's run).  Three launches and
-:math:`O(N D)` int32 traffic per level, no host synchronisation.  The result
+Levels whose nodes span more than ``_BLOCK`` slots take three launches each:
+``_flag_kernel``, one ``torch.cumsum`` over the flattened ``[D, N]`` flags and
+``_partition_kernel``.  A node of at most ``_BLOCK`` slots lies inside one
+aligned ``_BLOCK``-slot block of its cloud (a node of ``L`` slots starts at a
+multiple of the power of two ``>= L``), so one launch of ``_subtree_kernel``
+runs all remaining levels, one program per block, its prefix sums in
+registers and the lists in (L2-resident) global scratch between CTA barriers.
+:math:`O(N D)` int32 traffic per level, no host synchronisation; the result
 is bitwise the one of the torch loop.
 """
 import math
@@ -35,42 +39,33 @@ _BLOCK = 1024
 
 
 @triton.jit
-def _split(node_ptr, len_ptr, offs, mask):
-    # the node (its first position) and slot count of every position, the
-    # left child's slot count and the position within the node
-    node = tl.load(node_ptr + offs, mask=mask, other=0)
-    length = tl.load(len_ptr + offs, mask=mask, other=1)
-    # half: the top bit of max(length - 1, 1) (build._split_size)
+def _half(length):
+    # slots of the left child: the top bit of max(length - 1, 1)
+    # (build._split_size)
     v = tl.maximum(length - 1, 1)
     v = v | (v >> 1)
     v = v | (v >> 2)
     v = v | (v >> 4)
     v = v | (v >> 8)
     v = v | (v >> 16)
-    half = v - (v >> 1)
-    return node, length, half, offs - node
+    return v - (v >> 1)
 
 
 @triton.jit
-def _flag_kernel(lists_ptr, where_ptr, coord_ptr, node_ptr, len_ptr, end_ptr,
-                 flag_ptr, N, D: tl.constexpr, BLOCK: tl.constexpr):
+def _flags(lists, where, coord, flag, offs, mask, node, length, last, N,
+           D: tl.constexpr):
     """flag[d, where[d, p]] = 1 if point p goes to the left child."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    node, length, half, rel = _split(node_ptr, len_ptr, offs, mask)
-    last = tl.minimum(node + length, tl.load(end_ptr + offs, mask=mask,
-                                             other=1)) - 1
     # split axis: the largest spread, the lowest axis on ties; a NaN spread
     # counts as the largest (torch.argmax)
-    best = tl.full([BLOCK], float('-inf'), tl.float32)
-    axis = tl.zeros([BLOCK], dtype=tl.int32)
+    best = tl.zeros(offs.shape, dtype=tl.float32)
+    axis = tl.zeros(offs.shape, dtype=tl.int32)
     for d in tl.static_range(D):
-        row = lists_ptr + d * N
-        lo = tl.load(coord_ptr + d * N + tl.load(row + node, mask=mask,
-                                                 other=0),
+        row = lists + d * N
+        lo = tl.load(coord + d * N + tl.load(row + node, mask=mask, other=0,
+                                             cache_modifier='.cg'),
                      mask=mask, other=0.0)
-        hi = tl.load(coord_ptr + d * N + tl.load(row + last, mask=mask,
-                                                 other=0),
+        hi = tl.load(coord + d * N + tl.load(row + last, mask=mask, other=0,
+                                             cache_modifier='.cg'),
                      mask=mask, other=0.0)
         s = hi - lo
         if d == 0:
@@ -79,41 +74,101 @@ def _flag_kernel(lists_ptr, where_ptr, coord_ptr, node_ptr, len_ptr, end_ptr,
             take = (s > best) | ((s != s) & (best == best))
             best = tl.where(take, s, best)
             axis = tl.where(take, d, axis)
-    p = tl.load(lists_ptr + axis * N + offs, mask=mask, other=0)
-    f = ((rel < half) | (length <= 1)).to(tl.int32)
+    p = tl.load(lists + axis * N + offs, mask=mask, other=0,
+                cache_modifier='.cg')
+    f = ((offs - node < _half(length)) | (length <= 1)).to(tl.int32)
     for d in tl.static_range(D):
-        w = tl.load(where_ptr + d * N + p, mask=mask, other=0)
-        tl.store(flag_ptr + d * N + w, f, mask=mask)
+        w = tl.load(where + d * N + p, mask=mask, other=0,
+                    cache_modifier='.cg')
+        tl.store(flag + d * N + w, f, mask=mask)
 
 
 @triton.jit
-def _partition_kernel(lists_in, lists_out, where_ptr, flag_ptr, csum_ptr,
-                      node_ptr, len_ptr, N, D: tl.constexpr,
-                      LAST: tl.constexpr, BLOCK: tl.constexpr):
-    """Stable partition of every node's run in every list; next level's
-    nodes."""
+def _partition(lists_in, lists_out, where, flag, csum, offs, mask, node,
+               length, N, D: tl.constexpr):
+    """Moves every entry of every list to its child's run (stable); ``csum``
+    holds inclusive prefix sums of ``flag`` that restart at most at node
+    boundaries.  Returns the next level's node and slot count."""
+    half = _half(length)
+    rel = offs - node
+    for d in tl.static_range(D):
+        p = tl.load(lists_in + d * N + offs, mask=mask, other=0,
+                    cache_modifier='.cg')
+        f = tl.load(flag + d * N + offs, mask=mask, other=0,
+                    cache_modifier='.cg')
+        c = tl.load(csum + d * N + offs, mask=mask, other=0,
+                    cache_modifier='.cg')
+        c0 = (tl.load(csum + d * N + node, mask=mask, other=0,
+                      cache_modifier='.cg')
+              - tl.load(flag + d * N + node, mask=mask, other=0,
+                        cache_modifier='.cg'))
+        before = c - f - c0           # entries of the node before, going left
+        dest = tl.where(f != 0, node + before, node + half + rel - before)
+        tl.store(lists_out + d * N + dest, p, mask=mask)
+        tl.store(where + d * N + p, dest, mask=mask)
+    right = (rel >= half) & (length > 1)
+    return (tl.where(right, node + half, node),
+            tl.where(right, length - half, tl.minimum(length, half)))
+
+
+@triton.jit
+def _flag_kernel(lists, where, coord, flag, node_ptr, len_ptr, end_ptr, N,
+                 D: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    node, length, half, rel = _split(node_ptr, len_ptr, offs, mask)
-    for d in tl.static_range(D):
-        if (not LAST) or d == 0:  # the last level only needs list 0
-            p = tl.load(lists_in + d * N + offs, mask=mask, other=0)
-            f = tl.load(flag_ptr + d * N + offs, mask=mask, other=0)
-            c = tl.load(csum_ptr + d * N + offs, mask=mask, other=0)
-            c0 = (tl.load(csum_ptr + d * N + node, mask=mask, other=0)
-                  - tl.load(flag_ptr + d * N + node, mask=mask, other=0))
-            before = c - f - c0           # entries of the node before going left
-            dest = tl.where(f != 0, node + before, node + half + rel - before)
-            tl.store(lists_out + d * N + dest, p, mask=mask)
-            if not LAST:
-                tl.store(where_ptr + d * N + p, dest, mask=mask)
-    if not LAST:
-        right = (rel >= half) & (length > 1)
-        tl.store(node_ptr + offs, tl.where(right, node + half, node),
-                 mask=mask)
-        tl.store(len_ptr + offs,
-                 tl.where(right, length - half, tl.minimum(length, half)),
-                 mask=mask)
+    node = tl.load(node_ptr + offs, mask=mask, other=0)
+    length = tl.load(len_ptr + offs, mask=mask, other=1)
+    last = tl.minimum(node + length,
+                      tl.load(end_ptr + offs, mask=mask, other=1)) - 1
+    _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D)
+
+
+@triton.jit
+def _partition_kernel(lists_in, lists_out, where, flag, csum, node_ptr,
+                      len_ptr, N, D: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    node = tl.load(node_ptr + offs, mask=mask, other=0)
+    length = tl.load(len_ptr + offs, mask=mask, other=1)
+    node, length = _partition(lists_in, lists_out, where, flag, csum, offs,
+                              mask, node, length, N, D)
+    tl.store(node_ptr + offs, node, mask=mask)
+    tl.store(len_ptr + offs, length, mask=mask)
+
+
+@triton.jit
+def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
+                    len_ptr, unit_cloud, unit_ptr, cloud_ptr, N, B, LEVELS,
+                    D: tl.constexpr, BLOCK: tl.constexpr):
+    """All remaining levels of one aligned ``BLOCK``-slot block of a cloud
+    (every node already fits in one block); the lists ping-pong between
+    ``lists_a`` and ``lists_b``."""
+    pid = tl.program_id(0)
+    b = tl.load(unit_cloud + pid)
+    last_cloud = b >= B                     # past the last block: idle
+    b = tl.minimum(b, B - 1)
+    first = tl.load(cloud_ptr + b)
+    end = tl.where(last_cloud, first, tl.load(cloud_ptr + b + 1))
+    j = pid - tl.load(unit_ptr + b)
+    offs = first + j * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < end
+    node = tl.load(node_ptr + offs, mask=mask, other=0)
+    length = tl.load(len_ptr + offs, mask=mask, other=1)
+    cur = lists_a
+    nxt = lists_b
+    for _ in range(LEVELS):
+        last = tl.minimum(node + length, end) - 1
+        _flags(cur, where, coord, flag, offs, mask, node, length, last, N, D)
+        tl.debug_barrier()
+        for d in tl.static_range(D):
+            f = tl.load(flag + d * N + offs, mask=mask, other=0,
+                        cache_modifier='.cg')
+            tl.store(csum + d * N + offs, tl.cumsum(f, 0), mask=mask)
+        tl.debug_barrier()
+        node, length = _partition(cur, nxt, where, flag, csum, offs, mask,
+                                  node, length, N, D)
+        tl.debug_barrier()
+        cur, nxt = nxt, cur
 
 
 def tree_order_triton(posf: Tensor, batch: Tensor, slots: Tensor,
@@ -132,20 +187,37 @@ def tree_order_triton(posf: Tensor, batch: Tensor, slots: Tensor,
     coord = posf[order].T.contiguous()
     node = node_ptr[batch].int()               # node's first position
     length = slots[batch].int()                # node's slot count
-    end = node_ptr[batch + 1].int()            # end of the cloud's positions
     lists_buf = torch.empty_like(lists)
     flag = torch.empty_like(lists)
     csum = torch.empty_like(lists)
 
-    grid = (triton.cdiv(num_points, _BLOCK),)
     num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
-    for level in range(num_levels):
-        _flag_kernel[grid](lists, where, coord, node, length, end, flag,
-                           num_points, D=dim, BLOCK=_BLOCK, num_warps=8)
-        torch.cumsum(flag, dim=1, dtype=torch.int32, out=csum)
-        _partition_kernel[grid](lists, lists_buf, where, flag, csum, node,
-                                length, num_points, D=dim,
-                                LAST=level == num_levels - 1, BLOCK=_BLOCK,
-                                num_warps=8)
-        lists, lists_buf = lists_buf, lists
+    fused = min(num_levels, int(math.log2(_BLOCK)))
+    if num_levels > fused:   # levels with nodes of more than _BLOCK slots
+        end = node_ptr[batch + 1].int()        # end of the cloud's positions
+        grid = (triton.cdiv(num_points, _BLOCK),)
+        for _ in range(num_levels - fused):
+            _flag_kernel[grid](lists, where, coord, flag, node, length, end,
+                               num_points, D=dim, BLOCK=_BLOCK, num_warps=8)
+            # one flat scan: row offsets cancel in the partition
+            torch.cumsum(flag.view(-1), 0, dtype=torch.int32,
+                         out=csum.view(-1))
+            _partition_kernel[grid](lists, lists_buf, where, flag, csum,
+                                    node, length, num_points, D=dim,
+                                    BLOCK=_BLOCK, num_warps=8)
+            lists, lists_buf = lists_buf, lists
+
+    # one program per aligned block of _BLOCK slots holding real points
+    counts = node_ptr.diff()
+    unit_ptr = torch.cat([counts.new_zeros(1),
+                          ((counts + _BLOCK - 1) // _BLOCK).cumsum(0)])
+    num_units = triton.cdiv(num_points, _BLOCK) + counts.numel()  # bound
+    unit_cloud = torch.searchsorted(
+        unit_ptr[1:], torch.arange(num_units, device=device), right=True)
+    _subtree_kernel[(num_units,)](
+        lists, lists_buf, where, coord, flag, csum, node, length, unit_cloud,
+        unit_ptr, node_ptr, num_points, counts.numel(), fused, D=dim,
+        BLOCK=_BLOCK, num_warps=8)
+    if fused % 2:
+        lists = lists_buf
     return order[lists[0].long()]
