@@ -1,8 +1,8 @@
 """PyG-facing modules: the Erwin NSA layer, the MPNN embedding, neighbour graphs."""
-from .conv import ErwinNSAConv
+from .conv import ErwinNSAConv, SlotGeometry
 from .embedding import MPNNEmbedding
 from .neighbors import knn_graph, radius_graph
 from . import models
 
-__all__ = ['ErwinNSAConv', 'MPNNEmbedding', 'radius_graph', 'knn_graph',
+__all__ = ['ErwinNSAConv', 'SlotGeometry', 'MPNNEmbedding', 'radius_graph', 'knn_graph',
            'models']

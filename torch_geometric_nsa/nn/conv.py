@@ -1,4 +1,4 @@
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,63 @@ def masked_block_mean(src: Tensor, mask: Tensor, size: int) -> Tensor:
 def offset_from_block_centre(pos: Tensor, mask: Tensor, size: int) -> Tensor:
     """``[S, P]`` position of every slot relative to the centroid of the real
     slots of its block of :obj:`size` slots."""
-    return pos - masked_block_mean(pos, mask, size).repeat_interleave(size, 0)
+    S, P = pos.shape
+    centre = masked_block_mean(pos, mask, size)
+    return (pos.view(-1, size, P) - centre.unsqueeze(1)).view(S, P)
+
+
+class SlotGeometry(NamedTuple):
+    r"""What every :class:`ErwinNSAConv` derives from a layout and the
+    positions alone, computed once per forward and shared by all layers on
+    that layout (see :meth:`ErwinNSAConv.geometry`)."""
+    #: ``[S, P]`` slot positions, detached, float32 (float64 for float64
+    #: models): distances of a low-precision cloud keep their low bits.
+    pos: Tensor
+    #: ``[S, P]`` positions relative to the centroid of their ball of
+    #: :attr:`ball_size` slots (the input of ``pos_proj``).
+    ball_offset: Tensor
+    #: ``[S, P]`` positions relative to the centroid of their compression
+    #: block of :attr:`compress_size` slots (the input of ``phi_pos``).
+    block_offset: Tensor
+    #: ``[S / c]`` bool, compression blocks holding a real slot.
+    block_mask: Tensor
+    #: ``[S / c, c, 1]`` the real-slot indicator (dtype of :attr:`pos`).
+    block_weight: Tensor
+    #: ``[S / c, 1]`` real slots per block, at least 1 (dtype of :attr:`pos`).
+    block_count: Tensor
+    ball_size: int
+    compress_size: int
+
+
+def slot_geometry(tree: TreeLayout, pos: Tensor, ball_size: int,
+                  compress_size: int,
+                  dtype: torch.dtype = torch.float32) -> SlotGeometry:
+    """The :class:`SlotGeometry` of :obj:`tree` for input-order positions
+    ``pos [N, P]`` (no host synchronisation; a handful of small ops)."""
+    tree.check_ball_size(ball_size)
+    tree.check_ball_size(compress_size)
+    return slot_geometry_of_slots(tree.gather(pos.detach()), tree.mask,
+                                  ball_size, compress_size, dtype)
+
+
+def slot_geometry_of_slots(ps: Tensor, mask: Tensor, ball_size: int,
+                           compress_size: int,
+                           dtype: torch.dtype = torch.float32) -> SlotGeometry:
+    """:func:`slot_geometry` from slot-ordered positions ``ps [S, P]`` and
+    the ``[S]`` mask."""
+    ps = ps.detach().to(dtype)
+    c = compress_size
+    w = mask.to(dtype).view(-1, c, 1)
+    return SlotGeometry(
+        pos=ps, ball_offset=offset_from_block_centre(ps, mask, ball_size),
+        block_offset=offset_from_block_centre(ps, mask, c),
+        block_mask=mask.view(-1, c).any(1), block_weight=w,
+        block_count=w.sum(1).clamp(min=1), ball_size=ball_size,
+        compress_size=c)
+
+
+def _pos_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class ErwinNSAConv(torch.nn.Module):
@@ -200,8 +256,18 @@ class ErwinNSAConv(torch.nn.Module):
                 raise ValueError(f'the tree is on {tree.device} but x on '
                                  f'{x.device}')
 
+    def geometry(self, pos: Tensor, tree: TreeLayout,
+                 dtype: torch.dtype = torch.float32) -> SlotGeometry:
+        """The :class:`SlotGeometry` of this layer's ball and block sizes on
+        :obj:`tree`; layers of equal sizes on one layout share it (the model
+        computes it once per forward and tree).  :obj:`dtype` is the position
+        dtype: float32, or float64 for float64 models."""
+        return slot_geometry(tree, pos, self.ball_size, self.compress_size,
+                             dtype)
+
     def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
-                tree: Optional[TreeLayout] = None) -> Tensor:
+                tree: Optional[TreeLayout] = None,
+                geometry: Optional[SlotGeometry] = None) -> Tensor:
         """Runs the layer.
 
         Args:
@@ -211,32 +277,49 @@ class ErwinNSAConv(torch.nn.Module):
             tree (TreeLayout, optional): a precomputed layout with
                 ``ball_size >= self.ball_size`` (built from :obj:`pos` and
                 :obj:`batch` when omitted).
+            geometry (SlotGeometry, optional): :meth:`geometry` of
+                :obj:`pos` on :obj:`tree`, if already computed.
 
         Returns:
             torch.Tensor: ``[N, C]`` in input order.
         """
         self._check(x, pos, batch, tree)
         if tree is None:
+            if geometry is not None:
+                raise ValueError("a 'geometry' needs the 'tree' it was "
+                                 "computed on")
             tree = build_ball_tree(pos, batch, ball_size=self.ball_size)
-        return tree.scatter(self.forward_slots(tree.gather(x),
-                                               tree.gather(pos), tree))
+        if geometry is None:
+            geometry = self.geometry(pos, tree, _pos_dtype(x.dtype))
+        return tree.scatter(self.forward_slots(tree.gather(x), geometry.pos,
+                                               tree, geometry))
 
-    def forward_slots(self, xs: Tensor, ps: Tensor, tree: TreeLayout) -> Tensor:
+    def forward_slots(self, xs: Tensor, ps: Tensor, tree: TreeLayout,
+                      geometry: Optional[SlotGeometry] = None) -> Tensor:
         """The layer on slot-ordered inputs ``[S, C]``, ``[S, P]``; returns
-        ``[S, C]`` (pad rows are unspecified)."""
-        S, H, D = xs.size(0), self.heads, self.head_dim
+        ``[S, C]`` (pad rows are unspecified).  :obj:`ps` is ignored when
+        :obj:`geometry` is given."""
+        S, H, D, C = xs.size(0), self.heads, self.head_dim, self.channels
         mask = tree.mask
         m, c = self.ball_size, self.compress_size
+        if geometry is None:
+            geometry = slot_geometry_of_slots(ps, mask, m, c,
+                                              _pos_dtype(xs.dtype))
+        elif (geometry.ball_size, geometry.compress_size) != (m, c):
+            raise ValueError(f'the geometry was computed for ball_size='
+                             f'{geometry.ball_size}, compress_size='
+                             f'{geometry.compress_size}, the layer uses '
+                             f'{m}, {c}')
         # positions stay in at least float32 (distances of a bf16 cloud
         # would lose their low bits); features enter in the model's dtype
-        ps = ps.detach().to(torch.float64 if xs.dtype == torch.float64
-                            else torch.float32)
-        xs = xs + self.pos_proj(
-            offset_from_block_centre(ps, mask, m).to(xs.dtype))
-        q, k, v = self.qkv(xs).view(S, 3, H, D).unbind(1)
+        xs = xs + self.pos_proj(geometry.ball_offset.to(xs.dtype))
+        qkv = self.qkv(xs)
+        # one copy makes q, k and v contiguous (the kernels need them so)
+        q, k, v = qkv.view(S, 3, H, D).transpose(0, 1).contiguous().unbind(0)
         outs = []
         if self.needs_compression:
-            kc, vc, block_mask = self.compress(k, v, ps, mask)
+            kc, vc = self.compress(qkv[:, C:], geometry)
+            block_mask = geometry.block_mask
             o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask,
                                                   tree.ptr, c)
             if 'compressed' in self.branches:
@@ -248,27 +331,27 @@ class ErwinNSAConv(torch.nn.Module):
                 outs.append(ops.selected_attention(
                     q, k, v, mask, idx, self.select_size, self.group_size))
         if 'local' in self.branches:
-            outs.append(ops.ball_attention(q, k, v, ps, mask,
+            outs.append(ops.ball_attention(q, k, v, geometry.pos, mask,
                                            self.sigma.to(q.dtype), m))
         gates = torch.sigmoid(self.gate(xs)).view(S, len(outs), H, 1)
         o = (torch.stack(outs, 1) * gates).sum(1)
-        return self.out(o.reshape(S, self.channels))
+        return self.out(o.view(S, C))
 
-    def compress(self, k: Tensor, v: Tensor, ps: Tensor,
-                 mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def compress(self, kv: Tensor,
+                 geometry: SlotGeometry) -> Tuple[Tensor, Tensor]:
         r"""The block summaries :math:`\phi`: ``[S/c, H, D]`` keys and values
-        and the ``[S/c]`` mask of blocks holding a real point."""
-        S, H, D = k.shape
+        from ``kv [S, 2C]`` (keys then values of every slot)."""
+        S, H, D = kv.size(0), self.heads, self.head_dim
         c = self.compress_size
-        h = self.phi_in(torch.cat([k.reshape(S, -1), v.reshape(S, -1)], -1))
-        rel = offset_from_block_centre(ps, mask, c)
-        h = F.gelu(h + self.phi_pos(rel.to(h.dtype)))
-        h = masked_block_mean(h, mask, c)
+        h = self.phi_in(kv)
+        h = F.gelu(h + self.phi_pos(geometry.block_offset.to(h.dtype)))
+        w = geometry.block_weight.to(h.dtype)
+        h = (h.view(-1, c, h.size(-1)) * w).sum(1) / \
+            geometry.block_count.to(h.dtype)
         hk, hv = h.chunk(2, dim=-1)
         kc = self.phi_out_k(hk).view(-1, H, D)
         vc = self.phi_out_v(hv).view(-1, H, D)
-        block_mask = mask.view(-1, c).any(1)
-        return kc, vc, block_mask
+        return kc, vc
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.nn import Linear, RMSNorm
 
 from ...tree import TreeLayout, build_ball_tree
-from ..conv import BRANCHES, ErwinNSAConv
+from ..conv import BRANCHES, ErwinNSAConv, SlotGeometry, _pos_dtype
 from ..embedding import MPNNEmbedding
 from ..neighbors import radius_graph
 
@@ -44,9 +44,11 @@ class ErwinNSABlock(torch.nn.Module):
         for module in (self.norm1, self.attn, self.norm2, self.mlp):
             module.reset_parameters()
 
-    def forward(self, x: Tensor, pos: Tensor, tree: TreeLayout) -> Tensor:
-        """``x [N, C]``, ``pos [N, P]`` and the layout -> ``[N, C]``."""
-        x = x + self.attn(self.norm1(x), pos, tree=tree)
+    def forward(self, x: Tensor, pos: Tensor, tree: TreeLayout,
+                geometry: Optional[SlotGeometry] = None) -> Tensor:
+        """``x [N, C]``, ``pos [N, P]``, the layout (and its
+        :class:`~torch_geometric_nsa.nn.conv.SlotGeometry`) -> ``[N, C]``."""
+        x = x + self.attn(self.norm1(x), pos, tree=tree, geometry=geometry)
         return x + self.mlp(self.norm2(x))
 
 
@@ -172,9 +174,16 @@ class ErwinNSA(torch.nn.Module):
             edge_index = radius_graph(pos, self.radius, batch,
                                       max_num_neighbors=self.max_num_neighbors)
         h = self.embedding(x, pos, edge_index)
+        # what the blocks derive from a tree and the positions alone (slot
+        # positions, ball/block centres, block masks) is computed once here
+        geo = self.blocks[0].attn.geometry(pos, tree, _pos_dtype(h.dtype))
+        geo_rot = self.blocks[0].attn.geometry(
+            pos, tree_rot, _pos_dtype(h.dtype)) if self.uses_rotation else None
         for i, block in enumerate(self.blocks):
-            h = block(h, pos, tree_rot if i % 2 and self.uses_rotation
-                      else tree)
+            if i % 2 and self.uses_rotation:
+                h = block(h, pos, tree_rot, geo_rot)
+            else:
+                h = block(h, pos, tree, geo)
         return self.head(self.norm(h))
 
     def __repr__(self) -> str:
