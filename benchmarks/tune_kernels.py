@@ -60,7 +60,8 @@ GRIDS = {
                cfg(0, 128, 8, 2, GPP=4), cfg(0, 256, 8, 3, GPP=2), cfg(0, 32, 4, 3, GPP=2)],
     "cmp_fwd": [cfg(128, 64, 4, 3), cfg(128, 64, 8, 3), cfg(128, 128, 8, 3), cfg(64, 64, 4, 2),
                 cfg(64, 64, 4, 4), cfg(128, 32, 4, 3), cfg(64, 128, 4, 3), cfg(128, 64, 8, 2)],
-    "sel_fwd": [cfg(0, 128, 4, 2), cfg(0, 64, 4, 3), cfg(0, 256, 4, 3), cfg(0, 128, 8, 3),
+    "sel_fwd": [cfg(0, 64, 2, 3), cfg(0, 32, 2, 2), cfg(0, 64, 1, 2), cfg(0, 32, 1, 2),
+                cfg(0, 128, 2, 2), cfg(0, 64, 2, 1), cfg(0, 128, 4, 2), cfg(0, 64, 4, 3), cfg(0, 256, 4, 3), cfg(0, 128, 8, 3),
                 cfg(0, 128, 2, 3), cfg(0, 64, 2, 2), cfg(0, 256, 8, 2), cfg(0, 128, 4, 4)],
     "sel_bwd_dkdv": [cfg(128, 32, 4, 3), cfg(128, 32, 8, 3), cfg(64, 16, 4, 3), cfg(32, 32, 4, 3),
                      cfg(64, 32, 4, 2), cfg(128, 32, 8, 2), cfg(64, 32, 2, 3)],
@@ -329,6 +330,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--kernels", default=None, help="comma list (default: all)")
+    ap.add_argument("--sweep-only", action="store_true", help="no final tables / checks")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (TRITON_INTERPRET=1)")
     args = ap.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -355,6 +357,8 @@ def main(argv=None):
     _config.TABLE.clear()
     only = None if args.kernels is None else args.kernels.split(",")
     best, results = sweep(t, deadline, only)
+    if args.sweep_only:
+        return 0
     table = {key_of(k, t["q"].device): c for k, c in best.items()}
     res64 = print_ops(f"{big[0]} x {big[1]}", t, {"built-in defaults": {}, "best": table})
     del t
