@@ -1,4 +1,4 @@
-"""Bitwise checks of ``tree_order_triton`` (presorted lists, no sort per level)
+"""Bitwise checks of ``build_layout_triton`` (presorted lists, no sort per level)
 against the torch level loop (one sort per level), on the CPU through the
 Triton interpreter.
 
@@ -16,8 +16,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
                 allow_module_level=True)
 
 import torch_geometric_nsa.tree._triton as tt  # noqa: E402
-from torch_geometric_nsa.tree._triton import tree_order_triton  # noqa: E402
-from torch_geometric_nsa.tree.build import _tree_order  # noqa: E402
+from torch_geometric_nsa.tree._triton import build_layout_triton  # noqa: E402
+from torch_geometric_nsa import build_ball_tree  # noqa: E402
 
 # Block sizes: small blocks put nodes across blocks and many nodes in a block.
 @pytest.fixture(params=[32, 128, 1024], ids=['block32', 'block128', 'block1024'])
@@ -25,21 +25,14 @@ def path(request, monkeypatch):
     monkeypatch.setattr(tt, '_BLOCK', request.param)
 
 
-def tree_inputs(pos, batch, m, batch_size=None, num_slots=None):
-    batch_size = batch_size or int(batch.max()) + 1
-    counts = torch.zeros(batch_size, dtype=torch.long)
-    counts.index_add_(0, batch, torch.ones_like(batch))
-    slots = (counts + m - 1) // m * m
-    node_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    max_slots = num_slots or int(slots.max())
-    return pos.detach().float(), batch, slots, node_ptr, max_slots
-
-
-def check(pos, batch, m, **kw):
-    args = tree_inputs(pos, batch, m, **kw)
-    ref = _tree_order(*args)
-    out = tree_order_triton(*args)
-    assert out.dtype == ref.dtype and torch.equal(out, ref)
+def check(pos, batch, m, batch_size=None, num_slots=None):
+    want = build_ball_tree(pos, batch, ball_size=m, batch_size=batch_size,
+                           num_slots=num_slots)         # CPU: the torch loop
+    got = build_layout_triton(pos, pos.float(), batch, m, batch_size,
+                              num_slots)
+    for name in ('perm', 'mask', 'ptr', 'inverse', 'slot_batch'):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.ball_size == want.ball_size
 
 
 def batch_of(sizes):
@@ -103,3 +96,17 @@ def test_single_point_and_d8(path):
     gen = torch.Generator().manual_seed(8)
     pos = torch.randn(300, 8, generator=gen)
     check(pos, batch_of([299, 1]), 128)
+
+
+@pytest.mark.parametrize('pos, batch, match', [
+    (torch.tensor([[0.0, float('nan')], [1.0, 1.0]]), [0, 0], 'NaN or inf'),
+    (torch.tensor([[0.0, 1.0], [1.0, float('inf')]]), [0, 0], 'NaN or inf'),
+    (torch.rand(5, 2), [0, 1, 1, 0, 2], 'must be sorted'),
+    (torch.rand(3, 2), [-1, 0, 0], 'negative'),
+])
+def test_bad_values_raise(pos, batch, match):
+    with pytest.raises(ValueError, match=match):
+        build_layout_triton(pos, pos, torch.tensor(batch), 16, None, None)
+    with pytest.raises(ValueError, match='batch_size=1'):
+        build_layout_triton(torch.rand(3, 2), torch.rand(3, 2),
+                            torch.tensor([0, 1, 1]), 16, 1, None)

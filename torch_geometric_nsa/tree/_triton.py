@@ -24,6 +24,7 @@ is bitwise the one of the torch loop.
 """
 import math
 import os
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -137,20 +138,49 @@ def _partition_kernel(lists_in, lists_out, where, flag, csum, node_ptr,
 
 
 @triton.jit
+def _last_le(arr, value, n, STEPS: tl.constexpr):
+    """The last index b in [0, n) with arr[b] <= value (arr nondecreasing,
+    arr[0] <= value), by a branch-free binary search of STEPS >= bit_length(n)
+    steps."""
+    lo = tl.zeros(value.shape, dtype=tl.int64)
+    hi = lo + (n - 1)
+    for _ in range(STEPS):
+        mid = (lo + hi + 1) // 2
+        go = tl.load(arr + mid, mask=mid <= hi, other=0) <= value
+        lo = tl.where(go & (mid <= hi), mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    return lo
+
+
+@triton.jit
+def _lower_bound(batch, value, n, mask, STEPS: tl.constexpr):
+    """The first index i in [0, n] with batch[i] >= value (batch sorted)."""
+    lo = tl.zeros(value.shape, dtype=tl.int64)
+    hi = lo + n
+    for _ in range(STEPS):
+        active = mask & (lo < hi)
+        mid = (lo + hi) // 2
+        go = active & (tl.load(batch + mid, mask=active, other=0) < value)
+        lo = tl.where(go, mid + 1, lo)
+        hi = tl.where(active & ~go, mid, hi)
+    return lo
+
+
+@triton.jit
 def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
-                    len_ptr, unit_cloud, unit_ptr, cloud_ptr, N, B, LEVELS,
-                    D: tl.constexpr, BLOCK: tl.constexpr):
+                    len_ptr, unit_ptr, cloud_ptr, N, B, LEVELS: tl.constexpr,
+                    SEARCH: tl.constexpr, D: tl.constexpr,
+                    BLOCK: tl.constexpr):
     """All remaining levels of one aligned ``BLOCK``-slot block of a cloud
     (every node already fits in one block); the lists ping-pong between
-    ``lists_a`` and ``lists_b``."""
-    pid = tl.program_id(0)
-    b = tl.load(unit_cloud + pid)
-    last_cloud = b >= B                     # past the last block: idle
-    b = tl.minimum(b, B - 1)
+    ``lists_a`` and ``lists_b``.  Blocks are numbered cloud by cloud
+    (``unit_ptr``); programs past the last block idle."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = _last_le(unit_ptr, pid, B, SEARCH)
     first = tl.load(cloud_ptr + b)
-    end = tl.where(last_cloud, first, tl.load(cloud_ptr + b + 1))
-    j = pid - tl.load(unit_ptr + b)
-    offs = first + j * BLOCK + tl.arange(0, BLOCK)
+    end = tl.where(pid < tl.load(unit_ptr + b + 1),
+                   tl.load(cloud_ptr + b + 1), first)
+    offs = first + (pid - tl.load(unit_ptr + b)) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < end
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
@@ -171,53 +201,246 @@ def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
         cur, nxt = nxt, cur
 
 
-def tree_order_triton(posf: Tensor, batch: Tensor, slots: Tensor,
-                      node_ptr: Tensor, max_slots: int) -> Tensor:
-    """Same contract and bitwise the same result as
-    :func:`torch_geometric_nsa.tree.build._tree_order` (``N * D < 2^31``)."""
-    from .build import _axis_lists, _canonical_order
+@triton.jit
+def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """The input checks and the layout's size in one pass: out = [any
+    non-finite position, batch unsorted, any negative id, last id + 1, total
+    slots, largest cloud's slots]."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    bad = tl.zeros([BLOCK], dtype=tl.int1)
+    for d in tl.static_range(D):
+        x = tl.load(pos + offs * D + d, mask=mask, other=0.0).to(tl.float32)
+        bad = bad | (x != x) | (tl.abs(x) == float('inf'))
+    b = tl.load(batch + offs, mask=mask, other=0)
+    prev = tl.load(batch + offs - 1, mask=mask & (offs > 0), other=-1)
+    tl.atomic_max(out, tl.max(bad.to(tl.int64), 0))
+    tl.atomic_max(out + 1, tl.max((mask & (offs > 0) & (b < prev)).to(tl.int64),
+                                  0))
+    tl.atomic_max(out + 2, tl.max((mask & (b < 0)).to(tl.int64), 0))
+    tl.atomic_max(out + 3, tl.max(tl.where(mask, b + 1, 0), 0))
+    # every cloud's first point finds the cloud's end
+    start = mask & (b != prev)
+    size = _lower_bound(batch, b + 1, N, start, STEPS) - offs
+    size = tl.where(start, (size + m - 1) // m * m, 0)
+    tl.atomic_add(out + 4, tl.sum(size, 0))
+    tl.atomic_max(out + 5, tl.max(size, 0))
+
+
+@triton.jit
+def _cloud_kernel(batch, node_ptr, ptr, unit_ptr, slots, N, B, m,
+                  UNIT: tl.constexpr, STEPS: tl.constexpr,
+                  CHUNKS: tl.constexpr, CB: tl.constexpr):
+    """Per cloud (one program): offsets of its points (node_ptr) and slots
+    (ptr), its slot count and the numbering of its UNIT-slot blocks."""
+    carry_slots = tl.sum(tl.zeros([CB], dtype=tl.int64), 0)
+    carry_units = carry_slots
+    for chunk in range(CHUNKS):
+        b = chunk * CB + tl.arange(0, CB).to(tl.int64)
+        valid = b <= B
+        start = _lower_bound(batch, b, N, valid, STEPS)
+        count = tl.where(b < B, _lower_bound(batch, b + 1, N, valid, STEPS)
+                         - start, 0)
+        s = (count + m - 1) // m * m
+        u = (count + UNIT - 1) // UNIT
+        tl.store(node_ptr + b, start, mask=valid)
+        tl.store(ptr + b, carry_slots + tl.cumsum(s, 0) - s, mask=valid)
+        tl.store(unit_ptr + b, carry_units + tl.cumsum(u, 0) - u, mask=valid)
+        tl.store(slots + b, s, mask=b < B)
+        carry_slots += tl.sum(s, 0)
+        carry_units += tl.sum(u, 0)
+
+
+@triton.jit
+def _keys_kernel(posf, batch, keys, lsd, N, D: tl.constexpr,
+                 NP: tl.constexpr, BLOCK: tl.constexpr):
+    """Sort keys: keys[d] = (cloud << 32) | ordered bits of coordinate d, and
+    the least significant keys of the canonical order, two coordinates per
+    int64 (axes D-2, D-1 first)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    b = tl.load(batch + offs, mask=mask, other=0)
+    for d in tl.static_range(D):
+        tl.store(keys + d * N + offs,
+                 (b << 32) | _ordered(posf + offs * D + d, mask), mask=mask)
+    for j in tl.static_range(NP):
+        lo = _ordered(posf + offs * D + (D - 1 - 2 * j), mask)
+        if D - 2 - 2 * j >= 1:
+            hi = _ordered(posf + offs * D + (D - 2 - 2 * j), mask)
+            lo = ((hi - 2147483648) << 32) | lo
+        tl.store(lsd + j * N + offs, lo, mask=mask)
+
+
+@triton.jit
+def _ordered(ptr, mask):
+    # build._ordered_bits: float32 -> int64 in [0, 2^32), order preserving,
+    # -0.0 as +0.0
+    x = tl.load(ptr, mask=mask, other=0.0) + 0.0
+    i = x.to(tl.int32, bitcast=True).to(tl.int64)
+    return tl.where(i < 0, ~i, i + 2147483648)
+
+
+@triton.jit
+def _prologue_kernel(rows, order, posf, batch, node_ptr, slots, lists, where,
+                     coord, node, length, end, N, D: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """int32 lists (row 0: the canonical order itself) and their inverse,
+    coordinates by canonical rank, and the root node of every position."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    src = tl.load(order + offs, mask=mask, other=0)
+    for d in tl.static_range(D):
+        if d == 0:
+            q = offs
+        else:
+            q = tl.load(rows + (d - 1) * N + offs, mask=mask, other=0)
+        tl.store(lists + d * N + offs, q, mask=mask)
+        tl.store(where + d * N + q, offs, mask=mask)
+        tl.store(coord + d * N + offs, tl.load(posf + src * D + d, mask=mask),
+                 mask=mask)
+    b = tl.load(batch + offs, mask=mask, other=0)
+    tl.store(node + offs, tl.load(node_ptr + b, mask=mask), mask=mask)
+    tl.store(length + offs, tl.load(slots + b, mask=mask), mask=mask)
+    tl.store(end + offs, tl.load(node_ptr + b + 1, mask=mask), mask=mask)
+
+
+@triton.jit
+def _layout_kernel(final, order, ptr, node_ptr, perm, mask_out, slot_batch,
+                   inverse, S, N, B, SEARCH: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """The slots of the layout (build._assemble and TreeLayout.from_slots):
+    cloud of every slot, real slots in tree order, pads repeating the
+    cloud's last real point, and the inverse map."""
+    slot = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = slot < S
+    # tail slots of a capacity layout and slots past an empty trailing cloud
+    # get cloud B - 1 (searchsorted(ptr[1:], slot, right=True), clamped)
+    b = _last_le(ptr, slot, B, SEARCH)
+    first = tl.load(node_ptr + b, mask=valid, other=0)
+    count = tl.load(node_ptr + b + 1, mask=valid, other=0) - first
+    local = slot - tl.load(ptr + b, mask=valid, other=0)
+    real = valid & (local < count)
+    src = first + tl.minimum(local, count - 1)
+    src = tl.minimum(tl.maximum(src, 0), N - 1)
+    p = tl.load(order + tl.load(final + src, mask=valid, other=0),
+                mask=valid, other=0)
+    tl.store(perm + slot, p, mask=valid)
+    tl.store(mask_out + slot, real.to(tl.int8), mask=valid)
+    tl.store(slot_batch + slot, b, mask=valid)
+    tl.store(inverse + p, slot, mask=real)
+
+
+def _bits(n: int) -> int:
+    return max(1, int(n).bit_length())
+
+
+def build_layout_triton(pos: Tensor, posf: Tensor, batch: Tensor,
+                        ball_size: int, batch_size: Optional[int],
+                        num_slots: Optional[int]):
+    """:func:`build.build_ball_tree` on CUDA after the argument checks: the
+    same layout, bitwise, in about 40 launches for any batch, with one
+    read-back (none in capacity mode)."""
+    from .build import _check_flags
+    from .layout import TreeLayout
 
     num_points, dim = posf.shape
     device = posf.device
-    order, bits = _canonical_order(posf, batch)
-    lists64 = _axis_lists(bits, batch)
-    ar = torch.arange(num_points, device=device, dtype=torch.int32)
-    lists = lists64.int()
-    where = torch.empty_like(lists).scatter_(1, lists64, ar.expand(dim, -1))
-    coord = posf[order].T.contiguous()
-    node = node_ptr[batch].int()               # node's first position
-    length = slots[batch].int()                # node's slot count
-    lists_buf = torch.empty_like(lists)
-    flag = torch.empty_like(lists)
-    csum = torch.empty_like(lists)
+    i64 = dict(dtype=torch.long, device=device)
+    grid = (triton.cdiv(num_points, _BLOCK),)
+    lb_steps = _bits(num_points) + 1
+    capacity = num_slots is not None
+    if not capacity:  # checks and sizes: the one read-back
+        out = torch.zeros(6, **i64)
+        _scan_kernel[grid](pos.contiguous(), batch, out, num_points,
+                           ball_size, D=dim, STEPS=lb_steps, BLOCK=_BLOCK,
+                           num_warps=4)
+        flags = out.tolist()
+        batch_size = _check_flags(flags[:4], batch_size)
+        num_slots, max_slots = flags[4], flags[5]
+    else:
+        max_slots = num_slots
+    clouds = torch.empty(4, batch_size + 1, **i64)
+    node_ptr, ptr, unit_ptr, slots = clouds
+    _cloud_kernel[(1,)](batch, node_ptr, ptr, unit_ptr, slots, num_points,
+                        batch_size, ball_size, UNIT=_BLOCK, STEPS=lb_steps,
+                        CHUNKS=triton.cdiv(batch_size + 1, 1024), CB=1024,
+                        num_warps=4)
+    if capacity:
+        torch._assert_async(ptr[-1] <= num_slots,
+                            "num_slots is smaller than the layout needs")
+    slots = slots[:-1]
+    order, final = _tree_lists(posf, batch, slots, node_ptr, unit_ptr,
+                               max_slots)
+    perm = torch.empty(num_slots, **i64)
+    mask = torch.empty(num_slots, dtype=torch.bool, device=device)
+    slot_batch = torch.empty_like(perm)
+    inverse = torch.empty(num_points, **i64)
+    _layout_kernel[(triton.cdiv(num_slots, _BLOCK),)](
+        final, order, ptr, node_ptr, perm, mask.view(torch.int8), slot_batch,
+        inverse, num_slots, num_points, batch_size,
+        SEARCH=_bits(batch_size), BLOCK=_BLOCK, num_warps=4)
+    return TreeLayout(perm=perm, mask=mask, ptr=ptr, inverse=inverse,
+                      slot_batch=slot_batch, ball_size=ball_size)
+
+
+def _canonical(posf: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`build._canonical_order` and :func:`build._axis_lists` rows 1.."""
+    num_points, dim = posf.shape
+    keys = torch.empty(dim, num_points, dtype=torch.long, device=posf.device)
+    lsd = torch.empty(max(dim // 2, 1), num_points, dtype=torch.long,
+                      device=posf.device)
+    _keys_kernel[(triton.cdiv(num_points, _BLOCK),)](
+        posf, batch, keys, lsd, num_points, D=dim, NP=dim // 2,
+        BLOCK=_BLOCK, num_warps=4)
+    order = None
+    for j in range(dim // 2):  # least significant coordinates first
+        key = lsd[j] if order is None else lsd[j][order]
+        perm = torch.argsort(key, stable=True)
+        order = perm if order is None else order[perm]
+    key = keys[0] if order is None else keys[0][order]
+    perm = torch.argsort(key, stable=True)
+    order = perm if order is None else order[perm]
+    if dim == 1:
+        return order, order.view(1, -1)  # rows unused
+    keys = keys[1:].index_select(1, order)
+    rows = torch.stack([torch.argsort(k, stable=True) for k in keys])
+    return order, rows
+
+
+def _tree_lists(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
+                unit_ptr: Tensor, max_slots: int) -> Tuple[Tensor, Tensor]:
+    """The canonical order and the final list (canonical ranks in tree
+    order, int32)."""
+    num_points, dim = posf.shape
+    device = posf.device
+    order, rows = _canonical(posf, batch)
+    lists = torch.empty(dim, num_points, dtype=torch.int32, device=device)
+    where, lists_buf = torch.empty_like(lists), torch.empty_like(lists)
+    flag, csum = torch.empty_like(lists), torch.empty_like(lists)
+    coord = torch.empty(dim, num_points, dtype=torch.float32, device=device)
+    node, length, end = torch.empty(3, num_points, dtype=torch.int32,
+                                    device=device)
+    grid = (triton.cdiv(num_points, _BLOCK),)
+    _prologue_kernel[grid](rows, order, posf, batch, node_ptr, slots, lists,
+                           where, coord, node, length, end, num_points,
+                           D=dim, BLOCK=_BLOCK, num_warps=4)
 
     num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
     fused = min(num_levels, int(math.log2(_BLOCK)))
-    if num_levels > fused:   # levels with nodes of more than _BLOCK slots
-        end = node_ptr[batch + 1].int()        # end of the cloud's positions
-        grid = (triton.cdiv(num_points, _BLOCK),)
-        for _ in range(num_levels - fused):
-            _flag_kernel[grid](lists, where, coord, flag, node, length, end,
-                               num_points, D=dim, BLOCK=_BLOCK, num_warps=8)
-            # one flat scan: row offsets cancel in the partition
-            torch.cumsum(flag.view(-1), 0, dtype=torch.int32,
-                         out=csum.view(-1))
-            _partition_kernel[grid](lists, lists_buf, where, flag, csum,
-                                    node, length, num_points, D=dim,
-                                    BLOCK=_BLOCK, num_warps=8)
-            lists, lists_buf = lists_buf, lists
+    for _ in range(num_levels - fused):   # nodes of more than _BLOCK slots
+        _flag_kernel[grid](lists, where, coord, flag, node, length, end,
+                           num_points, D=dim, BLOCK=_BLOCK, num_warps=8)
+        # one flat scan: row offsets cancel in the partition
+        torch.cumsum(flag.view(-1), 0, dtype=torch.int32, out=csum.view(-1))
+        _partition_kernel[grid](lists, lists_buf, where, flag, csum, node,
+                                length, num_points, D=dim, BLOCK=_BLOCK,
+                                num_warps=8)
+        lists, lists_buf = lists_buf, lists
 
-    # one program per aligned block of _BLOCK slots holding real points
-    counts = node_ptr.diff()
-    unit_ptr = torch.cat([counts.new_zeros(1),
-                          ((counts + _BLOCK - 1) // _BLOCK).cumsum(0)])
-    num_units = triton.cdiv(num_points, _BLOCK) + counts.numel()  # bound
-    unit_cloud = torch.searchsorted(
-        unit_ptr[1:], torch.arange(num_units, device=device), right=True)
-    _subtree_kernel[(num_units,)](
-        lists, lists_buf, where, coord, flag, csum, node, length, unit_cloud,
-        unit_ptr, node_ptr, num_points, counts.numel(), fused, D=dim,
-        BLOCK=_BLOCK, num_warps=8)
-    if fused % 2:
-        lists = lists_buf
-    return order[lists[0].long()]
+    batch_size = node_ptr.numel() - 1
+    _subtree_kernel[(triton.cdiv(num_points, _BLOCK) + batch_size,)](
+        lists, lists_buf, where, coord, flag, csum, node, length, unit_ptr,
+        node_ptr, num_points, batch_size, LEVELS=fused,
+        SEARCH=_bits(batch_size), D=dim, BLOCK=_BLOCK, num_warps=8)
+    return order, (lists_buf if fused % 2 else lists)[0]

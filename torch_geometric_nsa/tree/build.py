@@ -154,26 +154,18 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
         batch_size = 1
     batch = batch.long()
 
+    if _use_triton(posf):  # the level loop without sorts, ~40 launches
+        from ._triton import build_layout_triton
+        return build_layout_triton(pos, posf, batch, ball_size, batch_size,
+                                   num_slots)
     if num_slots is None:
         # One read-back carries the input checks (and the cloud count).
-        flags = torch.stack([
+        batch_size = _check_flags(torch.stack([
             (~torch.isfinite(pos)).any().long(),
             (batch[1:] < batch[:-1]).any().long(),
             (batch[0] < 0).long(),
             batch[-1] + 1,
-        ]).tolist()
-        if flags[0]:
-            raise ValueError("'pos' contains NaN or infinite values")
-        if flags[1]:
-            raise ValueError("'batch' must be sorted (points of one cloud "
-                             "contiguous, clouds in increasing order)")
-        if flags[2]:
-            raise ValueError("'batch' contains negative cloud indices")
-        if batch_size is None:
-            batch_size = flags[3]
-        elif flags[3] > batch_size:
-            raise ValueError(f"'batch' holds cloud index {flags[3] - 1} but "
-                             f"batch_size={batch_size}")
+        ]).tolist(), batch_size)
 
     # offsets of every cloud's real points (batch is sorted; no atomics)
     node_ptr = torch.searchsorted(
@@ -192,6 +184,26 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
 
     order = _tree_order(posf, batch, slots, node_ptr, max_slots=max_slots)
     return _assemble(order, counts, ptr, node_ptr, num_slots, ball_size)
+
+
+def _check_flags(flags, batch_size: Optional[int]) -> int:
+    """Raises on the data-dependent input checks read back from the device:
+    ``[non-finite pos, unsorted batch, negative id, last id + 1]``; returns
+    the number of clouds."""
+    nonfinite, unsorted, negative, num_clouds = flags
+    if nonfinite:
+        raise ValueError("'pos' contains NaN or infinite values")
+    if unsorted:
+        raise ValueError("'batch' must be sorted (points of one cloud "
+                         "contiguous, clouds in increasing order)")
+    if negative:
+        raise ValueError("'batch' contains negative cloud indices")
+    if batch_size is None:
+        return num_clouds
+    if num_clouds > batch_size:
+        raise ValueError(f"'batch' holds cloud index {num_clouds - 1} but "
+                         f"batch_size={batch_size}")
+    return batch_size
 
 
 def _use_triton(posf: Tensor) -> bool:
@@ -241,9 +253,6 @@ def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
     the CUDA path (``_triton.py``) gives the same result without sorting in
     the level loop (presorted lists and stable partitions).
     """
-    if _use_triton(posf):
-        from ._triton import tree_order_triton
-        return tree_order_triton(posf, batch, slots, node_ptr, max_slots)
     num_points, dim = posf.shape
     device = posf.device
     order, bits = _canonical_order(posf, batch)
