@@ -124,7 +124,10 @@ def count_syncs(step):
         finally:
             torch.cuda.set_sync_debug_mode(0)
         torch.cuda.synchronize()
-    syncs = [w for w in caught if 'synchroniz' in str(w.message)]
+    # the message of a synchronising call (not the one-time notice that the
+    # debug mode is a prototype)
+    syncs = [w for w in caught
+             if 'called a synchronizing' in str(w.message)]
     for w in syncs[:3]:
         print(f'  sync: {w.filename}:{w.lineno}: {w.message}', file=sys.stderr)
     return len(syncs)
