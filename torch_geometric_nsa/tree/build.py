@@ -105,20 +105,22 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
     a subtree (a ball) and the at most :math:`m - 1` pads of a cloud sit at its
     end, instead of padding every cloud to the next power of two.
 
-    The tree is built level by level for all clouds together with one int64
-    sort per level (no Python loop over clouds), on the device of
-    :obj:`pos`: :math:`O(N \log^2 N)` work, :math:`O(N)` memory.
+    The tree is built level by level for all clouds together (no Python loop
+    over clouds), on the device of :obj:`pos`: on the CPU with one sort per
+    level, on CUDA without sorting in the level loop (presorted median splits,
+    Triton kernels, bitwise the same layout); :math:`O(N)` memory.
 
     Determinism: the result is a function of the input only.  Points are first
-    ordered lexicographically by their coordinates (rounded to float32), and
-    every later sort is stable, so for distinct points the layout does not
-    depend on the order of the points within a cloud; coordinate ties along a
-    split axis are broken by that lexicographic order.  The split axis is the
-    one of largest spread, the lowest axis on ties.
+    ordered lexicographically by their coordinates (rounded to float32) and
+    ranked along every axis with ties broken by that order, and splits compare
+    these ranks, so for distinct points the layout does not depend on the
+    order of the points within a cloud; coordinate ties along a split axis are
+    broken by the lexicographic order.  The split axis is the one of largest
+    spread, the lowest axis on ties.
 
     Host synchronisation: by default the number of slots (and, without
-    :obj:`batch_size`, the number of clouds) is read back once, together with
-    the input checks.  Given :obj:`batch_size` *and* :obj:`num_slots` (see
+    :obj:`batch_size`, the number of clouds) is read back together with the
+    input checks (once on CUDA).  Given :obj:`batch_size` *and* :obj:`num_slots` (see
     :func:`slot_capacity`) the build never synchronises; the layout then ends
     with unused tail slots and data-dependent input checks are skipped.
 
