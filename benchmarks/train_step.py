@@ -23,7 +23,8 @@ a model of ~2.3 M parameters (width 128, 6 blocks, 4 heads, m=128, c=32, s=32,
 g=32, topk=4).  Trees and radius graphs are precomputed once (as the BallTree
 transform does in the data loader), so the step is model + optimizer only.
 Timed: median of --steps steps after --warmup, with CUDA synchronisation;
-peak memory from torch.cuda.max_memory_allocated.  Anchor numbers from the
+peak memory from torch.cuda.max_memory_allocated over the whole run of a mode
+(first step, compilation, CUDA-graph capture and pools included).  Anchor numbers from the
 issue: the Erwin reference model takes 64 / 103 / ~118 ms per step on one H100.
 A mode that fails prints its traceback and gets an error row; nothing falls
 back silently (the ops backend is 'triton' on CUDA, never the reference).
@@ -155,6 +156,9 @@ def bench(name, backend, dtype, mode, args, device):
     with ops.use_backend(backend):
         from torch._dynamo.utils import counters
         counters.clear()
+        if device == 'cuda':  # the peak covers warm-up, capture and pools
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         step = make_step(mode, model, opt, inputs, dtype, device)
         t0 = time.perf_counter()
         step()
@@ -169,7 +173,6 @@ def bench(name, backend, dtype, mode, args, device):
             syncs = count_syncs(step)
         if device == 'cuda':
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(args.steps):
             t = time.perf_counter()
