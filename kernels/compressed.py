@@ -6,9 +6,7 @@ with ``block_mask[beta]``.  The cloud range of every slot is looked up in a per-
 may straddle clouds, every row is masked by its own range.  Returns ``o`` and the natural-log LSE
 (float32; ``-inf`` and ``o = 0`` for rows without a valid block).  The backward recomputes the
 probabilities: dQ per query tile (it also writes ``delta = rowsum(dO * O)``), dKc/dVc per
-compressed-key tile looping over the queries of that key's cloud, optionally split over parts of
-that query range into float32 partials summed by torch (more programs for a single large cloud);
-no atomics, deterministic.
+compressed-key tile looping over the queries of that key's cloud; no atomics, deterministic.
 """
 from __future__ import annotations
 
@@ -113,13 +111,10 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
 
 @triton.jit
 def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC, H, D, C,
-                         qk_scale, scale, SPLIT: tl.constexpr,
+                         qk_scale, scale,
                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    # SPLIT > 1: program (pid, h, part) covers part ``part`` of the key tile's query range (whole
-    # BM tiles) and writes float32 partials DK/DV[part] (summed afterwards, deterministically).
     pid = tl.program_id(0)
     h = tl.program_id(1)
-    part = tl.program_id(2)
     cols = pid.to(tl.int64) * BN + tl.arange(0, BN)
     cmask = cols < NC
     # query range of each key's cloud: slots [lo*C, hi*C) of the key's first slot
@@ -127,13 +122,6 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     khi = tl.load(HI + cols * C, mask=cmask, other=0)
     qlo = tl.min(klo, 0).to(tl.int64) * C
     qhi = tl.max(khi, 0).to(tl.int64) * C
-    if SPLIT > 1:
-        chunk = tl.cdiv(tl.cdiv(tl.maximum(qhi - qlo, 0), BM), SPLIT) * BM
-        q0 = qlo + part * chunk
-        q1 = tl.minimum(q0 + chunk, qhi)
-    else:
-        q0 = qlo
-        q1 = qhi
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -144,9 +132,9 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BD], dtype=tl.float32)
-    for qstart in range(q0, q1, BM):
+    for qstart in range(qlo, qhi, BM):
         rows = qstart + tl.arange(0, BM)
-        rmask = rows < q1
+        rmask = rows < qhi
         lo = tl.load(LO + rows, mask=rmask, other=NC)
         hi = tl.load(HI + rows, mask=rmask, other=0)
         q_off = rows[:, None] * stride + h * D + d[None, :]
@@ -163,9 +151,8 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    out_off = part.to(tl.int64) * NC * stride + kv_off
-    tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
-    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kvm)
+    tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
 def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
@@ -193,14 +180,6 @@ def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: in
          num_stages: int):
     return _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
                        num_stages)
-
-
-def dkdv_split(cfg: dict, S: int, NC: int, H: int, device: torch.device) -> int:
-    """Parts of the query range of a dK/dV program: about ``OCC`` programs per SM, at least 4
-    query tiles per part (``S // BM`` tiles bound the range of a single cloud)."""
-    nprog = triton.cdiv(NC, cfg["BN"]) * H
-    want = triton.cdiv(max(1, cfg.get("OCC", 1)) * _config.sm_count(device), nprog)
-    return max(1, min(want, triton.cdiv(S, cfg["BM"]) // 4, 64))
 
 
 @torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
@@ -247,17 +226,10 @@ def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor
         q, kc, vc, block_mask, lo, hi, o, do, lse, delta, dq, S, NC, H, D, scale * _LOG2E, scale,
         BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
     cfg = _cfg("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
-    split = dkdv_split(cfg, S, NC, H, q.device)
-    if split > 1:
-        dk = torch.empty((split,) + tuple(kc.shape), device=q.device, dtype=torch.float32)
-        dv = torch.empty((split,) + tuple(vc.shape), device=q.device, dtype=torch.float32)
-    else:
-        dk, dv = torch.empty_like(kc), torch.empty_like(vc)
-    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H, split)](
+    dk, dv = torch.empty_like(kc), torch.empty_like(vc)
+    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H)](
         q, kc, vc, block_mask, lo, hi, do, lse, delta, dk, dv, S, NC, H, D, C, scale * _LOG2E,
-        scale, SPLIT=split, BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
-    if split > 1:
-        dk, dv = dk.sum(0).to(kc.dtype), dv.sum(0).to(vc.dtype)
+        scale, BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
     return dq, dk, dv
 
 

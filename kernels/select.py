@@ -1,8 +1,7 @@
 """Selection scoring + top-k per query group, fused and streaming (never an ``[S, S/c]`` matrix).
 
-A program owns ``GPP`` query groups (``g`` slots each; ``GPP`` from the config table, rows
-``GPP * g`` so the score tile is large enough for the tensor cores).  It streams over the
-compressed blocks of the groups' clouds in chunks of ``BN`` blocks (whole selection blocks), recomputes for every head the
+A program owns one query group ``G`` (``g`` slots).  It streams over the compressed blocks of the
+group's cloud in chunks of ``BN`` blocks (whole selection blocks), recomputes for every head the
 compressed-attention probabilities ``exp(scale <q_i, kc_beta> - lse_ih)`` of the group's real queries,
 sums them over queries, heads and the compressed blocks of each selection block, and merges the
 chunk's selection blocks into a running top-k held in registers.  The order is exact: every candidate
@@ -22,44 +21,30 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, NG, H, D, GS, qk_scale,
-                   R: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, GPP: tl.constexpr,
-                   GB: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    # rows: GPP query groups of GS slots, each padded to GB rows; the chunk loop covers the union
-    # of the groups' cloud ranges and every row is masked by its own group's range.
-    BM: tl.constexpr = GPP * GB
-    pid = tl.program_id(0).to(tl.int64)
+def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, qk_scale,
+                   R: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    G = tl.program_id(0).to(tl.int64)
     r = tl.arange(0, BM)
-    grow = pid * GPP + r // GB
-    rr = r % GB
-    rows = grow * GS + rr
-    rmask = (rr < GS) & (grow < NG)
+    rows = G * GS + r
+    rmask = r < GS
     qreal = (tl.load(MASK + rows, mask=rmask, other=0) != 0) & rmask
-    rlo = tl.load(LO + grow * GS, mask=rmask, other=0)
-    rhi = tl.load(HI + grow * GS, mask=rmask, other=0)
-    gi = tl.arange(0, GPP)
-    gg = pid * GPP + gi
-    gvalid = gg < NG
-    glo = tl.load(LO + gg * GS, mask=gvalid, other=0)
-    ghi = tl.load(HI + gg * GS, mask=gvalid, other=0)
-    gany = tl.max(tl.reshape(qreal.to(tl.int32), [GPP, GB]), 1) > 0
-    glo = tl.where(gany, glo, 2147483647)
-    ghi = tl.where(gany, ghi, 0)
-    lo = tl.min(glo, 0)
-    hi = tl.max(ghi, 0)
+    any_real = tl.max(qreal.to(tl.int32), 0) > 0
+    lo = tl.load(LO + G * GS)
+    hi = tl.load(HI + G * GS)
+    hi_eff = tl.where(any_real, hi, lo)
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
     NT: tl.constexpr = BN // R
     kk = tl.arange(0, KP)
-    top = tl.full([GPP, KP], -1, dtype=tl.int64)
-    for bstart in range(lo, hi, BN):
+    top = tl.full([KP], -1, dtype=tl.int64)
+    for bstart in range(lo, hi_eff, BN):
         cols = bstart + tl.arange(0, BN)
         cmask = cols < hi
         bm = (tl.load(BMASK + cols, mask=cmask, other=0) != 0) & cmask
-        ok = qreal[:, None] & bm[None, :] & (cols[None, :] >= rlo[:, None]) \
-            & (cols[None, :] < rhi[:, None])
-        imp = tl.zeros([GPP, BN], dtype=tl.float32)
+        ok = qreal[:, None] & bm[None, :]
+        imp = tl.zeros([BN], dtype=tl.float32)
         for h in range(H):
             q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
                         mask=rmask[:, None] & dmask[None, :], other=0.0)
@@ -69,21 +54,20 @@ def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, NG, H, D, 
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
             okl = ok & (lse != float("-inf"))[:, None]
             p = tl.where(okl, tl.exp2(s - tl.where(okl, lse[:, None], 0.0)), 0.0)
-            imp += tl.sum(tl.reshape(p, [GPP, GB, BN]), 1)
-        simp = tl.sum(tl.reshape(imp, [GPP, NT, R]), 2)
+            imp += tl.sum(p, 0)
+        simp = tl.sum(tl.reshape(imp, [NT, R]), 1)
         gam = bstart // R + tl.arange(0, NT)
         sv = (tl.load(SELVALID + gam, mask=gam < hi // R, other=0) != 0) & (gam < hi // R)
-        sv2 = sv[None, :] & (gam[None, :] >= (glo // R)[:, None]) & (gam[None, :] < (ghi // R)[:, None])
         bits = tl.cast(simp, tl.int32, bitcast=True).to(tl.int64)
-        ck = tl.where(sv2, (bits << 32) | (2147483647 - gam.to(tl.int64))[None, :], -1)
-        new = tl.full([GPP, KP], -1, dtype=tl.int64)
+        ck = tl.where(sv, (bits << 32) | (2147483647 - gam.to(tl.int64)), -1)
+        new = tl.full([KP], -1, dtype=tl.int64)
         for t in tl.static_range(TOPK):
-            mx = tl.maximum(tl.max(top, 1), tl.max(ck, 1))
-            new = tl.where(kk[None, :] == t, mx[:, None], new)
-            top = tl.where(top == mx[:, None], -1, top)
-            ck = tl.where(ck == mx[:, None], -1, ck)
+            mx = tl.maximum(tl.max(top, 0), tl.max(ck, 0))
+            new = tl.where(kk == t, mx, new)
+            top = tl.where(top == mx, -1, top)
+            ck = tl.where(ck == mx, -1, ck)
         top = new
-    tl.store(OUT + gg[:, None] * KP + kk[None, :], top, mask=gvalid[:, None])
+    tl.store(OUT + G * KP + kk, top)
 
 
 @torch.library.custom_op("tgnsa::select_blocks", mutates_args=())
@@ -100,15 +84,12 @@ def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
     R = select_size // block_size
     cfg = _config.get("select", D, q.dtype, q.device, 0, block_n, num_warps, num_stages)
     BN = max(cfg["BN"], R)
-    GPP = max(1, next_pow2(cfg.get("GPP", 1)))
-    GB = max(next_pow2(group_size), triton.cdiv(16, GPP))
     selvalid = mask.view(-1, select_size).any(1).to(torch.uint8)
     keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
-    _select_kernel[(triton.cdiv(NG, GPP),)](q, kc, lse, block_mask, mask, selvalid, lo, hi, keys,
-                                            S, NG, H, D, group_size, scale * _LOG2E, R=R,
-                                            TOPK=topk, KP=KP, GPP=GPP, GB=GB, BN=BN,
-                                            BD=head_block(D), PREC=dot_precision(q.dtype),
-                                            **_config.launch_meta(cfg))
+    _select_kernel[(NG,)](q, kc, lse, block_mask, mask, selvalid, lo, hi, keys, S, H, D,
+                          group_size, scale * _LOG2E, R=R, TOPK=topk, KP=KP,
+                          BM=max(16, next_pow2(group_size)), BN=BN, BD=head_block(D),
+                          PREC=dot_precision(q.dtype), **_config.launch_meta(cfg))
     keys = keys[:, :topk]
     gam = torch.where(keys >= 0, 2147483647 - (keys & 0xFFFFFFFF), torch.iinfo(torch.int64).max)
     gam = gam.sort(1).values
@@ -141,7 +122,7 @@ def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_ma
         scale: default ``1/sqrt(D)``.
         block_n: compressed blocks per streamed chunk (0: from the config table).
         num_warps, num_stages: launch options (0: from the config table,
-            ``torch_geometric_nsa.kernels._config``; it also sets the query groups per program).
+            ``torch_geometric_nsa.kernels._config``).
 
     Returns:
         ``idx`` ``[S // g, topk]`` int64 global selection-block indices, ascending, ``-1``-padded

@@ -89,13 +89,12 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("table", [
-    dict(select=dict(GPP=1, BN=32), cmp_bwd_dkdv=dict(OCC=1, BN=16, BM=32),
-         sel_bwd_dkdv=dict(BM=64, BN=16)),
-    dict(select=dict(GPP=4, BN=16), cmp_bwd_dkdv=dict(OCC=64, BM=16), sel_fwd=dict(BN=32),
+    dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
+    dict(select=dict(BN=16), cmp_bwd_dq=dict(BM=16, BN=32), sel_fwd=dict(BN=32),
          sel_bwd_dq=dict(BN=16), ball_bwd_dq=dict(BM=16, BN=32), ball_bwd_dkdv=dict(BM=32, BN=16)),
-], ids=["gpp1-nosplit", "gpp4-split"])
+], ids=["table-a", "table-b"])
 def test_config_table(table, monkeypatch):
-    """Other entries of the config table (groups per select program, dK/dV query split, tiles)."""
+    """Other entries of the config table (per-kernel tiles)."""
     from torch_geometric_nsa.kernels import _config
 
     monkeypatch.setattr(_config, "TABLE", {(k, "interp", dc, bd): v for k, v in table.items()
