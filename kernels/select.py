@@ -44,7 +44,7 @@ def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, 
         cmask = cols < hi
         bm = (tl.load(BMASK + cols, mask=cmask, other=0) != 0) & cmask
         ok = qreal[:, None] & bm[None, :]
-        imp = tl.zeros([BN], dtype=tl.float32)
+        pacc = tl.zeros([BM, BN], dtype=tl.float32)  # summed over heads, then rows
         for h in range(H):
             q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
                         mask=rmask[:, None] & dmask[None, :], other=0.0)
@@ -54,19 +54,23 @@ def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, 
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
             okl = ok & (lse != float("-inf"))[:, None]
             p = tl.where(okl, tl.exp2(s - tl.where(okl, lse[:, None], 0.0)), 0.0)
-            imp += tl.sum(p, 0)
-        simp = tl.sum(tl.reshape(imp, [NT, R]), 1)
+            pacc += p
+        simp = tl.sum(tl.reshape(tl.sum(pacc, 0), [NT, R]), 1)
         gam = bstart // R + tl.arange(0, NT)
         sv = (tl.load(SELVALID + gam, mask=gam < hi // R, other=0) != 0) & (gam < hi // R)
         bits = tl.cast(simp, tl.int32, bitcast=True).to(tl.int64)
         ck = tl.where(sv, (bits << 32) | (2147483647 - gam.to(tl.int64)), -1)
-        new = tl.full([KP], -1, dtype=tl.int64)
-        for t in tl.static_range(TOPK):
-            mx = tl.maximum(tl.max(top, 0), tl.max(ck, 0))
-            new = tl.where(kk == t, mx, new)
-            top = tl.where(top == mx, -1, top)
-            ck = tl.where(ck == mx, -1, ck)
-        top = new
+        # merge only if a candidate beats the running k-th best (the smallest
+        # key held, -1 while fewer than TOPK are held; lanes >= TOPK ignored):
+        # the same result, and most chunks skip the TOPK reductions
+        if tl.max(ck, 0) > tl.min(tl.where(kk < TOPK, top, 9223372036854775807), 0):
+            new = tl.full([KP], -1, dtype=tl.int64)
+            for t in tl.static_range(TOPK):
+                mx = tl.maximum(tl.max(top, 0), tl.max(ck, 0))
+                new = tl.where(kk == t, mx, new)
+                top = tl.where(top == mx, -1, top)
+                ck = tl.where(ck == mx, -1, ck)
+            top = new
     tl.store(OUT + G * KP + kk, top)
 
 

@@ -101,3 +101,5 @@ def test_config_table(table, monkeypatch):
                                            for dc in ("16", "32") for bd in (16, 32, 64)})
     kc.run_all([70, 1, 190], 64, 16, 32, 16, 4, 2, 16, torch.float32, tail=64)
     kc.run_all([100, 33], 64, 16, 32, 32, 3, 1, 32, torch.float16)
+    # many chunks of selection candidates (the running top-k merges and skips)
+    kc.run_all([1000], 64, 8, 16, 64, 3, 2, 16, torch.float32)
