@@ -89,8 +89,8 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("table", [
-    dict(select=dict(BN=32), select_heads=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
-    dict(select=dict(BN=16), select_heads=dict(BN=16), cmp_bwd_dq=dict(BM=16, BN=32), sel_fwd=dict(BN=32),
+    dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
+    dict(select=dict(BN=16), cmp_bwd_dq=dict(BM=16, BN=32), sel_fwd=dict(BN=32),
          sel_bwd_dq=dict(BN=16), ball_bwd_dq=dict(BM=16, BN=32), ball_bwd_dkdv=dict(BM=32, BN=16)),
 ], ids=["table-a", "table-b"])
 def test_config_table(table, monkeypatch):
@@ -104,11 +104,3 @@ def test_config_table(table, monkeypatch):
     # many chunks of selection candidates (the running top-k merges and skips)
     kc.run_all([1000], 64, 8, 16, 64, 3, 2, 16, torch.float32)
 
-
-def test_select_heads_one_by_one(monkeypatch):
-    """The select kernel's other path: heads streamed one after another."""
-    from torch_geometric_nsa.kernels import _config, select
-
-    monkeypatch.setattr(select, "HEADS_AT_ONCE", False)
-    monkeypatch.setattr(_config, "TABLE", {("select", "interp", "32", 16): dict(BN=16)})
-    kc.run_all([1000, 37], 64, 8, 16, 64, 3, 2, 16, torch.float32)
