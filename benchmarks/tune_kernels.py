@@ -31,11 +31,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "kernels"))
 
+import attention  # noqa: E402
 from torch_geometric_nsa import kernels as K  # noqa: E402
 from torch_geometric_nsa.kernels import _config  # noqa: E402
 from torch_geometric_nsa.kernels.compressed import cloud_block_ranges  # noqa: E402
 
-H, D, M, C, SEL, G, TOPK = 8, 32, 128, 32, 32, 32, 8
+from attention import C, D, G, H, M, SEL, TOPK  # noqa: E402  (the same problem)
 T0 = time.time()
 
 
@@ -82,16 +83,11 @@ OP_OF = dict(ball_fwd="ball fwd", ball_bwd_dq="ball bwd", ball_bwd_dkdv="ball bw
 
 
 def make(B, n, dtype, dev):
-    S = B * n
-    gen = torch.Generator(device=dev).manual_seed(0)
-    q, k, v = (torch.randn(S, H, D, device=dev, dtype=dtype, generator=gen) for _ in range(3))
-    pos = torch.cumsum(torch.randn(S, 3, device=dev, generator=gen) * 0.05, 0)
-    mask = torch.ones(S, dtype=torch.bool, device=dev)
-    ptr = torch.arange(B + 1, device=dev, dtype=torch.long) * n
-    sigma = -torch.ones(H, device=dev)
-    t = dict(q=q, k=k, v=v, pos=pos, mask=mask, ptr=ptr, sigma=sigma, S=S, B=B, n=n)
-    w = mask.view(S // C, C, 1, 1).to(dtype)
-    t["kc"], t["vc"] = ((x.view(S // C, C, H, D) * w).sum(1) / w.sum(1).clamp_min(1) for x in (k, v))
+    t = attention.make(B, n, dtype, dev)  # the attention benchmark's inputs
+    S, q, k, v, mask, ptr = t["S"], t["q"], t["k"], t["v"], t["mask"], t["ptr"]
+    pos, sigma = t["pos"], t["sigma"]
+    gen = torch.Generator(device=dev).manual_seed(1)
+    t["kc"], t["vc"] = attention.block_means(k, mask, C), attention.block_means(v, mask, C)
     t["bm"] = mask.view(-1, C).any(1)
     t["lo"], t["hi"] = cloud_block_ranges(ptr, S, C)
     t["m8"], t["bm8"] = mask.to(torch.uint8), t["bm"].to(torch.uint8)
