@@ -15,9 +15,7 @@ Keys of a config: ``BM``, ``BN`` (query / key tile), ``num_warps``, ``num_stages
 
 - ``select``: ``BN`` compressed blocks per streamed chunk (``BM`` is the group, unused);
 - ``sel_fwd`` / ``sel_bwd_dq``: ``BN`` keys per gathered tile (``BM`` is the group, unused);
-- ``sel_bwd_dkdv``: ``BM`` rows of gathered query groups, ``BN`` key rows (<= ``s``);
-- ``cmp_bwd_dkdv``: optional ``SPLIT``, parts of each key tile's query range (default: enough
-  programs for about four per SM).
+- ``sel_bwd_dkdv``: ``BM`` rows of gathered query groups, ``BN`` key rows (<= ``s``).
 
 Arch: ``"sm90"`` (Hopper), ``"sm80"`` (Ampere / Ada), ``"interp"`` (``TRITON_INTERPRET=1``).
 Dtype class: ``"16"`` (float16 / bfloat16) or ``"32"``.  Resolution happens inside the custom ops
@@ -95,16 +93,6 @@ def get(kernel: str, D: int, dtype: torch.dtype, device: torch.device, block_m: 
         if val > 0:
             cfg[key] = int(val)
     return cfg
-
-
-@functools.lru_cache(maxsize=None)
-def _sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device."""
-    return _sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def launch_meta(cfg: dict[str, int]) -> dict[str, int]:

@@ -6,9 +6,7 @@ with ``block_mask[beta]``.  The cloud range of every slot is looked up in a per-
 may straddle clouds, every row is masked by its own range.  Returns ``o`` and the natural-log LSE
 (float32; ``-inf`` and ``o = 0`` for rows without a valid block).  The backward recomputes the
 probabilities: dQ per query tile (it also writes ``delta = rowsum(dO * O)``), dKc/dVc per
-compressed-key tile looping over the queries of that key's cloud (split into parts with float32
-partial sums, added in a fixed order, when there are too few key tiles to fill the GPU); no
-atomics, deterministic.
+compressed-key tile looping over the queries of that key's cloud; no atomics, deterministic.
 """
 from __future__ import annotations
 
@@ -114,10 +112,7 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
 @triton.jit
 def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC, H, D, C,
                          qk_scale, scale,
-                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
-                         SPLIT: tl.constexpr):
-    # SPLIT > 1: program (pid, h, part) covers part `part` of the key tile's query range and
-    # writes float32 partial sums DK[part], DV[part] (summed in a fixed order afterwards)
+                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     cols = pid.to(tl.int64) * BN + tl.arange(0, BN)
@@ -127,13 +122,6 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     khi = tl.load(HI + cols * C, mask=cmask, other=0)
     qlo = tl.min(klo, 0).to(tl.int64) * C
     qhi = tl.max(khi, 0).to(tl.int64) * C
-    if SPLIT > 1:
-        part = tl.program_id(2).to(tl.int64)
-        share = tl.cdiv(tl.cdiv(tl.maximum(qhi - qlo, 0), SPLIT), BM) * BM
-        qlo = qlo + part * share
-        qhi = tl.minimum(qhi, qlo + share)
-        DK += part * NC * H * D
-        DV += part * NC * H * D
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -238,31 +226,11 @@ def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor
         q, kc, vc, block_mask, lo, hi, o, do, lse, delta, dq, S, NC, H, D, scale * _LOG2E, scale,
         BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
     cfg = _cfg("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
-    tiles = triton.cdiv(NC, cfg["BN"])
-    split = _dkdv_split(cfg, tiles * H, S, q.device)
-    if split > 1:  # few key tiles: split their query ranges, fp32 partials summed in order
-        dk = torch.empty((split,) + kc.shape, device=q.device, dtype=torch.float32)
-        dv = torch.empty_like(dk)
-    else:
-        dk, dv = torch.empty_like(kc), torch.empty_like(vc)
-    _cmp_bwd_dkdv_kernel[(tiles, H, split)](
+    dk, dv = torch.empty_like(kc), torch.empty_like(vc)
+    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H)](
         q, kc, vc, block_mask, lo, hi, do, lse, delta, dk, dv, S, NC, H, D, C, scale * _LOG2E,
-        scale, BM=cfg["BM"], BN=cfg["BN"], SPLIT=split, **common, **_config.launch_meta(cfg))
-    if split > 1:
-        dk, dv = dk.sum(0).to(kc.dtype), dv.sum(0).to(vc.dtype)
+        scale, BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
     return dq, dk, dv
-
-
-def _dkdv_split(cfg, programs: int, S: int, device: torch.device) -> int:
-    """Parts of the query range per key tile of the compressed dK/dV kernel: enough programs for
-    about four per SM, at most 16 and at most one part per ``4 * BM`` queries (``cfg["SPLIT"]``,
-    if set, wins)."""
-    if cfg.get("SPLIT", 0) > 0:
-        return int(cfg["SPLIT"])
-    if device.type != "cuda":
-        return 1
-    sms = _config.num_sms(device)
-    return max(1, min(16, -(-4 * sms // programs), S // (4 * cfg["BM"])))
 
 
 @compressed_attention_bwd.register_fake

@@ -89,7 +89,7 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("table", [
-    dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32, SPLIT=3), sel_bwd_dkdv=dict(BM=64, BN=16)),
+    dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
     dict(select=dict(BN=16), cmp_bwd_dq=dict(BM=16, BN=32), sel_fwd=dict(BN=32),
          sel_bwd_dq=dict(BN=16), ball_bwd_dq=dict(BM=16, BN=32), ball_bwd_dkdv=dict(BM=32, BN=16)),
 ], ids=["table-a", "table-b"])
