@@ -238,6 +238,8 @@ def test_layout_helpers():
 @pytest.mark.parametrize('bad, match', [
     (dict(pos=torch.tensor([[0., float('nan')]])), 'NaN'),
     (dict(pos=torch.tensor([[0., float('inf')]])), 'NaN or infinite'),
+    (dict(pos=torch.tensor([[0., 1e300]], dtype=torch.float64)),
+     r'infinite values \(in float32\)'),
     (dict(pos=torch.zeros(3)), r'shape \[num_points, dim\]'),
     (dict(pos=torch.zeros(0, 3)), 'empty'),
     (dict(pos=torch.zeros(3, 3, dtype=torch.long)), 'floating'),

@@ -28,8 +28,9 @@ def path(request, monkeypatch):
 def check(pos, batch, m, batch_size=None, num_slots=None):
     want = build_ball_tree(pos, batch, ball_size=m, batch_size=batch_size,
                            num_slots=num_slots)         # CPU: the torch loop
-    got = build_layout_triton(pos, pos.float(), batch, m, batch_size,
-                              num_slots)
+    # a non-contiguous float32 copy: the kernels read it contiguous
+    posf = pos.float().T.contiguous().T
+    got = build_layout_triton(posf, batch, m, batch_size, num_slots)
     for name in ('perm', 'mask', 'ptr', 'inverse', 'slot_batch'):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     assert got.ball_size == want.ball_size
@@ -106,7 +107,7 @@ def test_single_point_and_d8(path):
 ])
 def test_bad_values_raise(pos, batch, match):
     with pytest.raises(ValueError, match=match):
-        build_layout_triton(pos, pos, torch.tensor(batch), 16, None, None)
+        build_layout_triton(pos, torch.tensor(batch), 16, None, None)
     with pytest.raises(ValueError, match='batch_size=1'):
-        build_layout_triton(torch.rand(3, 2), torch.rand(3, 2),
-                            torch.tensor([0, 1, 1]), 16, 1, None)
+        build_layout_triton(torch.rand(3, 2), torch.tensor([0, 1, 1]), 16, 1,
+                            None)

@@ -211,7 +211,7 @@ def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr,
     mask = offs < N
     bad = tl.zeros([BLOCK], dtype=tl.int1)
     for d in tl.static_range(D):
-        x = tl.load(pos + offs * D + d, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(pos + offs * D + d, mask=mask, other=0.0)
         bad = bad | (x != x) | (tl.abs(x) == float('inf'))
     b = tl.load(batch + offs, mask=mask, other=0)
     prev = tl.load(batch + offs - 1, mask=mask & (offs > 0), other=-1)
@@ -335,15 +335,15 @@ def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
-def build_layout_triton(pos: Tensor, posf: Tensor, batch: Tensor,
-                        ball_size: int, batch_size: Optional[int],
-                        num_slots: Optional[int]):
+def build_layout_triton(posf: Tensor, batch: Tensor, ball_size: int,
+                        batch_size: Optional[int], num_slots: Optional[int]):
     """:func:`build.build_ball_tree` on CUDA after the argument checks: the
     same layout, bitwise, in about 40 launches for any batch, with one
     read-back (none in capacity mode)."""
     from .build import _check_flags
     from .layout import TreeLayout
 
+    posf = posf.contiguous()
     num_points, dim = posf.shape
     device = posf.device
     i64 = dict(dtype=torch.long, device=device)
@@ -352,7 +352,7 @@ def build_layout_triton(pos: Tensor, posf: Tensor, batch: Tensor,
     capacity = num_slots is not None
     if not capacity:  # checks and sizes: the one read-back
         out = torch.zeros(6, **i64)
-        _scan_kernel[grid](pos.contiguous(), batch, out, num_points,
+        _scan_kernel[grid](posf, batch, out, num_points,
                            ball_size, D=dim, STEPS=lb_steps, BLOCK=_BLOCK,
                            num_warps=4)
         flags = out.tolist()

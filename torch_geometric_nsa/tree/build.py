@@ -158,12 +158,12 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
 
     if _use_triton(posf):  # the level loop without sorts, ~40 launches
         from ._triton import build_layout_triton
-        return build_layout_triton(pos, posf, batch, ball_size, batch_size,
+        return build_layout_triton(posf, batch, ball_size, batch_size,
                                    num_slots)
     if num_slots is None:
         # One read-back carries the input checks (and the cloud count).
         batch_size = _check_flags(torch.stack([
-            (~torch.isfinite(pos)).any().long(),
+            (~torch.isfinite(posf)).any().long(),
             (batch[1:] < batch[:-1]).any().long(),
             (batch[0] < 0).long(),
             batch[-1] + 1,
@@ -194,7 +194,7 @@ def _check_flags(flags, batch_size: Optional[int]) -> int:
     the number of clouds."""
     nonfinite, unsorted, negative, num_clouds = flags
     if nonfinite:
-        raise ValueError("'pos' contains NaN or infinite values")
+        raise ValueError("'pos' contains NaN or infinite values (in float32)")
     if unsorted:
         raise ValueError("'batch' must be sorted (points of one cloud "
                          "contiguous, clouds in increasing order)")
