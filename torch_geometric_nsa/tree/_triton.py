@@ -1,4 +1,6 @@
-"""The level loop of :func:`build._tree_order` on CUDA, without a sort per level.
+"""The ball-tree build on CUDA (:func:`build.build_ball_tree`), without a sort
+per level; bitwise the layout of the CPU build (the torch level loop of
+:func:`build._tree_order`, one sort per level).
 
 Presorted median splits: after the initial sorts every cloud's points are
 listed ``D`` times, sorted along each axis (:func:`build._axis_lists`).  Every
@@ -19,8 +21,11 @@ aligned ``_BLOCK``-slot block of its cloud (a node of ``L`` slots starts at a
 multiple of the power of two ``>= L``), so one launch of ``_subtree_kernel``
 runs all remaining levels, one program per block, its prefix sums in
 registers and the lists in (L2-resident) global scratch between CTA barriers.
-:math:`O(N D)` int32 traffic per level, no host synchronisation; the result
-is bitwise the one of the torch loop.
+:math:`O(N D)` int32 traffic per level, no host synchronisation.  Around the
+levels: one scan kernel for the input checks and the layout's size (the one
+read-back), one for the per-cloud offsets, the sort keys, ``2 D - 1`` torch
+sorts (canonical order, axis lists), a prologue kernel and one kernel that
+assembles the layout: about 40 launches for any batch.
 """
 import math
 import os
