@@ -23,7 +23,7 @@ runs all remaining levels, one program per block, its prefix sums in
 registers and the lists in (L2-resident) global scratch between CTA barriers.
 :math:`O(N D)` int32 traffic per level, no host synchronisation.  Around the
 levels: one scan kernel for the input checks and the layout's size (the one
-read-back), one for the per-cloud offsets, the sort keys, ``2 D - 1`` torch
+read-back), one for the per-cloud offsets, the sort keys, ``D // 2 + D`` torch
 sorts (canonical order, axis lists), a prologue kernel and one kernel that
 assembles the layout: about 40 launches for any batch.
 """
