@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _config
 from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block
@@ -155,11 +156,31 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
+#: eager-mode memo of :func:`cloud_block_ranges`: ``ptr`` tensor (by identity, while alive) ->
+#: ``{(S, unit, ptr._version): (lo, hi)}``; every block of a model asks for the same ranges of
+#: the same tree, and each computation is about a dozen small ops
+_RANGES = WeakIdKeyDictionary()
+
+
 def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     """Per slot ``i``: ``[lo, hi)`` of its cloud in units of ``unit`` slots (int32, no host sync).
 
     Slots of no cloud (``i >= ptr[-1]``) get the empty range ``lo = S // unit, hi = 0``.
+    Eager calls with the same ``ptr`` tensor (unmodified) reuse the result; traced calls
+    (``torch.compile``) compute it.
     """
+    if torch.compiler.is_compiling():
+        return _cloud_block_ranges(ptr, S, unit)
+    memo = _RANGES.setdefault(ptr, {})
+    key = (S, unit, ptr._version)
+    if key not in memo:
+        for stale in [k for k in memo if k[2] != ptr._version]:
+            del memo[stale]
+        memo[key] = _cloud_block_ranges(ptr, S, unit)
+    return memo[key]
+
+
+def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     n = S // unit
     B = ptr.numel() - 1
     dev = ptr.device
