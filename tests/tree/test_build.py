@@ -261,23 +261,3 @@ def test_bad_input(bad, match):
     kwargs.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         build_ball_tree(**kwargs)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_cuda_matches_cpu_and_never_syncs():
-    sizes = [1000, 1, 4097, 300]
-    pos, batch = random_batch(sizes, seed=2)
-    cpu = build_ball_tree(pos, batch, ball_size=128)
-    gpu = build_ball_tree(pos.cuda(), batch.cuda(), ball_size=128)
-    assert torch.equal(gpu.perm.cpu(), cpu.perm)
-    cap = slot_capacity(pos.size(0), len(sizes), 128)
-    pos_c, batch_c = pos.cuda(), batch.cuda()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
-    try:
-        static = build_ball_tree(pos_c, batch_c, ball_size=128,
-                                 batch_size=len(sizes), num_slots=cap)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert torch.equal(static.perm[:cpu.num_slots].cpu(), cpu.perm)

@@ -1,7 +1,8 @@
-"""The Triton level loop of the tree build (``tree/_triton.py``): bitwise equal
-to the torch loop, on the CPU through the Triton interpreter (subprocess, so
-``TRITON_INTERPRET=1`` is set before Triton is imported and never leaks into
-the other test modules) and on CUDA against the CPU build."""
+"""The CUDA tree build (``tree/_triton.py``): bitwise equal to the torch loop,
+on the CPU through the Triton interpreter (subprocess, so ``TRITON_INTERPRET=1``
+is set before Triton is imported and never leaks into the other test modules),
+and on CUDA, for both CUDA builds (Triton and the torch loop), against the CPU
+build."""
 import importlib.util
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from test_build import random_batch
 from torch_geometric_nsa import build_ball_tree
 from torch_geometric_nsa.tree import slot_capacity
 
@@ -29,20 +31,13 @@ def test_tree_levels_under_triton_interpreter():
     assert proc.returncode == 0, tail
 
 
-@pytest.fixture
-def triton_tree(monkeypatch):
-    """Forces the Triton level loop on CUDA (the default unless
-    TORCH_GEOMETRIC_NSA_TREE_TRITON=0)."""
+@pytest.fixture(params=['triton', 'torch-loop'])
+def cuda_path(request, monkeypatch):
+    """Both CUDA builds: the Triton one (the default) and the torch level loop
+    (``TORCH_GEOMETRIC_NSA_TREE_TRITON=0``)."""
     from torch_geometric_nsa.tree import _triton
-    monkeypatch.setattr(_triton, 'ENABLED', True)
-
-
-def _random_batch(sizes, dim, seed, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    pos = torch.randn(sum(sizes), dim, generator=gen).to(dtype)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)),
-                                    torch.tensor(sizes))
-    return pos, batch
+    monkeypatch.setattr(_triton, 'ENABLED', request.param == 'triton')
+    return request.param
 
 
 @pytest.mark.cuda
@@ -50,12 +45,12 @@ def _random_batch(sizes, dim, seed, dtype=torch.float32):
                     reason='needs CUDA and triton')
 @pytest.mark.parametrize('dim, dtype', [(3, torch.float32), (2, torch.float64),
                                         (1, torch.float32), (5, torch.float16)])
-def test_triton_build_matches_cpu_and_never_syncs(dim, dtype, triton_tree):
+def test_cuda_build_matches_cpu_and_never_syncs(dim, dtype, cuda_path):
     from torch_geometric_nsa.tree.build import _use_triton
     sizes = [1000, 1, 4097, 300, 2999]
-    pos, batch = _random_batch(sizes, dim, seed=dim, dtype=dtype)
+    pos, batch = random_batch(sizes, dim, dtype=dtype, seed=dim)
     pos_c, batch_c = pos.cuda(), batch.cuda()
-    assert _use_triton(pos_c.float())
+    assert _use_triton(pos_c.float()) == (cuda_path == 'triton')
     cpu = build_ball_tree(pos, batch, ball_size=128)
     gpu = build_ball_tree(pos_c, batch_c, ball_size=128)
     assert torch.equal(gpu.perm.cpu(), cpu.perm)
@@ -77,7 +72,7 @@ def test_triton_build_matches_cpu_and_never_syncs(dim, dtype, triton_tree):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,
                     reason='needs CUDA and triton')
-def test_triton_build_grid_ties_cuda(triton_tree):
+def test_cuda_build_grid_ties(cuda_path):
     g = torch.stack(torch.meshgrid(torch.arange(64.), torch.arange(64.),
                                    torch.arange(4.), indexing='ij'),
                     -1).view(-1, 3)
