@@ -143,29 +143,16 @@ def _partition_kernel(lists_in, lists_out, where, flag, csum, node_ptr,
 
 
 @triton.jit
-def _last_le(arr, value, n, STEPS: tl.constexpr):
-    """The last index b in [0, n) with arr[b] <= value (arr nondecreasing,
-    arr[0] <= value), by a branch-free binary search of STEPS >= bit_length(n)
-    steps."""
-    lo = tl.zeros(value.shape, dtype=tl.int64)
-    hi = lo + (n - 1)
-    for _ in range(STEPS):
-        mid = (lo + hi + 1) // 2
-        go = tl.load(arr + mid, mask=mid <= hi, other=0) <= value
-        lo = tl.where(go & (mid <= hi), mid, lo)
-        hi = tl.where(go, hi, mid - 1)
-    return lo
-
-
-@triton.jit
-def _lower_bound(batch, value, n, mask, STEPS: tl.constexpr):
-    """The first index i in [0, n] with batch[i] >= value (batch sorted)."""
+def _lower_bound(arr, value, n, mask, STEPS: tl.constexpr):
+    """The first index i in [0, n] with arr[i] >= value (arr[:n] nondecreasing),
+    by a branch-free binary search of STEPS >= bit_length(n) + 1 steps; the
+    last index with arr[i] <= v is _lower_bound(arr, v + 1, ...) - 1."""
     lo = tl.zeros(value.shape, dtype=tl.int64)
     hi = lo + n
     for _ in range(STEPS):
         active = mask & (lo < hi)
         mid = (lo + hi) // 2
-        go = active & (tl.load(batch + mid, mask=active, other=0) < value)
+        go = active & (tl.load(arr + mid, mask=active, other=0) < value)
         lo = tl.where(go, mid + 1, lo)
         hi = tl.where(active & ~go, mid, hi)
     return lo
@@ -181,7 +168,7 @@ def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
     ``lists_a`` and ``lists_b``.  Blocks are numbered cloud by cloud
     (``unit_ptr``); programs past the last block idle."""
     pid = tl.program_id(0).to(tl.int64)
-    b = _last_le(unit_ptr, pid, B, SEARCH)
+    b = _lower_bound(unit_ptr, pid + 1, B, pid >= 0, SEARCH) - 1
     first = tl.load(cloud_ptr + b)
     end = tl.where(pid < tl.load(unit_ptr + b + 1),
                    tl.load(cloud_ptr + b + 1), first)
@@ -321,7 +308,7 @@ def _layout_kernel(final, order, ptr, node_ptr, perm, mask_out, slot_batch,
     valid = slot < S
     # tail slots of a capacity layout and slots past an empty trailing cloud
     # get cloud B - 1 (searchsorted(ptr[1:], slot, right=True), clamped)
-    b = _last_le(ptr, slot, B, SEARCH)
+    b = _lower_bound(ptr, slot + 1, B, slot >= 0, SEARCH) - 1
     first = tl.load(node_ptr + b, mask=valid, other=0)
     count = tl.load(node_ptr + b + 1, mask=valid, other=0) - first
     local = slot - tl.load(ptr + b, mask=valid, other=0)
@@ -384,7 +371,7 @@ def build_layout_triton(posf: Tensor, batch: Tensor, ball_size: int,
     _layout_kernel[(triton.cdiv(num_slots, _BLOCK),)](
         final, order, ptr, node_ptr, perm, mask.view(torch.int8), slot_batch,
         inverse, num_slots, num_points, batch_size,
-        SEARCH=_bits(batch_size), BLOCK=_BLOCK, num_warps=4)
+        SEARCH=_bits(batch_size) + 1, BLOCK=_BLOCK, num_warps=4)
     return TreeLayout(perm=perm, mask=mask, ptr=ptr, inverse=inverse,
                       slot_batch=slot_batch, ball_size=ball_size)
 
@@ -447,5 +434,5 @@ def _tree_lists(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
     _subtree_kernel[(triton.cdiv(num_points, _BLOCK) + batch_size,)](
         lists, lists_buf, where, coord, flag, csum, node, length, unit_ptr,
         node_ptr, num_points, batch_size, LEVELS=fused,
-        SEARCH=_bits(batch_size), D=dim, BLOCK=_BLOCK, num_warps=8)
+        SEARCH=_bits(batch_size) + 1, D=dim, BLOCK=_BLOCK, num_warps=8)
     return order, (lists_buf if fused % 2 else lists)[0]
