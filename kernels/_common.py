@@ -37,3 +37,13 @@ def check_dtype(*ts: torch.Tensor) -> None:
     for t in ts[1:]:
         if t.dtype != dt:
             raise TypeError(f"dtype mismatch: {t.dtype} vs {dt}")
+
+
+def as_u8(mask: torch.Tensor) -> torch.Tensor:
+    """A mask as the contiguous uint8 vector the kernels read: in eager mode a bool tensor is
+    reinterpreted in place (same bytes, no copy kernel); traced (``torch.compile``, where Inductor
+    fuses the cast and its bool views are unreliable) and other dtypes are converted."""
+    mask = mask.contiguous()
+    if mask.dtype == torch.bool and not torch.compiler.is_compiling():
+        return mask.view(torch.uint8)
+    return mask.to(torch.uint8)

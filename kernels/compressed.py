@@ -2,11 +2,13 @@
 
 Query ``i`` in cloud ``b`` attends to the compressed keys ``beta`` in ``[ptr[b]//c, ptr[b+1]//c)``
 with ``block_mask[beta]``.  The cloud range of every slot is looked up in a per-slot table
-(``lo``/``hi`` in compressed-block units) built with ``torch.searchsorted`` (no host sync); a tile
-may straddle clouds, every row is masked by its own range.  Returns ``o`` and the natural-log LSE
-(float32; ``-inf`` and ``o = 0`` for rows without a valid block).  The backward recomputes the
-probabilities: dQ per query tile (it also writes ``delta = rowsum(dO * O)``), dKc/dVc per
-compressed-key tile looping over the queries of that key's cloud; no atomics, deterministic.
+(``lo``/``hi`` in compressed-block units) built with ``torch.searchsorted`` (no host sync).  A tile
+whose rows all lie in one cloud (the common case) masks with one additive 0 / ``-inf`` bias per key;
+only a tile that straddles clouds masks every row by its own range.  Returns ``o`` and the
+natural-log LSE (float32; ``-inf`` and ``o = 0`` for rows without a valid block).  The backward
+recomputes the probabilities: dQ per query tile (it also writes ``delta = rowsum(dO * O)``),
+dKc/dVc per compressed-key tile on transposed ``[keys, queries]`` tiles, looping over the queries of
+that key's cloud; no atomics, deterministic.
 """
 from __future__ import annotations
 
@@ -16,29 +18,37 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _config
-from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block
-
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from ._common import LOG2E as _LOG2E, as_u8, check_dtype, dot_precision, head_block
+from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
 @triton.jit
-def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
-                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    pid = tl.program_id(0)
-    h = tl.program_id(1)
-    rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
-    rmask = rows < S
+def _row_ranges(LO, HI, rows, rmask, NC):
+    """Per-row cloud range ``[lo, hi)`` of a tile, its union ``[blo, bhi)`` and whether the rows
+    differ in range (``mixed``): a tile of one cloud needs only a per-column mask."""
     lo = tl.load(LO + rows, mask=rmask, other=NC)
     hi = tl.load(HI + rows, mask=rmask, other=0)
     blo = tl.min(lo, 0)
     bhi = tl.max(hi, 0)
+    mixed = (blo != tl.max(lo, 0)) | (bhi != tl.min(hi, 0))
+    return lo, hi, blo, bhi, mixed
+
+
+@triton.jit
+def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
+                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
+                    FOLD: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
+    rmask = rows < S
+    lo, hi, blo, bhi, mixed = _row_ranges(LO, HI, rows, rmask, NC)
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
     q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
                 mask=rmask[:, None] & dmask[None, :], other=0.0)
-    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
     for bstart in range(blo, bhi, BN):
@@ -48,23 +58,14 @@ def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
         kvm = cmask[:, None] & dmask[None, :]
         k = tl.load(KC + kv_off, mask=kvm, other=0.0)
         v = tl.load(VC + kv_off, mask=kvm, other=0.0)
-        bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
-        valid = bm[None, :] & (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
-    has = l_i > 0
-    o = acc / tl.where(has, l_i, 1.0)[:, None]
-    tl.store(O + rows[:, None] * stride + h * D + d[None, :], o.to(O.dtype.element_ty),
-             mask=rmask[:, None] & dmask[None, :])
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("-inf"))
-    tl.store(LSE + rows * H + h, lse, mask=rmask)
+        # column mask as an additive bias (0 / -inf); the row ranges only where rows differ
+        cbias = key_bias(BMASK, cols, cmask)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
+        if mixed:
+            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s,
+                         float("-inf"))
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
+    store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
 @triton.jit
@@ -76,10 +77,7 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
     h = tl.program_id(1)
     rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
     rmask = rows < S
-    lo = tl.load(LO + rows, mask=rmask, other=NC)
-    hi = tl.load(HI + rows, mask=rmask, other=0)
-    blo = tl.min(lo, 0)
-    bhi = tl.max(hi, 0)
+    lo, hi, blo, bhi, mixed = _row_ranges(LO, HI, rows, rmask, NC)
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -87,7 +85,7 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
     qm = rmask[:, None] & dmask[None, :]
     q = tl.load(Q + q_off, mask=qm, other=0.0)
     do = tl.load(DO + q_off, mask=qm, other=0.0)
-    lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+    lse = lse2(LSE, rows, rmask, h, H)
     o = tl.load(O + q_off, mask=qm, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + rows * H + h, delta, mask=rmask)
@@ -99,14 +97,13 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
         kvm = cmask[:, None] & dmask[None, :]
         k = tl.load(KC + kv_off, mask=kvm, other=0.0)
         v = tl.load(VC + kv_off, mask=kvm, other=0.0)
-        bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
-        ok = bm[None, :] & (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
-        ok = ok & (lse != float("-inf"))[:, None]
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        cbias = key_bias(BMASK, cols, cmask)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + cbias[None, :]
+        if mixed:
+            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s,
+                         float("-inf"))
+        p = tl.exp2(s - lse[:, None])
+        dq = dq_step(p, do, v, k, delta, dq, PREC)
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
 
 
@@ -114,15 +111,16 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
 def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC, H, D, C,
                          qk_scale, scale,
                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    # Transposed tiles ([keys, queries]): P^T and dS^T feed the dK/dV dots as they are, with no
+    # register transpose.
     pid = tl.program_id(0)
     h = tl.program_id(1)
     cols = pid.to(tl.int64) * BN + tl.arange(0, BN)
     cmask = cols < NC
     # query range of each key's cloud: slots [lo*C, hi*C) of the key's first slot
-    klo = tl.load(LO + cols * C, mask=cmask, other=NC)
-    khi = tl.load(HI + cols * C, mask=cmask, other=0)
-    qlo = tl.min(klo, 0).to(tl.int64) * C
-    qhi = tl.max(khi, 0).to(tl.int64) * C
+    _, _, kblo, kbhi, mixed = _row_ranges(LO, HI, cols * C, cmask, NC)
+    qlo = kblo.to(tl.int64) * C
+    qhi = kbhi.to(tl.int64) * C
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -130,28 +128,26 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
     kvm = cmask[:, None] & dmask[None, :]
     k = tl.load(KC + kv_off, mask=kvm, other=0.0)
     v = tl.load(VC + kv_off, mask=kvm, other=0.0)
-    bm = tl.load(BMASK + cols, mask=cmask, other=0) != 0
+    kbias = key_bias(BMASK, cols, cmask)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BD], dtype=tl.float32)
     for qstart in range(qlo, qhi, BM):
         rows = qstart + tl.arange(0, BM)
         rmask = rows < qhi
-        lo = tl.load(LO + rows, mask=rmask, other=NC)
-        hi = tl.load(HI + rows, mask=rmask, other=0)
         q_off = rows[:, None] * stride + h * D + d[None, :]
         qm = rmask[:, None] & dmask[None, :]
         q = tl.load(Q + q_off, mask=qm, other=0.0)
         do = tl.load(DO + q_off, mask=qm, other=0.0)
-        lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+        lse = lse2(LSE, rows, rmask, h, H)
         delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
-        ok = bm[None, :] & (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
-        ok = ok & (lse != float("-inf"))[:, None]
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.where(ok, tl.exp2(s - tl.where(ok, lse[:, None], 0.0)), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale + kbias[:, None]
+        if mixed:  # keys of several clouds: every query row keeps its own cloud's keys
+            lo = tl.load(LO + rows, mask=rmask, other=NC)
+            hi = tl.load(HI + rows, mask=rmask, other=0)
+            st = tl.where((cols[:, None] >= lo[None, :]) & (cols[:, None] < hi[None, :]), st,
+                          float("-inf"))
+        pt = tl.exp2(st - lse[None, :])
+        dk, dv, _ = dkdv_step(pt, q, do, v, delta, dk, dv, PREC)
     tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
@@ -218,7 +214,7 @@ def compressed_attention_fwd(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor
     _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
         q, kc, vc, block_mask, lo, hi, o, lse, S, NC, H, D, scale * _LOG2E,
         BM=cfg["BM"], BN=cfg["BN"], BD=head_block(D), PREC=dot_precision(q.dtype),
-        **_config.launch_meta(cfg))
+        FOLD=scale > 0, **_config.launch_meta(cfg))
     return o, lse
 
 
@@ -302,5 +298,5 @@ def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
     S = q.shape[0]
     lo, hi = cloud_block_ranges(ptr, S, int(block_size))
     return compressed_attention_fwd(q.contiguous(), kc.contiguous(), vc.contiguous(),
-                                    block_mask.contiguous().to(torch.uint8), lo, hi, float(scale),
+                                    as_u8(block_mask), lo, hi, float(scale),
                                     int(block_m), int(block_n), int(num_warps), int(num_stages))

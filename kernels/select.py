@@ -15,9 +15,9 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._common import LOG2E as _LOG2E, dot_precision, head_block, next_pow2
+from ._common import LOG2E as _LOG2E, as_u8, dot_precision, head_block, next_pow2
+from ._tl import key_bias, lse2
 
-LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -72,19 +72,18 @@ def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, 
     for bstart in range(lo, hi_eff, BN):
         cols = bstart + tl.arange(0, BN)
         cmask = cols < hi
-        bm = (tl.load(BMASK + cols, mask=cmask, other=0) != 0) & cmask
-        ok = qreal[:, None] & bm[None, :]
+        # masks as additive biases: -inf for blocks without a real slot (columns) and +inf in the
+        # subtracted LSE of pad queries and of rows without any block, so such p exp2 to 0
+        cbias = key_bias(BMASK, cols, cmask)
         pacc = tl.zeros([BM, BN], dtype=tl.float32)  # summed over heads, then rows
         for h in range(H):
             q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
                         mask=rmask[:, None] & dmask[None, :], other=0.0)
             k = tl.load(KC + cols.to(tl.int64)[:, None] * stride + h * D + d[None, :],
                         mask=cmask[:, None] & dmask[None, :], other=0.0)
-            lse = tl.load(LSE + rows * H + h, mask=qreal, other=0.0) * LOG2E
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-            okl = ok & (lse != float("-inf"))[:, None]
-            p = tl.where(okl, tl.exp2(s - tl.where(okl, lse[:, None], 0.0)), 0.0)
-            pacc += p
+            lse = lse2(LSE, rows, qreal, h, H)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + cbias[None, :]
+            pacc += tl.exp2(s - lse[:, None])
         top = _merge_topk(top, _chunk_keys(tl.sum(pacc, 0), bstart, hi, SELVALID, R, NT),
                           TOPK, KP)
     tl.store(OUT + G * KP + tl.arange(0, KP), top)
@@ -105,7 +104,7 @@ def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
     BM = max(16, next_pow2(group_size))
     cfg = _config.get("select", D, q.dtype, q.device, 0, block_n, num_warps, num_stages)
     BN = max(cfg["BN"], R)
-    selvalid = mask.view(-1, select_size).any(1).to(torch.uint8)
+    selvalid = as_u8(mask.view(-1, select_size).any(1))
     keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
     _select_kernel[(NG,)](q, kc, lse, block_mask, mask, selvalid, lo, hi, keys, S, H, D,
                           group_size, scale * _LOG2E, R=R, TOPK=topk, KP=KP,
@@ -157,7 +156,7 @@ def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_ma
     with torch.no_grad():
         return select_blocks_op(q.detach().contiguous(), kc.detach().contiguous(),
                                 lse.detach().float().contiguous(),
-                                block_mask.contiguous().to(torch.uint8),
-                                mask.contiguous().to(torch.uint8), lo, hi, int(block_size),
+                                as_u8(block_mask),
+                                as_u8(mask), lo, hi, int(block_size),
                                 int(select_size), int(group_size), int(topk), float(scale),
                                 int(block_n), int(num_warps), int(num_stages))

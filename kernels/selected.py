@@ -14,10 +14,9 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._common import LOG2E as _LOG2E, check_dtype, dot_precision, head_block, next_pow2
+from ._common import LOG2E as _LOG2E, as_u8, check_dtype, dot_precision, head_block, next_pow2
+from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -33,7 +32,8 @@ def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
 
 @triton.jit
 def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale,
-                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
+                    FOLD: tl.constexpr):
     G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
@@ -44,7 +44,7 @@ def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale
     stride = H * D
     q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
                 mask=rmask[:, None] & dmask[None, :], other=0.0)
-    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
     for n0 in range(0, TOPK * SEL, BN):
@@ -53,21 +53,9 @@ def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale
         kvm = ok[:, None] & dmask[None, :]
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
-    has = l_i > 0
-    o = acc / tl.where(has, l_i, 1.0)[:, None]
-    tl.store(O + rows[:, None] * stride + h * D + d[None, :], o.to(O.dtype.element_ty),
-             mask=rmask[:, None] & dmask[None, :])
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("-inf"))
-    tl.store(LSE + rows * H + h, lse, mask=rmask)
+        s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision=PREC), float("-inf"))
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
+    store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
 @triton.jit
@@ -86,7 +74,7 @@ def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, O, DO, LSE, DELTA, DQ, S, H, D, TOPK,
     qm = rmask[:, None] & dmask[None, :]
     q = tl.load(Q + q_off, mask=qm, other=0.0)
     do = tl.load(DO + q_off, mask=qm, other=0.0)
-    lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+    lse = lse2(LSE, rows, rmask, h, H)
     o = tl.load(O + q_off, mask=qm, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # for the dK/dV kernel (runs next)
     tl.store(DELTA + rows * H + h, delta, mask=rmask)
@@ -98,11 +86,9 @@ def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, O, DO, LSE, DELTA, DQ, S, H, D, TOPK,
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        okp = valid[None, :] & (lse != float("-inf"))[:, None]
-        p = tl.where(okp, tl.exp2(s - tl.where(okp, lse[:, None], 0.0)), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        s += tl.where(valid, 0.0, float("-inf"))[None, :]
+        p = tl.exp2(s - lse[:, None])
+        dq = dq_step(p, do, v, k, delta, dq, PREC)
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
 
 
@@ -114,7 +100,7 @@ def _sel_bwd_dkdv_kernel(Q, K, V, MASK, OFF, GRP, DO, LSE, DELTA, DK, DV, S, H, 
     h = tl.program_id(1)
     cols = pid * BN + tl.arange(0, BN)
     gamma = (pid * BN) // SEL
-    valid = tl.load(MASK + cols) != 0
+    kbias = key_bias(MASK, cols, cols >= 0)
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -136,15 +122,12 @@ def _sel_bwd_dkdv_kernel(Q, K, V, MASK, OFF, GRP, DO, LSE, DELTA, DK, DV, S, H, 
         qm = rmask[:, None] & dmask[None, :]
         q = tl.load(Q + q_off, mask=qm, other=0.0)
         do = tl.load(DO + q_off, mask=qm, other=0.0)
-        lse = tl.load(LSE + rows * H + h, mask=rmask, other=float("-inf")) * LOG2E
+        lse = lse2(LSE, rows, rmask, h, H)
         delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        okp = valid[None, :] & (lse != float("-inf"))[:, None]
-        p = tl.where(okp, tl.exp2(s - tl.where(okp, lse[:, None], 0.0)), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        # transposed tiles ([keys, queries]): no register transpose before the dK/dV dots
+        st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale + kbias[:, None]
+        pt = tl.exp2(st - lse[None, :])
+        dk, dv, _ = dkdv_step(pt, q, do, v, delta, dk, dv, PREC)
     tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
@@ -191,7 +174,8 @@ def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     _sel_fwd_kernel[(NG, H)](q, k, v, mask, idx, o, lse, S, H, D, TOPK, select_size, group_size,
                              scale * _LOG2E, BM=max(16, next_pow2(group_size)),
                              BN=_key_tile(cfg["BN"], select_size, TOPK), BD=head_block(D),
-                             PREC=dot_precision(q.dtype), **_config.launch_meta(cfg))
+                             PREC=dot_precision(q.dtype), FOLD=scale > 0,
+                             **_config.launch_meta(cfg))
     return o, lse
 
 
@@ -280,7 +264,7 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return selected_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
-                                  mask.contiguous().to(torch.uint8),
+                                  as_u8(mask),
                                   idx.to(torch.int64).contiguous(), int(select_size),
                                   int(group_size), float(scale), int(block_m), int(block_n),
                                   int(num_warps), int(num_stages))[0]

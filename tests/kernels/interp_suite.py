@@ -46,6 +46,39 @@ def test_single_real_point_ball():
     assert (o[m:] == 0).all()
 
 
+@pytest.mark.parametrize("scale", [-0.4, 0.0])
+def test_non_positive_scale(scale):
+    """The forward kernels fold a positive scale into the exponent; a zero or negative scale takes
+    the plain path (masks kept, no ``0 * inf``) and must match the reference too."""
+    from torch_geometric_nsa import kernels as K
+    from torch_geometric_nsa.ops import reference as R
+
+    m, c, s, g, topk, H, D = 64, 16, 32, 16, 2, 2, 16
+    case = kc.make_case([70, 1, 200], m, H, D, c, tail=64)
+    mask, ptr, bm = case["mask"], case["ptr"], case["block_mask"]
+    gout = torch.randn(case["S"], H, D, dtype=torch.float64)
+    errors = {}
+    kc.check_op("ball",
+                lambda t: K.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m,
+                                           scale),
+                lambda t: R.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m,
+                                           scale),
+                {n: case[n] for n in ("q", "k", "v", "pos", "sigma")}, torch.float32, gout,
+                ["q", "k", "v", "sigma"], errors, extra_cast=("pos", "sigma"))
+    kc.check_op("compressed",
+                lambda t: K.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c, scale),
+                lambda t: R.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c, scale),
+                {n: case[n] for n in ("q", "kc", "vc")}, torch.float32, gout, ["q", "kc", "vc"],
+                errors)
+    _, lse = R.compressed_attention(case["q"], case["kc"], case["vc"], bm, ptr, c)
+    idx = R.select_blocks(case["q"], case["kc"], lse, bm, mask, ptr, c, s, g, topk)
+    kc.check_op("selected",
+                lambda t: K.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g, scale),
+                lambda t: R.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g, scale),
+                {n: case[n] for n in ("q", "k", "v")}, torch.float32, gout, ["q", "k", "v"],
+                errors)
+
+
 def test_compile_fullgraph():
     from torch_geometric_nsa import kernels as K
 
