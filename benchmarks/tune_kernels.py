@@ -51,11 +51,15 @@ def cfg(BM, BN, w, s, **kw):
 # grids, most promising first (the built-in default is always measured first)
 GRIDS = {
     "cmp_bwd_dkdv": [cfg(128, 64, 8, 3), cfg(64, 128, 8, 3), cfg(64, 64, 4, 2), cfg(32, 64, 4, 3),
-                     cfg(128, 64, 4, 2), cfg(64, 32, 4, 3)],
+                     cfg(128, 64, 4, 2), cfg(64, 32, 4, 3), cfg(128, 128, 8, 3),
+                     cfg(64, 128, 4, 3), cfg(128, 64, 4, 3), cfg(128, 64, 4, 4), cfg(128, 32, 4, 3),
+                     cfg(256, 64, 8, 3), cfg(128, 64, 2, 3), cfg(128, 128, 4, 3)],
     "cmp_bwd_dq": [cfg(128, 64, 8, 3), cfg(64, 64, 4, 2), cfg(128, 64, 4, 3), cfg(64, 32, 4, 3),
-                   cfg(128, 32, 4, 3), cfg(64, 128, 4, 3), cfg(64, 64, 8, 3), cfg(128, 128, 8, 2)],
+                   cfg(128, 32, 4, 3), cfg(64, 128, 4, 3), cfg(64, 64, 8, 3), cfg(128, 128, 8, 2),
+                   cfg(64, 64, 2, 3), cfg(32, 64, 4, 3), cfg(64, 64, 4, 4)],
     "select": [cfg(0, 128, 4, 3), cfg(0, 32, 4, 3), cfg(0, 64, 4, 2), cfg(0, 64, 8, 3),
-               cfg(0, 128, 8, 3), cfg(0, 64, 2, 3)],
+               cfg(0, 128, 8, 3), cfg(0, 64, 2, 3), cfg(0, 128, 2, 3), cfg(0, 32, 2, 3),
+               cfg(0, 64, 1, 3), cfg(0, 64, 2, 2), cfg(0, 64, 2, 4), cfg(0, 32, 1, 3)],
     "cmp_fwd": [cfg(128, 64, 4, 3), cfg(128, 64, 8, 3), cfg(128, 128, 8, 3), cfg(64, 64, 4, 2),
                 cfg(64, 64, 4, 4), cfg(128, 32, 4, 3), cfg(64, 128, 4, 3), cfg(128, 64, 8, 2)],
     "sel_fwd": [cfg(0, 32, 1, 2), cfg(0, 64, 2, 3), cfg(0, 32, 2, 2), cfg(0, 64, 1, 2), cfg(0, 32, 1, 2),
@@ -325,9 +329,12 @@ def main(argv=None):
     ap.add_argument("--kernels", default=None, help="comma list (default: all)")
     ap.add_argument("--sweep-only", action="store_true", help="no final tables / checks")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (TRITON_INTERPRET=1)")
+    ap.add_argument("--size", default=None, help="N or BxN of the sweep (default 65536)")
     args = ap.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     big, small = ((1, 65536), (16, 4096)) if not args.smoke else ((1, 1024), (2, 512))
+    if args.size:
+        big = attention.parse_size(args.size)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
     log(f"{name}, torch {torch.__version__}, triton {triton.__version__}; bf16 H={H} D={D} m={M} "
         f"c={C} s={SEL} g={G} topk={TOPK}")
