@@ -8,8 +8,6 @@ plus a tiny floor.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 FP32_TOL = 1e-4
@@ -17,13 +15,11 @@ FLOOR = {torch.float16: 1e-5, torch.bfloat16: 1e-4}
 
 
 def make_case(sizes, m, H, D, c, P=3, tail=0, seed=0, device="cpu"):
+    from torch_geometric_nsa.testing import padded_slots
+
     g = torch.Generator().manual_seed(seed)
-    slots = [math.ceil(n / m) * m for n in sizes]
-    ptr = torch.tensor([0] + slots, dtype=torch.long).cumsum(0)
-    S = int(ptr[-1]) + tail
-    mask = torch.zeros(S, dtype=torch.bool)
-    for b, n in enumerate(sizes):
-        mask[int(ptr[b]):int(ptr[b]) + n] = True
+    ptr, mask = padded_slots(sizes, m, tail)
+    S = mask.numel()
 
     def rnd(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64).to(device)

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from torch_geometric_nsa.testing import padded_slots
+
 
 def make_inputs(sizes, m, H=2, D=8, P=3, c=None, dtype=torch.float64, tail=0, seed=0):
     """Random slot-ordered inputs for clouds of ``sizes`` points and ball size ``m``.
@@ -14,12 +16,8 @@ def make_inputs(sizes, m, H=2, D=8, P=3, c=None, dtype=torch.float64, tail=0, se
     extra slots of no cloud (mask False) are appended past ``ptr[B]`` (capacity layout).
     """
     g = torch.Generator().manual_seed(seed)
-    slots = [math.ceil(n / m) * m for n in sizes]
-    ptr = torch.tensor([0] + slots, dtype=torch.long).cumsum(0)
-    S = int(ptr[-1]) + tail
-    mask = torch.zeros(S, dtype=torch.bool)
-    for b, n in enumerate(sizes):
-        mask[int(ptr[b]):int(ptr[b]) + n] = True
+    ptr, mask = padded_slots(sizes, m, tail)
+    S = mask.numel()
 
     def rnd(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
