@@ -19,7 +19,6 @@ from ._common import LOG2E as _LOG2E, as_u8, dot_precision, head_block, next_pow
 from ._tl import key_bias, lse2
 
 
-
 @triton.jit
 def _chunk_keys(imp, bstart, hi, SELVALID, R: tl.constexpr, NT: tl.constexpr):
     """Candidate keys of a chunk's selection blocks from the importances of
@@ -156,7 +155,6 @@ def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_ma
     with torch.no_grad():
         return select_blocks_op(q.detach().contiguous(), kc.detach().contiguous(),
                                 lse.detach().float().contiguous(),
-                                as_u8(block_mask),
-                                as_u8(mask), lo, hi, int(block_size),
+                                as_u8(block_mask), as_u8(mask), lo, hi, int(block_size),
                                 int(select_size), int(group_size), int(topk), float(scale),
                                 int(block_n), int(num_warps), int(num_stages))

@@ -18,7 +18,6 @@ from ._common import LOG2E as _LOG2E, as_u8, check_dtype, dot_precision, head_bl
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
-
 @triton.jit
 def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
     nl = n0 + tl.arange(0, BN)

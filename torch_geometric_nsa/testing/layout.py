@@ -14,7 +14,7 @@ def padded_slots(sizes: Sequence[int], ball_size: int,
     inputs on this layout exercise the attention ops without building a tree.
 
     Args:
-        sizes (sequence of int): points per cloud (each >= 1).
+        sizes (Sequence[int]): points per cloud (each >= 1).
         ball_size (int): :math:`m`.
         tail (int, optional): slots past the last cloud. (default: ``0``)
 
