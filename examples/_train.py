@@ -264,8 +264,14 @@ def plot_loss_curves(metrics_path: str, out_dir: str) -> Optional[str]:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = osp.join(out_dir, 'loss_curve.png')
-    fig.savefig(path, dpi=120)
+    return save_figure(fig, out_dir, 'loss_curve.png', dpi=120)
+
+
+def save_figure(fig, out_dir: str, name: str, dpi: int = 110) -> str:
+    """Saves a matplotlib figure as ``out_dir/name``, closes it and returns the path."""
+    import matplotlib.pyplot as plt
+    path = osp.join(out_dir, name)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

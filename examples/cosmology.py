@@ -70,9 +70,7 @@ def figures(result, out):
         ax.set_xlabel(f'true v{"xyz"[i]} [km/s]')
         ax.set_ylabel(f'predicted v{"xyz"[i]}')
     fig.tight_layout()
-    paths.append(osp.join(out, 'pred_vs_true.png'))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_train.save_figure(fig, out, 'pred_vs_true.png'))
     pos, true, pred = result['cloud']
     z = pos[:, 2]
     m = np.abs(z - np.median(z)) < 0.15 * (z.max() - z.min())
@@ -84,9 +82,7 @@ def figures(result, out):
         ax.set_title(title + ' (slab of one test cloud)')
         ax.set_aspect('equal')
     fig.colorbar(sc, ax=axes, shrink=0.8)
-    paths.append(osp.join(out, 'velocity_slab.png'))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_train.save_figure(fig, out, 'velocity_slab.png'))
     return paths
 
 

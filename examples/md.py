@@ -99,9 +99,7 @@ def figures(result, out):
         ax.set_ylabel(f'predicted d{"xyz"[i]} [Å]')
     fig.suptitle(f'next displacement, held-out run (RMSE {result["rmse"]:.3f} Å)')
     fig.tight_layout()
-    paths.append(osp.join(out, 'pred_vs_true.png'))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_train.save_figure(fig, out, 'pred_vs_true.png'))
     # per-atom error on the protein
     pos, err = result['pos'], result['per_atom_rmse']
     rel = err / np.maximum(result['per_atom_zero_rmse'], 1e-6)
@@ -123,9 +121,7 @@ def figures(result, out):
     ax.legend(fontsize=8)
     fig.suptitle('AdK, held-out run: error of the next-displacement prediction per atom')
     fig.tight_layout()
-    paths.append(osp.join(out, 'per_atom_error.png'))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_train.save_figure(fig, out, 'per_atom_error.png'))
     return paths
 
 

@@ -70,9 +70,7 @@ def figures(result, out):
     ax.set_ylabel('predicted pressure')
     ax.set_title(f'test cars (rel. L2 {result["rel_l2"]:.3f})')
     fig.tight_layout()
-    paths.append(osp.join(out, 'pred_vs_true.png'))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_train.save_figure(fig, out, 'pred_vs_true.png'))
     pos, true, pred = result['car']
     fig = plt.figure(figsize=(13, 4))
     vmin, vmax = np.percentile(true, [1, 99])
@@ -85,9 +83,7 @@ def figures(result, out):
         ax.set_axis_off()
         fig.colorbar(sc, ax=ax, shrink=0.6)
     fig.tight_layout()
-    paths.append(osp.join(out, 'car_surface_pressure.png'))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_train.save_figure(fig, out, 'car_surface_pressure.png'))
     return paths
 
 
