@@ -16,10 +16,10 @@ cloud and 16 clouds x {1k, 4k, 16k}.  Use ``--quick`` for a small subset.
 
 Usage:  python benchmarks/attention.py [--quick] [--sizes 65536,16x1024] [--no-flex] ...
 """
+
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch
@@ -98,7 +98,9 @@ def flex_setup(t, idx):
     sel_blocks = torch.where(idx.view(nb, -1) >= 0, sel_blocks, qb[:, None])
     cand = torch.cat([qb[:, None], sel_blocks], 1)
     cand = torch.sort(cand, 1).values
-    uniq = torch.cat([torch.ones_like(cand[:, :1], dtype=torch.bool), cand[:, 1:] != cand[:, :-1]], 1)
+    uniq = torch.cat(
+        [torch.ones_like(cand[:, :1], dtype=torch.bool), cand[:, 1:] != cand[:, :-1]], 1
+    )
     num = uniq.sum(1).to(torch.int32)
     key = torch.where(uniq, cand, torch.iinfo(torch.int64).max)
     kv_idx = torch.sort(key, 1).values.clamp_max(nb - 1).to(torch.int32)
@@ -123,8 +125,9 @@ def flex_setup(t, idx):
         dist = torch.sqrt(dx * dx + dy * dy + dz * dz)
         return torch.where(same, score + sigma[h] * dist, score)
 
-    bmask = BlockMask.from_kv_blocks(num[None, None], kv_idx[None, None], BLOCK_SIZE=128,
-                                     mask_mod=mask_mod, seq_lengths=(S, S))
+    bmask = BlockMask.from_kv_blocks(
+        num[None, None], kv_idx[None, None], BLOCK_SIZE=128, mask_mod=mask_mod, seq_lengths=(S, S)
+    )
     return bmask, score_mod
 
 
@@ -186,12 +189,23 @@ def main(argv=None):
     elif args.quick:
         sizes = [(1, 4096), (1, 65536), (16, 1024)]
     else:
-        sizes = [(1, 4096), (1, 16384), (1, 65536), (1, 262144), (1, 1048576),
-                 (16, 1024), (16, 4096), (16, 16384)]
+        sizes = [
+            (1, 4096),
+            (1, 16384),
+            (1, 65536),
+            (1, 262144),
+            (1, 1048576),
+            (16, 1024),
+            (16, 4096),
+            (16, 16384),
+        ]
     dev, dtype = "cuda", torch.bfloat16
     name = torch.cuda.get_device_name()
-    print(f"# {name}, torch {torch.__version__}, triton {triton.__version__}; bf16, H={H}, D={D}, "
-          f"m={M}, c={C}, s={SEL}, g={G}, topk={TOPK}", flush=True)
+    print(
+        f"# {name}, torch {torch.__version__}, triton {triton.__version__}; bf16, H={H}, D={D}, "
+        f"m={M}, c={C}, s={SEL}, g={G}, topk={TOPK}",
+        flush=True,
+    )
 
     Ours = _OURS
     rows = []
@@ -233,18 +247,24 @@ def main(argv=None):
         else:
             res["flex"] = (None, None)
         rows.append((B, n, res))
-        print(f"done {B}x{n}: " + " | ".join(f"{k} {fmt(v[0])} / {fmt(v[1])}" for k, v in res.items()),
-              flush=True)
+        print(
+            f"done {B}x{n}: "
+            + " | ".join(f"{k} {fmt(v[0])} / {fmt(v[1])}" for k, v in res.items()),
+            flush=True,
+        )
         if args.breakdown and B == 1 and n == args.breakdown:
             breakdown(t)
         del t
         torch.cuda.empty_cache()
 
-    print("\n| clouds x N | ours fwd ms | ours f+b ms | ours peak GiB | ref f+b ms | ref peak | "
-          "sdpa fwd | sdpa f+b | sdpa peak | flex fwd | flex f+b | flex peak | f+b vs sdpa | "
-          "f+b vs flex |")
+    print(
+        "\n| clouds x N | ours fwd ms | ours f+b ms | ours peak GiB | ref f+b ms | ref peak | "
+        "sdpa fwd | sdpa f+b | sdpa peak | flex fwd | flex f+b | flex peak | f+b vs sdpa | "
+        "f+b vs flex |"
+    )
     print("|" + "---|" * 14)
     for B, n, res in rows:
+
         def g(k, i, j):
             r = res[k][i]
             if r is None:
@@ -252,15 +272,19 @@ def main(argv=None):
             if r == "oom":
                 return "OOM"
             return f"{r[j]:.2f}"
+
         def ratio(k):
             a, b = res["ours"][1], res[k][1]
             if a in (None, "oom") or b in (None, "oom"):
                 return "-"
             return f"{b[0] / a[0]:.1f}x"
-        print(f"| {B} x {n} | {g('ours',0,0)} | {g('ours',1,0)} | {g('ours',1,1)} | {g('ref',1,0)} | "
-              f"{g('ref',1,1)} | {g('sdpa',0,0)} | {g('sdpa',1,0)} | {g('sdpa',1,1)} | "
-              f"{g('flex',0,0)} | {g('flex',1,0)} | {g('flex',1,1)} | {ratio('sdpa')} | "
-              f"{ratio('flex')} |")
+
+        print(
+            f"| {B} x {n} | {g('ours', 0, 0)} | {g('ours', 1, 0)} | {g('ours', 1, 1)} | {g('ref', 1, 0)} | "
+            f"{g('ref', 1, 1)} | {g('sdpa', 0, 0)} | {g('sdpa', 1, 0)} | {g('sdpa', 1, 1)} | "
+            f"{g('flex', 0, 0)} | {g('flex', 1, 0)} | {g('flex', 1, 1)} | {ratio('sdpa')} | "
+            f"{ratio('flex')} |"
+        )
 
 
 def breakdown(t):
@@ -285,8 +309,9 @@ def breakdown(t):
     out["ball bwd"] = bench(lambda: torch.autograd.grad(o, (qq, kk, vv), go, retain_graph=True))
     kc2, vc2 = kc.detach().clone().requires_grad_(), vc.detach().clone().requires_grad_()
     o, _ = K.compressed_attention(qq, kc2, vc2, bm, ptr, C)
-    out["compressed bwd"] = bench(lambda: torch.autograd.grad(o, (qq, kc2, vc2), go,
-                                                              retain_graph=True))
+    out["compressed bwd"] = bench(
+        lambda: torch.autograd.grad(o, (qq, kc2, vc2), go, retain_graph=True)
+    )
     sd = bench(lambda: sdpa(t))
     fl_sel = 4 * S * H * D * TOPK * SEL
     fl_sdpa = 4 * t["B"] * t["n"] ** 2 * H * D
@@ -299,9 +324,14 @@ def breakdown(t):
         for _ in range(3):
             torch.autograd.backward(layer(_OURS, tt), go)
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
-    print(f"# selected fwd {fl_sel / out['selected fwd'] / 1e9:.1f} TFLOP/s (useful) vs sdpa fwd "
-          f"{fl_sdpa / sd / 1e9:.1f} TFLOP/s ({sd:.3f} ms)", flush=True)
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
+    )
+    print(
+        f"# selected fwd {fl_sel / out['selected fwd'] / 1e9:.1f} TFLOP/s (useful) vs sdpa fwd "
+        f"{fl_sdpa / sd / 1e9:.1f} TFLOP/s ({sd:.3f} ms)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

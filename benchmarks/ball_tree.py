@@ -13,6 +13,7 @@ centroid) at ball sizes 32/128/512, next to a plain median-split tree's at the
 same number of points per ball (log-log interpolation between its levels,
 since a median tree of n points has n / 2^d points per node at depth d).
 """
+
 import argparse
 import contextlib
 import math
@@ -34,11 +35,11 @@ except ImportError:
 def timeit(fn, device, repeats):
     times = []
     for i in range(repeats + 1):
-        if device == 'cuda':
+        if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         fn()
-        if device == 'cuda':
+        if device == "cuda":
             torch.cuda.synchronize()
         if i:  # the first call is a warm-up
             times.append(time.perf_counter() - t)
@@ -50,6 +51,7 @@ def torch_level_loop():
     """The torch level loop (one sort per level) on CUDA instead of the
     presorted Triton loop, as a baseline in the same run."""
     from torch_geometric_nsa.tree import _triton
+
     enabled, _triton.ENABLED = _triton.ENABLED, False
     try:
         yield
@@ -62,25 +64,30 @@ def speed(configs, devices, repeats):
     for clouds, n in configs:
         pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0))
         batch = torch.arange(clouds).repeat_interleave(n)
-        row = {'config': f'{clouds} x {n}', 'N': clouds * n}
+        row = {"config": f"{clouds} x {n}", "N": clouds * n}
         for dev in devices:
             p, b = pos.to(dev), batch.to(dev)
-            reps = repeats if (dev == 'cuda' or clouds * n <= 65536) else 2
-            row[f'ours {dev} (ms)'] = timeit(
-                lambda: build_ball_tree(p, b, ball_size=128), dev, reps)
-            if dev == 'cuda':
+            reps = repeats if (dev == "cuda" or clouds * n <= 65536) else 2
+            row[f"ours {dev} (ms)"] = timeit(
+                lambda: build_ball_tree(p, b, ball_size=128), dev, reps
+            )
+            if dev == "cuda":
                 with torch_level_loop():
-                    row['ours cuda, torch loop (ms)'] = timeit(
-                        lambda: build_ball_tree(p, b, ball_size=128), dev, reps)
+                    row["ours cuda, torch loop (ms)"] = timeit(
+                        lambda: build_ball_tree(p, b, ball_size=128), dev, reps
+                    )
                 cap = slot_capacity(p.size(0), clouds, 128)
-                row['ours cuda, no sync (ms)'] = timeit(
-                    lambda: build_ball_tree(p, b, ball_size=128,
-                                            batch_size=clouds, num_slots=cap),
-                    dev, reps)
+                row["ours cuda, no sync (ms)"] = timeit(
+                    lambda: build_ball_tree(p, b, ball_size=128, batch_size=clouds, num_slots=cap),
+                    dev,
+                    reps,
+                )
         if anchor is not None:
-            row['balltree-erwin (ms)'] = timeit(
-                lambda: anchor.build_balltree(pos, batch), 'cpu',
-                repeats if clouds * n <= 65536 else 2)
+            row["balltree-erwin (ms)"] = timeit(
+                lambda: anchor.build_balltree(pos, batch),
+                "cpu",
+                repeats if clouds * n <= 65536 else 2,
+            )
         rows.append(row)
     return rows
 
@@ -88,20 +95,20 @@ def speed(configs, devices, repeats):
 def check_no_sync():
     """The capacity-mode build runs under torch.cuda's sync debug mode."""
     sizes = [1000, 1, 4097, 300]
-    pos = torch.rand(sum(sizes), 3, device='cuda')
-    batch = torch.repeat_interleave(torch.arange(4, device='cuda'),
-                                    torch.tensor(sizes, device='cuda'))
+    pos = torch.rand(sum(sizes), 3, device="cuda")
+    batch = torch.repeat_interleave(
+        torch.arange(4, device="cuda"), torch.tensor(sizes, device="cuda")
+    )
     cap = slot_capacity(pos.size(0), 4, 128)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
+    torch.cuda.set_sync_debug_mode("error")
     try:
-        layout = build_ball_tree(pos, batch, ball_size=128, batch_size=4,
-                                 num_slots=cap)
+        layout = build_ball_tree(pos, batch, ball_size=128, batch_size=4, num_slots=cap)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     ref = build_ball_tree(pos.cpu(), batch.cpu(), ball_size=128)
-    same = torch.equal(layout.perm[:ref.num_slots].cpu(), ref.perm)
-    return f'no host sync in capacity mode: OK; same layout as CPU: {same}'
+    same = torch.equal(layout.perm[: ref.num_slots].cpu(), ref.perm)
+    return f"no host sync in capacity mode: OK; same layout as CPU: {same}"
 
 
 def median_tree_levels(pos: np.ndarray):
@@ -116,14 +123,15 @@ def median_tree_levels(pos: np.ndarray):
         if len(idx) <= 8:
             return
         axis = np.argmax(p.max(0) - p.min(0))
-        order = idx[np.argsort(p[:, axis], kind='stable')]
+        order = idx[np.argsort(p[:, axis], kind="stable")]
         half = (len(idx) + 1) // 2
         visit(order[:half], depth + 1)
         visit(order[half:], depth + 1)
 
     visit(np.arange(len(pos)), 0)
-    return [(np.mean([c for _, c in v]), np.mean([r for r, _ in v]))
-            for _, v in sorted(levels.items())]
+    return [
+        (np.mean([c for _, c in v]), np.mean([r for r, _ in v])) for _, v in sorted(levels.items())
+    ]
 
 
 def interpolate(levels, count):
@@ -131,7 +139,7 @@ def interpolate(levels, count):
         if c1 <= count <= c0:
             t = (math.log(count) - math.log(c0)) / (math.log(c1) - math.log(c0))
             return math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0)))
-    return float('nan')
+    return float("nan")
 
 
 def quality(clouds):
@@ -144,17 +152,21 @@ def quality(clouds):
             full = layout.mask.view(-1, size).all(1)  # balls with `size` points
             ours = r[full].mean().item()
             base = interpolate(levels, size)
-            row = {'cloud': name, 'ball': size, 'ours': ours,
-                   'median tree': base, 'ratio': ours / base}
+            row = {
+                "cloud": name,
+                "ball": size,
+                "ours": ours,
+                "median tree": base,
+                "ratio": ours / base,
+            }
             if anchor is not None:  # its balls of `size` slots hold fewer points
-                idx, mask = anchor.build_balltree(pos, torch.zeros(
-                    len(pos), dtype=torch.long))
+                idx, mask = anchor.build_balltree(pos, torch.zeros(len(pos), dtype=torch.long))
                 p = pos.double()[idx].view(-1, size, pos.size(1))
                 mk = mask.view(-1, size, 1).double()
                 cen = (p * mk).sum(1) / mk.sum(1).clamp(min=1)
                 rad = ((p - cen[:, None]).norm(dim=-1) * mk[..., 0]).amax(1)
-                row['anchor (same slots)'] = rad.mean().item()
-                row['anchor pts/ball'] = mask.float().mean().item() * size
+                row["anchor (same slots)"] = rad.mean().item()
+                row["anchor pts/ball"] = mask.float().mean().item() * size
             rows.append(row)
     return rows
 
@@ -163,54 +175,56 @@ def load_clouds():
     clouds = []
     try:
         import MDAnalysis as mda
-        from MDAnalysisTests.datafiles import PSF, DCD
+        from MDAnalysisTests.datafiles import DCD, PSF
+
         u = mda.Universe(PSF, DCD)
-        clouds.append(('AdK (3,341 atoms)',
-                       torch.tensor(u.atoms.positions, dtype=torch.float32)))
+        clouds.append(("AdK (3,341 atoms)", torch.tensor(u.atoms.positions, dtype=torch.float32)))
     except ImportError:
-        print('MDAnalysis/MDAnalysisTests not installed: AdK skipped')
+        print("MDAnalysis/MDAnalysisTests not installed: AdK skipped")
     gen = torch.Generator().manual_seed(0)
-    clouds.append(('uniform cube 10k', torch.rand(10000, 3, generator=gen)))
-    clouds.append(('uniform cube 16,384', torch.rand(16384, 3, generator=gen)))
+    clouds.append(("uniform cube 10k", torch.rand(10000, 3, generator=gen)))
+    clouds.append(("uniform cube 16,384", torch.rand(16384, 3, generator=gen)))
     return clouds
 
 
 def print_table(rows):
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
-    widths = [max(len(k), *(len(fmt(r.get(k, ''))) for r in rows)) for k in keys]
-    print(' | '.join(k.ljust(w) for k, w in zip(keys, widths)))
-    print('-|-'.join('-' * w for w in widths))
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    widths = [max(len(k), *(len(fmt(r.get(k, ""))) for r in rows)) for k in keys]
+    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print("-|-".join("-" * w for w in widths))
     for r in rows:
-        print(' | '.join(fmt(r.get(k, '')).ljust(w) for k, w in zip(keys, widths)))
+        print(" | ".join(fmt(r.get(k, "")).ljust(w) for k, w in zip(keys, widths)))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true')
-    parser.add_argument('--quality-only', action='store_true')
-    parser.add_argument('--speed-only', action='store_true')
-    parser.add_argument('--repeats', type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if torch.cuda.is_available():
-        print('card:', torch.cuda.get_device_name(), '| torch', torch.__version__)
-    print('CPU threads:', torch.get_num_threads(),
-          '| balltree-erwin:', 'yes' if anchor else 'not importable')
+        print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__)
+    print(
+        "CPU threads:",
+        torch.get_num_threads(),
+        "| balltree-erwin:",
+        "yes" if anchor else "not importable",
+    )
     if not args.quality_only:
-        sizes = [1024, 4096, 16384] if args.quick else \
-            [1024, 4096, 16384, 65536, 262144, 1048576]
-        configs = [(1, n) for n in sizes] + [(16, n) for n in
-                                             (1024, 4096, 16384)]
+        sizes = [1024, 4096, 16384] if args.quick else [1024, 4096, 16384, 65536, 262144, 1048576]
+        configs = [(1, n) for n in sizes] + [(16, n) for n in (1024, 4096, 16384)]
         rows = speed(configs, devices, args.repeats)
-        if 'cuda' in devices:
+        if "cuda" in devices:
             print(check_no_sync())
-        print('\nBuild time, ball_size=128 (median ms)')
+        print("\nBuild time, ball_size=128 (median ms)")
         print_table(rows)
     if not args.speed_only:
-        print('\nMean ball radius (balls full of real points)')
+        print("\nMean ball radius (balls full of real points)")
         print_table(quality(load_clouds()))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

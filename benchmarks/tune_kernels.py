@@ -16,6 +16,7 @@ Usage (device, repo root):  PYTHONPATH=. python benchmarks/tune_kernels.py [--bu
 ``--verify`` times every op and the whole layer (fwd+bwd, as ``benchmarks/attention.py``) with the
 built-in defaults and with the committed TABLE, next to dense SDPA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "kernels"))
 
 import attention  # noqa: E402
-from torch_geometric_nsa import kernels as K  # noqa: E402
+from attention import SEL, TOPK, C, D, G, H, M  # noqa: E402  (the same problem)
 from torch_geometric_nsa.kernels import _config  # noqa: E402
 from torch_geometric_nsa.kernels.compressed import cloud_block_ranges  # noqa: E402
 
-from attention import C, D, G, H, M, SEL, TOPK  # noqa: E402  (the same problem)
+from torch_geometric_nsa import kernels as K  # noqa: E402
+
 T0 = time.time()
 
 
@@ -50,40 +52,155 @@ def cfg(BM, BN, w, s, **kw):
 
 # grids, most promising first (the built-in default is always measured first)
 GRIDS = {
-    "cmp_bwd_dkdv": [cfg(128, 64, 8, 3), cfg(64, 128, 8, 3), cfg(64, 64, 4, 2), cfg(32, 64, 4, 3),
-                     cfg(128, 64, 4, 2), cfg(64, 32, 4, 3), cfg(128, 128, 8, 3),
-                     cfg(64, 128, 4, 3), cfg(128, 64, 4, 3), cfg(128, 64, 4, 4), cfg(128, 32, 4, 3),
-                     cfg(256, 64, 8, 3), cfg(128, 64, 2, 3), cfg(128, 128, 4, 3)],
-    "cmp_bwd_dq": [cfg(128, 64, 8, 3), cfg(64, 64, 4, 2), cfg(128, 64, 4, 3), cfg(64, 32, 4, 3),
-                   cfg(128, 32, 4, 3), cfg(64, 128, 4, 3), cfg(64, 64, 8, 3), cfg(128, 128, 8, 2),
-                   cfg(64, 64, 2, 3), cfg(32, 64, 4, 3), cfg(64, 64, 4, 4)],
-    "select": [cfg(0, 128, 4, 3), cfg(0, 32, 4, 3), cfg(0, 64, 4, 2), cfg(0, 64, 8, 3),
-               cfg(0, 128, 8, 3), cfg(0, 64, 2, 3), cfg(0, 128, 2, 3), cfg(0, 32, 2, 3),
-               cfg(0, 64, 1, 3), cfg(0, 64, 2, 2), cfg(0, 64, 2, 4), cfg(0, 32, 1, 3)],
-    "cmp_fwd": [cfg(128, 64, 4, 3), cfg(128, 64, 8, 3), cfg(128, 128, 8, 3), cfg(64, 64, 4, 2),
-                cfg(64, 64, 4, 4), cfg(128, 32, 4, 3), cfg(64, 128, 4, 3), cfg(128, 64, 8, 2)],
-    "sel_fwd": [cfg(0, 32, 1, 2), cfg(0, 64, 2, 3), cfg(0, 32, 2, 2), cfg(0, 64, 1, 2), cfg(0, 32, 1, 2),
-                cfg(0, 128, 2, 2), cfg(0, 64, 2, 1), cfg(0, 128, 4, 2), cfg(0, 64, 4, 3), cfg(0, 256, 4, 3), cfg(0, 128, 8, 3),
-                cfg(0, 128, 2, 3), cfg(0, 64, 2, 2), cfg(0, 256, 8, 2), cfg(0, 128, 4, 4)],
-    "sel_bwd_dkdv": [cfg(128, 32, 4, 3), cfg(128, 32, 8, 3), cfg(64, 16, 4, 3), cfg(32, 32, 4, 3),
-                     cfg(64, 32, 4, 2), cfg(128, 32, 8, 2), cfg(64, 32, 2, 3)],
-    "sel_bwd_dq": [cfg(0, 128, 4, 2), cfg(0, 64, 4, 3), cfg(0, 256, 4, 3), cfg(0, 128, 8, 3),
-                   cfg(0, 128, 2, 3), cfg(0, 64, 2, 2)],
-    "ball_bwd_dkdv": [cfg(64, 128, 4, 3), cfg(128, 64, 8, 3), cfg(32, 64, 4, 3),
-                      cfg(64, 64, 4, 2), cfg(64, 64, 8, 3), cfg(64, 32, 4, 3)],
-    "ball_bwd_dq": [cfg(128, 64, 8, 3), cfg(64, 128, 4, 3), cfg(64, 32, 4, 3), cfg(64, 64, 4, 2),
-                    cfg(64, 64, 8, 3), cfg(32, 64, 4, 3)],
-    "ball_fwd": [cfg(128, 64, 4, 3), cfg(128, 128, 8, 3), cfg(64, 128, 4, 3), cfg(128, 32, 4, 3),
-                 cfg(64, 64, 4, 2), cfg(128, 64, 8, 3), cfg(64, 32, 4, 3)],
+    "cmp_bwd_dkdv": [
+        cfg(128, 64, 8, 3),
+        cfg(64, 128, 8, 3),
+        cfg(64, 64, 4, 2),
+        cfg(32, 64, 4, 3),
+        cfg(128, 64, 4, 2),
+        cfg(64, 32, 4, 3),
+        cfg(128, 128, 8, 3),
+        cfg(64, 128, 4, 3),
+        cfg(128, 64, 4, 3),
+        cfg(128, 64, 4, 4),
+        cfg(128, 32, 4, 3),
+        cfg(256, 64, 8, 3),
+        cfg(128, 64, 2, 3),
+        cfg(128, 128, 4, 3),
+    ],
+    "cmp_bwd_dq": [
+        cfg(128, 64, 8, 3),
+        cfg(64, 64, 4, 2),
+        cfg(128, 64, 4, 3),
+        cfg(64, 32, 4, 3),
+        cfg(128, 32, 4, 3),
+        cfg(64, 128, 4, 3),
+        cfg(64, 64, 8, 3),
+        cfg(128, 128, 8, 2),
+        cfg(64, 64, 2, 3),
+        cfg(32, 64, 4, 3),
+        cfg(64, 64, 4, 4),
+    ],
+    "select": [
+        cfg(0, 128, 4, 3),
+        cfg(0, 32, 4, 3),
+        cfg(0, 64, 4, 2),
+        cfg(0, 64, 8, 3),
+        cfg(0, 128, 8, 3),
+        cfg(0, 64, 2, 3),
+        cfg(0, 128, 2, 3),
+        cfg(0, 32, 2, 3),
+        cfg(0, 64, 1, 3),
+        cfg(0, 64, 2, 2),
+        cfg(0, 64, 2, 4),
+        cfg(0, 32, 1, 3),
+    ],
+    "cmp_fwd": [
+        cfg(128, 64, 4, 3),
+        cfg(128, 64, 8, 3),
+        cfg(128, 128, 8, 3),
+        cfg(64, 64, 4, 2),
+        cfg(64, 64, 4, 4),
+        cfg(128, 32, 4, 3),
+        cfg(64, 128, 4, 3),
+        cfg(128, 64, 8, 2),
+    ],
+    "sel_fwd": [
+        cfg(0, 32, 1, 2),
+        cfg(0, 64, 2, 3),
+        cfg(0, 32, 2, 2),
+        cfg(0, 64, 1, 2),
+        cfg(0, 32, 1, 2),
+        cfg(0, 128, 2, 2),
+        cfg(0, 64, 2, 1),
+        cfg(0, 128, 4, 2),
+        cfg(0, 64, 4, 3),
+        cfg(0, 256, 4, 3),
+        cfg(0, 128, 8, 3),
+        cfg(0, 128, 2, 3),
+        cfg(0, 64, 2, 2),
+        cfg(0, 256, 8, 2),
+        cfg(0, 128, 4, 4),
+    ],
+    "sel_bwd_dkdv": [
+        cfg(128, 32, 4, 3),
+        cfg(128, 32, 8, 3),
+        cfg(64, 16, 4, 3),
+        cfg(32, 32, 4, 3),
+        cfg(64, 32, 4, 2),
+        cfg(128, 32, 8, 2),
+        cfg(64, 32, 2, 3),
+    ],
+    "sel_bwd_dq": [
+        cfg(0, 128, 4, 2),
+        cfg(0, 64, 4, 3),
+        cfg(0, 256, 4, 3),
+        cfg(0, 128, 8, 3),
+        cfg(0, 128, 2, 3),
+        cfg(0, 64, 2, 2),
+    ],
+    "ball_bwd_dkdv": [
+        cfg(64, 128, 4, 3),
+        cfg(128, 64, 8, 3),
+        cfg(32, 64, 4, 3),
+        cfg(64, 64, 4, 2),
+        cfg(64, 64, 8, 3),
+        cfg(64, 32, 4, 3),
+    ],
+    "ball_bwd_dq": [
+        cfg(128, 64, 8, 3),
+        cfg(64, 128, 4, 3),
+        cfg(64, 32, 4, 3),
+        cfg(64, 64, 4, 2),
+        cfg(64, 64, 8, 3),
+        cfg(32, 64, 4, 3),
+    ],
+    "ball_fwd": [
+        cfg(128, 64, 4, 3),
+        cfg(128, 128, 8, 3),
+        cfg(64, 128, 4, 3),
+        cfg(128, 32, 4, 3),
+        cfg(64, 64, 4, 2),
+        cfg(128, 64, 8, 3),
+        cfg(64, 32, 4, 3),
+    ],
 }
-ORDER = ["cmp_bwd_dkdv", "cmp_bwd_dq", "select", "cmp_fwd", "sel_fwd", "sel_bwd_dkdv",
-         "sel_bwd_dq", "ball_bwd_dkdv", "ball_bwd_dq", "ball_fwd"]
-WEIGHT = dict(cmp_bwd_dkdv=3, cmp_bwd_dq=2, select=2.5, cmp_fwd=1.5, sel_fwd=1.5, sel_bwd_dkdv=1.2,
-              sel_bwd_dq=1, ball_bwd_dkdv=0.8, ball_bwd_dq=0.8, ball_fwd=0.8)
-OP_OF = dict(ball_fwd="ball fwd", ball_bwd_dq="ball bwd", ball_bwd_dkdv="ball bwd",
-             cmp_fwd="compressed fwd", cmp_bwd_dq="compressed bwd", cmp_bwd_dkdv="compressed bwd",
-             select="select", sel_fwd="selected fwd", sel_bwd_dq="selected bwd",
-             sel_bwd_dkdv="selected bwd")
+ORDER = [
+    "cmp_bwd_dkdv",
+    "cmp_bwd_dq",
+    "select",
+    "cmp_fwd",
+    "sel_fwd",
+    "sel_bwd_dkdv",
+    "sel_bwd_dq",
+    "ball_bwd_dkdv",
+    "ball_bwd_dq",
+    "ball_fwd",
+]
+WEIGHT = dict(
+    cmp_bwd_dkdv=3,
+    cmp_bwd_dq=2,
+    select=2.5,
+    cmp_fwd=1.5,
+    sel_fwd=1.5,
+    sel_bwd_dkdv=1.2,
+    sel_bwd_dq=1,
+    ball_bwd_dkdv=0.8,
+    ball_bwd_dq=0.8,
+    ball_fwd=0.8,
+)
+OP_OF = dict(
+    ball_fwd="ball fwd",
+    ball_bwd_dq="ball bwd",
+    ball_bwd_dkdv="ball bwd",
+    cmp_fwd="compressed fwd",
+    cmp_bwd_dq="compressed bwd",
+    cmp_bwd_dkdv="compressed bwd",
+    select="select",
+    sel_fwd="selected fwd",
+    sel_bwd_dq="selected bwd",
+    sel_bwd_dkdv="selected bwd",
+)
 
 
 def make(B, n, dtype, dev):
@@ -96,16 +213,19 @@ def make(B, n, dtype, dev):
     t["lo"], t["hi"] = cloud_block_ranges(ptr, S, C)
     t["m8"], t["bm8"] = mask.to(torch.uint8), t["bm"].to(torch.uint8)
     t["go"] = torch.randn(S, H, D, device=dev, dtype=dtype, generator=gen)
-    scale = D ** -0.5
+    scale = D**-0.5
     t["scale"] = scale
     with torch.no_grad():
-        t["ob"], t["lseb"] = torch.ops.tgnsa.ball_attention_fwd(q, k, v, pos, t["m8"], sigma, M,
-                                                                scale, 0, 0, 0, 0)
+        t["ob"], t["lseb"] = torch.ops.tgnsa.ball_attention_fwd(
+            q, k, v, pos, t["m8"], sigma, M, scale, 0, 0, 0, 0
+        )
         t["oc"], t["lsec"] = torch.ops.tgnsa.compressed_attention_fwd(
-            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], scale, 0, 0, 0, 0)
+            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], scale, 0, 0, 0, 0
+        )
         t["idx"] = K.select_blocks(q, t["kc"], t["lsec"], t["bm"], mask, ptr, C, SEL, G, TOPK)
-        t["os"], t["lses"] = torch.ops.tgnsa.selected_attention_fwd(q, k, v, t["m8"], t["idx"],
-                                                                    SEL, G, scale, 0, 0, 0, 0)
+        t["os"], t["lses"] = torch.ops.tgnsa.selected_attention_fwd(
+            q, k, v, t["m8"], t["idx"], SEL, G, scale, 0, 0, 0, 0
+        )
     return t
 
 
@@ -114,27 +234,46 @@ def op_fn(kernel, t):
     q, k, v, sc = t["q"], t["k"], t["v"], t["scale"]
     ops = torch.ops.tgnsa
     if kernel == "ball_fwd":
-        return lambda: ops.ball_attention_fwd(q, k, v, t["pos"], t["m8"], t["sigma"], M, sc,
-                                              0, 0, 0, 0)[:1]
+        return lambda: ops.ball_attention_fwd(
+            q, k, v, t["pos"], t["m8"], t["sigma"], M, sc, 0, 0, 0, 0
+        )[:1]
     if kernel.startswith("ball_bwd"):
-        return lambda: ops.ball_attention_bwd(t["go"], q, k, v, t["pos"], t["m8"], t["sigma"],
-                                              t["ob"], t["lseb"], M, sc, 0, 0, 0, 0)
+        return lambda: ops.ball_attention_bwd(
+            t["go"], q, k, v, t["pos"], t["m8"], t["sigma"], t["ob"], t["lseb"], M, sc, 0, 0, 0, 0
+        )
     if kernel == "cmp_fwd":
-        return lambda: ops.compressed_attention_fwd(q, t["kc"], t["vc"], t["bm8"], t["lo"],
-                                                    t["hi"], sc, 0, 0, 0, 0)
+        return lambda: ops.compressed_attention_fwd(
+            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], sc, 0, 0, 0, 0
+        )
     if kernel.startswith("cmp_bwd"):
-        return lambda: ops.compressed_attention_bwd(t["go"], q, t["kc"], t["vc"], t["bm8"],
-                                                    t["lo"], t["hi"], t["oc"], t["lsec"], sc,
-                                                    0, 0, 0, 0)
+        return lambda: ops.compressed_attention_bwd(
+            t["go"],
+            q,
+            t["kc"],
+            t["vc"],
+            t["bm8"],
+            t["lo"],
+            t["hi"],
+            t["oc"],
+            t["lsec"],
+            sc,
+            0,
+            0,
+            0,
+            0,
+        )
     if kernel == "select":
-        return lambda: (K.select_blocks(q, t["kc"], t["lsec"], t["bm"], t["mask"], t["ptr"], C,
-                                        SEL, G, TOPK),)
+        return lambda: (
+            K.select_blocks(q, t["kc"], t["lsec"], t["bm"], t["mask"], t["ptr"], C, SEL, G, TOPK),
+        )
     if kernel == "sel_fwd":
-        return lambda: ops.selected_attention_fwd(q, k, v, t["m8"], t["idx"], SEL, G, sc,
-                                                  0, 0, 0, 0)[:1]
+        return lambda: ops.selected_attention_fwd(
+            q, k, v, t["m8"], t["idx"], SEL, G, sc, 0, 0, 0, 0
+        )[:1]
     if kernel.startswith("sel_bwd"):
-        return lambda: ops.selected_attention_bwd(t["go"], q, k, v, t["m8"], t["idx"], t["os"],
-                                                  t["lses"], SEL, G, sc, 0, 0, 0, 0)
+        return lambda: ops.selected_attention_bwd(
+            t["go"], q, k, v, t["m8"], t["idx"], t["os"], t["lses"], SEL, G, sc, 0, 0, 0, 0
+        )
     raise KeyError(kernel)
 
 
@@ -225,8 +364,10 @@ def sweep(t, deadline, only=None):
         # keep the winner for the next kernels of the same op (dQ before dK/dV)
         _config.TABLE[key_of(kernel, dev)] = best_c
         results[kernel] = dict(default_ms=d_ms, best_ms=best_ms, best=best_c, rows=rows)
-        log(f"{kernel} ({OP_OF[kernel]} op time): default {d_ms:.3f} ms -> best {best_ms:.3f} ms "
-            f"[{fmt_cfg(best_c)}]  ({len(rows) - 1} configs)")
+        log(
+            f"{kernel} ({OP_OF[kernel]} op time): default {d_ms:.3f} ms -> best {best_ms:.3f} ms "
+            f"[{fmt_cfg(best_c)}]  ({len(rows) - 1} configs)"
+        )
         for name, ms, err in rows:
             e = err if isinstance(err, str) else ("" if err is None else f"err {err:.2g}")
             print(f"    {name:<48} {'-' if ms is None else f'{ms:8.3f} ms'}  {e}", flush=True)
@@ -250,10 +391,15 @@ def op_times(t, table):
     _config.TABLE.update(table)
     try:
         out = {}
-        for op, kern in [("ball fwd", "ball_fwd"), ("ball bwd", "ball_bwd_dq"),
-                         ("compressed fwd", "cmp_fwd"), ("compressed bwd", "cmp_bwd_dq"),
-                         ("select", "select"), ("selected fwd", "sel_fwd"),
-                         ("selected bwd", "sel_bwd_dq")]:
+        for op, kern in [
+            ("ball fwd", "ball_fwd"),
+            ("ball bwd", "ball_bwd_dq"),
+            ("compressed fwd", "cmp_fwd"),
+            ("compressed bwd", "cmp_bwd_dq"),
+            ("select", "select"),
+            ("selected fwd", "sel_fwd"),
+            ("selected bwd", "sel_bwd_dq"),
+        ]:
             fn = op_fn(kern, t)
             try:
                 fn()
@@ -281,9 +427,12 @@ def print_ops(label, t, tables):
     sd = sdpa_fwd_ms(t)
     fl_sel = 4 * S * H * D * TOPK * SEL
     fl_sdpa = 4 * t["B"] * t["n"] ** 2 * H * D
-    print(f"selected fwd TFLOP/s (useful): " + ", ".join(
-        f"{n} {fl_sel / res[n]['selected fwd'] / 1e9:.1f}" for n in names)
-        + f"; SDPA fwd (flash) {fl_sdpa / sd / 1e9:.1f} TFLOP/s ({sd:.3f} ms)", flush=True)
+    print(
+        "selected fwd TFLOP/s (useful): "
+        + ", ".join(f"{n} {fl_sel / res[n]['selected fwd'] / 1e9:.1f}" for n in names)
+        + f"; SDPA fwd (flash) {fl_sdpa / sd / 1e9:.1f} TFLOP/s ({sd:.3f} ms)",
+        flush=True,
+    )
     return res
 
 
@@ -297,9 +446,8 @@ def check_reference(table, sizes=(1, 37, 129, 1000, 3000)):
     try:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         # bf16 only on CUDA (the interpreter has no bf16); CUDA tests cover fp16 with the table
-        for dtype in ((torch.bfloat16,) if dev == "cuda" else (torch.float16,)):
-            errs = kc.run_all(list(sizes), M, C, SEL, G, TOPK, H, D, dtype,
-                              device=dev, seed=3)
+        for dtype in (torch.bfloat16,) if dev == "cuda" else (torch.float16,):
+            errs = kc.run_all(list(sizes), M, C, SEL, G, TOPK, H, D, dtype, device=dev, seed=3)
             worst = max((e / b if b else 0.0) for n, (e, b) in errs.items() if "groups" not in n)
             log(f"reference check {dtype}: ok (worst err / bound {worst:.2f})")
         return True
@@ -314,8 +462,18 @@ def check_reference(table, sizes=(1, 37, 129, 1000, 3000)):
 def layer_fb(t):
     import attention as A
 
-    tt = dict(q=t["q"].clone(), k=t["k"].clone(), v=t["v"].clone(), pos=t["pos"],
-              mask=t["mask"], ptr=t["ptr"], sigma=t["sigma"], S=t["S"], B=t["B"], n=t["n"])
+    tt = dict(
+        q=t["q"].clone(),
+        k=t["k"].clone(),
+        v=t["v"].clone(),
+        pos=t["pos"],
+        mask=t["mask"],
+        ptr=t["ptr"],
+        sigma=t["sigma"],
+        S=t["S"],
+        B=t["B"],
+        n=t["n"],
+    )
     ours, _ = A.measure(lambda x: A.layer(A._OURS, x), tt, True, (10, 100))
     sd, _ = A.measure(A.sdpa, tt, True, (5, 50))
     return ours, sd
@@ -336,20 +494,26 @@ def main(argv=None):
     if args.size:
         big = attention.parse_size(args.size)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
-    log(f"{name}, torch {torch.__version__}, triton {triton.__version__}; bf16 H={H} D={D} m={M} "
-        f"c={C} s={SEL} g={G} topk={TOPK}")
+    log(
+        f"{name}, torch {torch.__version__}, triton {triton.__version__}; bf16 H={H} D={D} m={M} "
+        f"c={C} s={SEL} g={G} topk={TOPK}"
+    )
     committed = dict(_config.TABLE)
     if args.verify:
         t = make(*big, torch.bfloat16, dev)
         print_ops(f"{big[0]} x {big[1]}", t, {"built-in defaults": {}, "TABLE": committed})
         ours, sd = layer_fb(t)
-        log(f"whole layer f+b at {big[0]} x {big[1]}: ours {ours:.2f} ms, sdpa {sd:.2f} ms "
-            f"({sd / ours:.1f}x)")
+        log(
+            f"whole layer f+b at {big[0]} x {big[1]}: ours {ours:.2f} ms, sdpa {sd:.2f} ms "
+            f"({sd / ours:.1f}x)"
+        )
         t = make(*small, torch.bfloat16, dev)
         print_ops(f"{small[0]} x {small[1]}", t, {"built-in defaults": {}, "TABLE": committed})
         ours, sd = layer_fb(t)
-        log(f"whole layer f+b at {small[0]} x {small[1]}: ours {ours:.2f} ms, sdpa {sd:.2f} ms "
-            f"({sd / ours:.1f}x)")
+        log(
+            f"whole layer f+b at {small[0]} x {small[1]}: ours {ours:.2f} ms, sdpa {sd:.2f} ms "
+            f"({sd / ours:.1f}x)"
+        )
         return 0
     deadline = T0 + args.budget - 45  # leave time for the checks and the 16 x 4k timings
     t = make(*big, torch.bfloat16, dev)
@@ -370,9 +534,19 @@ def main(argv=None):
         print(f"    ({k!r}, {ar!r}, {dc!r}, {bd}): {c},")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "tune_kernels.json"), "w") as f:
-        json.dump(dict(device=name, results=results, ops_64k=res64, ops_16x4k=res16,
-                       reference_ok=ok, table=[[list(k), c] for k, c in table.items()]), f,
-                  indent=1, default=str)
+        json.dump(
+            dict(
+                device=name,
+                results=results,
+                ops_64k=res64,
+                ops_16x4k=res16,
+                reference_ok=ok,
+                table=[[list(k), c] for k, c in table.items()],
+            ),
+            f,
+            indent=1,
+            default=str,
+        )
     log("done")
     return 0
 

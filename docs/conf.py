@@ -5,52 +5,53 @@ Build (offline; no intersphinx inventories are fetched)::
     python -m sphinx -W --keep-going -b html    docs docs/_build/html
     python -m sphinx -W --keep-going -b doctest docs docs/_build/doctest
 """
+
 import datetime
 import os
 import sys
 
 import torch_geometric_nsa
 
-sys.path.insert(0, os.path.abspath('_ext'))
+sys.path.insert(0, os.path.abspath("_ext"))
 
-project = 'torch_geometric_nsa'
-author = 'torch_geometric_nsa developers'
-copyright = f'{datetime.date.today().year}, {author}'
+project = "torch_geometric_nsa"
+author = "torch_geometric_nsa developers"
+copyright = f"{datetime.date.today().year}, {author}"
 version = release = torch_geometric_nsa.__version__
 
 extensions = [
-    'sphinx.ext.autodoc',
-    'sphinx.ext.autosummary',
-    'sphinx.ext.napoleon',
-    'sphinx.ext.doctest',
-    'sphinx.ext.mathjax',
-    'sphinx.ext.viewcode',
-    'mdinclude',  # docs/_ext/mdinclude.py: Markdown READMEs and changelog
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "mdinclude",  # docs/_ext/mdinclude.py: Markdown READMEs and changelog
 ]
 
-templates_path = ['_templates']
-exclude_patterns = ['_build', 'README.md', 'design/*.md', 'scripts', '_ext']
-source_suffix = {'.rst': 'restructuredtext'}
-root_doc = 'index'
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "README.md", "design/*.md", "scripts", "_ext"]
+source_suffix = {".rst": "restructuredtext"}
+root_doc = "index"
 
 # --- HTML -----------------------------------------------------------------
-html_theme = 'furo'
-html_title = f'torch_geometric_nsa {release}'
-html_static_path = ['_static']
+html_theme = "furo"
+html_title = f"torch_geometric_nsa {release}"
+html_static_path = ["_static"]
 html_theme_options = {
-    'sidebar_hide_name': False,
-    'navigation_with_keys': True,
+    "sidebar_hide_name": False,
+    "navigation_with_keys": True,
 }
 
 # --- autodoc / autosummary / napoleon --------------------------------------
 autosummary_generate = True
 autosummary_imported_members = True
 autodoc_default_options = {
-    'members': True,
-    'member-order': 'bysource',
-    'show-inheritance': True,
+    "members": True,
+    "member-order": "bysource",
+    "show-inheritance": True,
 }
-autodoc_typehints = 'signature'
+autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 autodoc_mock_imports = []  # everything must import for real
 
@@ -60,7 +61,7 @@ napoleon_include_init_with_doc = False
 napoleon_use_rtype = False
 # PyG's "Shapes:" section is a bullet list (``- **input:** ...``): render it
 # as-is under a heading.
-napoleon_custom_sections = ['Shapes', 'Shape']
+napoleon_custom_sections = ["Shapes", "Shape"]
 
 # --- cross references ------------------------------------------------------
 # Nitpicky for our own names.  Without intersphinx (CI is offline) references
@@ -68,40 +69,51 @@ napoleon_custom_sections = ['Shapes', 'Shape']
 # and nothing else is.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r'py:.*', r'(torch|torch_geometric|numpy|np|typing|collections|'
-               r'dataclasses|abc|enum|contextlib|os|pathlib|triton|'
-               r'MDAnalysis|h5py)(\..*)?'),
-    (r'py:.*', r'(Tensor|OptTensor|Adj|OptPairTensor|PairTensor|Size|'
-               r'Data|Batch|Dataset|InMemoryDataset|BaseTransform|'
-               r'MessagePassing|Module|Parameter|device|dtype|Generator|'
-               r'Iterator|Iterable|Sequence|Callable|Optional|Union|Any|'
-               r'Tuple|List|Dict|Literal|ContextManager|'
-               r'PathLike|Path)'),
-    (r'py:.*', r'(int|float|bool|str|bytes|tuple|list|dict|set|object|'
-               r'type|None|NoneType|callable|optional|iterable|'
-               r'Ellipsis|slice|range|Exception|ValueError|TypeError|'
-               r'RuntimeError)'),
-    (r'py:.*', r'(default|defaults|default: .*|optional)'),
+    (
+        r"py:.*",
+        r"(torch|torch_geometric|numpy|np|typing|collections|"
+        r"dataclasses|abc|enum|contextlib|os|pathlib|triton|"
+        r"MDAnalysis|h5py)(\..*)?",
+    ),
+    (
+        r"py:.*",
+        r"(Tensor|OptTensor|Adj|OptPairTensor|PairTensor|Size|"
+        r"Data|Batch|Dataset|InMemoryDataset|BaseTransform|"
+        r"MessagePassing|Module|Parameter|device|dtype|Generator|"
+        r"Iterator|Iterable|Sequence|Callable|Optional|Union|Any|"
+        r"Tuple|List|Dict|Literal|ContextManager|"
+        r"PathLike|Path)",
+    ),
+    (
+        r"py:.*",
+        r"(int|float|bool|str|bytes|tuple|list|dict|set|object|"
+        r"type|None|NoneType|callable|optional|iterable|"
+        r"Ellipsis|slice|range|Exception|ValueError|TypeError|"
+        r"RuntimeError)",
+    ),
+    (r"py:.*", r"(default|defaults|default: .*|optional)"),
     # PyG-style docstrings use :obj: for argument names and literals
     # (:obj:`True`, :obj:`-1.0`, :obj:`batch_size`): only dotted Python
     # names given to :obj: are checkable.
-    (r'py:obj', r'(?![A-Za-z_]\w*(\.[A-Za-z_]\w*)+$).*'),
+    (r"py:obj", r"(?![A-Za-z_]\w*(\.[A-Za-z_]\w*)+$).*"),
     # docstrings inherited from PyG base classes (``:obj:`self.raw_dir```)
-    (r'py:.*', r'self\..*'),
+    (r"py:.*", r"self\..*"),
     # methods our classes inherit from PyTorch / PyG base classes
-    (r'py:(meth|attr)', r'(propagate|message|aggregate|update|'
-                         r'message_and_aggregate|forward|state_dict|'
-                         r'load_state_dict|parameters|to|training)'),
+    (
+        r"py:(meth|attr)",
+        r"(propagate|message|aggregate|update|"
+        r"message_and_aggregate|forward|state_dict|"
+        r"load_state_dict|parameters|to|training)",
+    ),
     # private helpers named in docstrings are not part of the reference
-    (r'py:.*', r'(.*\.)?_[A-Za-z0-9][^.]*'),
+    (r"py:.*", r"(.*\.)?_[A-Za-z0-9][^.]*"),
 ]
 
 # Public names that pages already mention but that have not landed in the
 # package yet (their doctests are skipped through ``pending()`` below).  This
 # list must be empty at a release.
 _PENDING = []
-nitpick_ignore = [(role, name) for name in _PENDING
-                  for role in ('py:class', 'py:func', 'py:obj')]
+nitpick_ignore = [(role, name) for name in _PENDING for role in ("py:class", "py:func", "py:obj")]
 
 # --- doctest ---------------------------------------------------------------
 doctest_global_setup = '''
@@ -124,7 +136,7 @@ def pending(*names):
             return True
     return False
 '''
-doctest_test_doctest_blocks = 'default'
+doctest_test_doctest_blocks = "default"
 
 
 # --- public names for private paths -----------------------------------------
@@ -136,24 +148,24 @@ doctest_test_doctest_blocks = 'default'
 # longest module prefix), so that nitpicky mode still catches genuinely
 # undocumented names.
 def _resolve_public_name(app, env, node, contnode):
-    if node.get('refdomain') != 'py':
+    if node.get("refdomain") != "py":
         return None
-    target = node.get('reftarget', '')
-    modname = node.get('py:module') or ''
-    if not (target.startswith('torch_geometric_nsa')
-            or modname.startswith('torch_geometric_nsa')):
+    target = node.get("reftarget", "")
+    modname = node.get("py:module") or ""
+    if not (target.startswith("torch_geometric_nsa") or modname.startswith("torch_geometric_nsa")):
         return None
-    domain = env.get_domain('py')
-    last = target.rpartition('.')[2]
-    candidates = [name for name in domain.objects
-                  if name.startswith('torch_geometric_nsa.')
-                  and name.rpartition('.')[2] == last]
+    domain = env.get_domain("py")
+    last = target.rpartition(".")[2]
+    candidates = [
+        name
+        for name in domain.objects
+        if name.startswith("torch_geometric_nsa.") and name.rpartition(".")[2] == last
+    ]
     if not candidates:
         return None
 
     def shared(name):
-        a, b = name.split('.'), (target if '.' in target
-                                 else f'{modname}.{target}').split('.')
+        a, b = name.split("."), (target if "." in target else f"{modname}.{target}").split(".")
         n = 0
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1
@@ -161,10 +173,11 @@ def _resolve_public_name(app, env, node, contnode):
 
     best = max(candidates, key=lambda name: (shared(name), -len(name)))
     node = node.deepcopy()
-    node['reftarget'] = best
-    return domain.resolve_xref(env, node['refdoc'], app.builder,
-                               node['reftype'], best, node, contnode)
+    node["reftarget"] = best
+    return domain.resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], best, node, contnode
+    )
 
 
 def setup(app):
-    app.connect('missing-reference', _resolve_public_name)
+    app.connect("missing-reference", _resolve_public_name)

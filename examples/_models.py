@@ -9,6 +9,7 @@
   :class:`~torch_geometric.nn.conv.PointTransformerConv` on a kNN graph;
 * ``mlp``: a per-point MLP (no interaction between points).
 """
+
 from typing import Optional
 
 import torch
@@ -16,12 +17,12 @@ from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Sequential
 
 
-def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
-              loop: bool = True) -> Tensor:
+def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = True) -> Tensor:
     """``[2, N*k]`` edges (source, target) from the ``k`` nearest points of the
     same cloud to every point; uses the package's helper when present."""
     try:
         from torch_geometric_nsa.nn import knn_graph as _knn
+
         return _knn(pos, k, batch, loop=loop)
     except ImportError:  # pragma: no cover - older package versions
         pass
@@ -29,10 +30,10 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
     batch = pos.new_zeros(N, dtype=torch.long) if batch is None else batch
     rows, cols = [], []
     for s in range(0, N, 1024):
-        d = torch.cdist(pos[s:s + 1024], pos)
-        d[batch[s:s + 1024, None] != batch[None, :]] = float('inf')
+        d = torch.cdist(pos[s : s + 1024], pos)
+        d[batch[s : s + 1024, None] != batch[None, :]] = float("inf")
         if not loop:
-            d[torch.arange(d.size(0)), torch.arange(s, s + d.size(0))] = float('inf')
+            d[torch.arange(d.size(0)), torch.arange(s, s + d.size(0))] = float("inf")
         idx = d.topk(min(k, N), largest=False).indices
         cols.append(torch.arange(s, s + d.size(0)).repeat_interleave(idx.size(1)))
         rows.append(idx.reshape(-1))
@@ -41,13 +42,14 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
 
 class MLP(torch.nn.Module):
     """Per-point MLP baseline."""
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
-                 num_layers: int = 4):
+
+    def __init__(
+        self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 4
+    ):
         super().__init__()
         layers = [Linear(in_channels, hidden_channels), GELU()]
         for _ in range(num_layers - 1):
-            layers += [LayerNorm(hidden_channels), Linear(hidden_channels, hidden_channels),
-                       GELU()]
+            layers += [LayerNorm(hidden_channels), Linear(hidden_channels, hidden_channels), GELU()]
         layers.append(Linear(hidden_channels, out_channels))
         self.net = Sequential(*layers)
 
@@ -58,25 +60,45 @@ class MLP(torch.nn.Module):
 class PointTransformer(torch.nn.Module):
     """A residual stack of :class:`~torch_geometric.nn.conv.PointTransformerConv`
     (pre-LayerNorm, then a per-point MLP) on the kNN graph of the points."""
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
-                 num_layers: int = 4, k: int = 16):
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        num_layers: int = 4,
+        k: int = 16,
+    ):
         super().__init__()
         from torch_geometric.nn import PointTransformerConv
+
         self.k = k
         self.lin_in = Linear(in_channels, hidden_channels)
         self.convs = torch.nn.ModuleList()
         self.mlps = torch.nn.ModuleList()
         self.norms = torch.nn.ModuleList()
         for _ in range(num_layers):
-            pos_nn = Sequential(Linear(3, hidden_channels), GELU(),
-                                Linear(hidden_channels, hidden_channels))
-            attn_nn = Sequential(Linear(hidden_channels, hidden_channels), GELU(),
-                                 Linear(hidden_channels, hidden_channels))
-            self.convs.append(PointTransformerConv(hidden_channels, hidden_channels,
-                                                   pos_nn=pos_nn, attn_nn=attn_nn))
-            self.mlps.append(Sequential(LayerNorm(hidden_channels),
-                                        Linear(hidden_channels, 2 * hidden_channels),
-                                        GELU(), Linear(2 * hidden_channels, hidden_channels)))
+            pos_nn = Sequential(
+                Linear(3, hidden_channels), GELU(), Linear(hidden_channels, hidden_channels)
+            )
+            attn_nn = Sequential(
+                Linear(hidden_channels, hidden_channels),
+                GELU(),
+                Linear(hidden_channels, hidden_channels),
+            )
+            self.convs.append(
+                PointTransformerConv(
+                    hidden_channels, hidden_channels, pos_nn=pos_nn, attn_nn=attn_nn
+                )
+            )
+            self.mlps.append(
+                Sequential(
+                    LayerNorm(hidden_channels),
+                    Linear(hidden_channels, 2 * hidden_channels),
+                    GELU(),
+                    Linear(2 * hidden_channels, hidden_channels),
+                )
+            )
             self.norms.append(LayerNorm(hidden_channels))
         self.lin_out = Linear(hidden_channels, out_channels)
 
@@ -91,17 +113,26 @@ class PointTransformer(torch.nn.Module):
 
 def build_model(args, in_channels: int, out_channels: int) -> torch.nn.Module:
     """The model named by ``args.model`` with the sizes of ``args``."""
-    if args.model == 'mlp':
+    if args.model == "mlp":
         return MLP(in_channels, args.hidden, out_channels, args.layers)
-    if args.model == 'point-transformer':
-        return PointTransformer(in_channels, args.hidden, out_channels, args.layers,
-                                k=args.knn)
+    if args.model == "point-transformer":
+        return PointTransformer(in_channels, args.hidden, out_channels, args.layers, k=args.knn)
     from torch_geometric_nsa.nn.models import ErwinNSA
-    if args.model == 'local-only':
-        branches = ('local', )
+
+    if args.model == "local-only":
+        branches = ("local",)
     else:
-        branches = tuple(b.strip() for b in args.branches.split(',') if b.strip())
-    return ErwinNSA(in_channels, args.hidden, out_channels, num_layers=args.layers,
-                    heads=args.heads, ball_size=args.ball_size,
-                    compress_size=args.compress_size, select_size=args.select_size,
-                    topk=args.topk, branches=branches, rotate=args.rotate)
+        branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
+    return ErwinNSA(
+        in_channels,
+        args.hidden,
+        out_channels,
+        num_layers=args.layers,
+        heads=args.heads,
+        ball_size=args.ball_size,
+        compress_size=args.compress_size,
+        select_size=args.select_size,
+        topk=args.topk,
+        branches=branches,
+        rotate=args.rotate,
+    )

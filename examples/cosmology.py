@@ -21,6 +21,7 @@ scaled to the (sub-)box.  Metrics: MSE (standardised), RMSE in km/s, next to the
 trivial baseline predicting the training mean velocity.  Figures: loss curve,
 predicted vs true velocity, a slab of one test box coloured by v_x.
 """
+
 import argparse
 import os.path as osp
 import sys
@@ -43,7 +44,7 @@ def evaluate(predict, dataset, device, batch_size):
         nse += (out - batch.y).pow(2).sum().item()
         pred = dataset.denormalize(out)
         se += (pred - batch.vel).double().pow(2).sum().item()
-        se_mean += (dataset.stats['vel_mean'] - batch.vel).double().pow(2).sum().item()
+        se_mean += (dataset.stats["vel_mean"] - batch.vel).double().pow(2).sum().item()
         n += batch.vel.numel()
         if first is None:
             m = batch.batch == 0
@@ -51,78 +52,102 @@ def evaluate(predict, dataset, device, batch_size):
         stride = max(1, batch.num_nodes // 20000)
         preds.append(pred[::stride].numpy())
         trues.append(batch.vel[::stride].numpy())
-    return dict(mse_normalised=nse / n, rmse=(se / n) ** 0.5,
-                mean_baseline_rmse=(se_mean / n) ** 0.5, test_clouds=len(dataset),
-                cloud=first, pred=np.concatenate(preds), true=np.concatenate(trues))
+    return dict(
+        mse_normalised=nse / n,
+        rmse=(se / n) ** 0.5,
+        mean_baseline_rmse=(se_mean / n) ** 0.5,
+        test_clouds=len(dataset),
+        cloud=first,
+        pred=np.concatenate(preds),
+        true=np.concatenate(trues),
+    )
 
 
 def figures(result, out):
     import matplotlib
-    matplotlib.use('Agg')
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     paths = []
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     for i, ax in enumerate(axes):
-        t, p = result['true'][:, i], result['pred'][:, i]
+        t, p = result["true"][:, i], result["pred"][:, i]
         lo, hi = np.percentile(t, [0.5, 99.5])
-        ax.hexbin(t, p, gridsize=60, bins='log', extent=(lo, hi, lo, hi))
-        ax.plot([lo, hi], [lo, hi], 'w--', lw=0.8)
-        ax.set_xlabel(f'true v{"xyz"[i]} [km/s]')
-        ax.set_ylabel(f'predicted v{"xyz"[i]}')
+        ax.hexbin(t, p, gridsize=60, bins="log", extent=(lo, hi, lo, hi))
+        ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
+        ax.set_xlabel(f"true v{'xyz'[i]} [km/s]")
+        ax.set_ylabel(f"predicted v{'xyz'[i]}")
     fig.tight_layout()
-    paths.append(_train.save_figure(fig, out, 'pred_vs_true.png'))
-    pos, true, pred = result['cloud']
+    paths.append(_train.save_figure(fig, out, "pred_vs_true.png"))
+    pos, true, pred = result["cloud"]
     z = pos[:, 2]
     m = np.abs(z - np.median(z)) < 0.15 * (z.max() - z.min())
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     vmin, vmax = np.percentile(true[:, 0], [2, 98])
-    for ax, vals, title in zip(axes, (true, pred), ('true v_x', 'predicted v_x')):
-        sc = ax.scatter(pos[m, 0], pos[m, 1], c=vals[m, 0], s=3, cmap='coolwarm',
-                        vmin=vmin, vmax=vmax)
-        ax.set_title(title + ' (slab of one test cloud)')
-        ax.set_aspect('equal')
+    for ax, vals, title in zip(axes, (true, pred), ("true v_x", "predicted v_x")):
+        sc = ax.scatter(
+            pos[m, 0], pos[m, 1], c=vals[m, 0], s=3, cmap="coolwarm", vmin=vmin, vmax=vmax
+        )
+        ax.set_title(title + " (slab of one test cloud)")
+        ax.set_aspect("equal")
     fig.colorbar(sc, ax=axes, shrink=0.8)
-    paths.append(_train.save_figure(fig, out, 'velocity_slab.png'))
+    paths.append(_train.save_figure(fig, out, "velocity_slab.png"))
     return paths
 
 
 def summary(result):
-    s = result['scalars']
-    return '\n'.join([
-        f"\nTest: {result['test_clouds']} clouds; velocity error",
-        f"  {s['model']:<24s} MSE (standardised) {result['mse_normalised']:.4f}  "
-        f"RMSE {result['rmse']:.1f} km/s",
-        f"  {'mean velocity':<24s} RMSE {result['mean_baseline_rmse']:.1f} km/s",
-    ])
+    s = result["scalars"]
+    return "\n".join(
+        [
+            f"\nTest: {result['test_clouds']} clouds; velocity error",
+            f"  {s['model']:<24s} MSE (standardised) {result['mse_normalised']:.4f}  "
+            f"RMSE {result['rmse']:.1f} km/s",
+            f"  {'mean velocity':<24s} RMSE {result['mean_baseline_rmse']:.1f} km/s",
+        ]
+    )
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = parser.add_argument_group('data')
-    g.add_argument('--root', default=None, help='CosmologyHalos folder')
-    g.add_argument('--source', default='auto', choices=['auto', 'tfrecord', 'abacus'])
-    g.add_argument('--abacus-dir', default=None, help='the Mini_N64_L32 folder')
-    g.add_argument('--subdivisions', type=int, default=4)
-    g.add_argument('--box-size', type=float, default=None)
-    _train.add_common_args(parser, hidden=32, layers=2, heads=2, ball_size=64,
-                           compress_size=16, steps=300, batch_size=2, ckpt_every=100)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = parser.add_argument_group("data")
+    g.add_argument("--root", default=None, help="CosmologyHalos folder")
+    g.add_argument("--source", default="auto", choices=["auto", "tfrecord", "abacus"])
+    g.add_argument("--abacus-dir", default=None, help="the Mini_N64_L32 folder")
+    g.add_argument("--subdivisions", type=int, default=4)
+    g.add_argument("--box-size", type=float, default=None)
+    _train.add_common_args(
+        parser,
+        hidden=32,
+        layers=2,
+        heads=2,
+        ball_size=64,
+        compress_size=16,
+        steps=300,
+        batch_size=2,
+        ckpt_every=100,
+    )
     return parser
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    kw = dict(source=args.source, abacus_dir=args.abacus_dir,
-              subdivisions=args.subdivisions, box_size=args.box_size)
+    kw = dict(
+        source=args.source,
+        abacus_dir=args.abacus_dir,
+        subdivisions=args.subdivisions,
+        box_size=args.box_size,
+    )
     with _train.rank0_first(args.device):
-        train = CosmologyHalos(args.root, 'train', **kw)
-        test = CosmologyHalos(args.root, 'test', **kw)
-    task = _train.Task('cosmology', train, test, 3, 3, evaluate, figures, summary,
-                       use_edges=False)
+        train = CosmologyHalos(args.root, "train", **kw)
+        test = CosmologyHalos(args.root, "test", **kw)
+    task = _train.Task("cosmology", train, test, 3, 3, evaluate, figures, summary, use_edges=False)
     result = _train.main(args, task, build_model)
     _train.cleanup()
     return result
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

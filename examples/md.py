@@ -39,6 +39,7 @@ Output: ``runs/md-<model>/`` with ``metrics.jsonl``, ``test_metrics.json``,
 ``ckpt.pt`` and figures (loss curve, predicted vs true displacement, per-atom
 error on the protein).  Multi-GPU: ``torchrun --nproc_per_node=2 examples/md.py``.
 """
+
 import argparse
 import os.path as osp
 import sys
@@ -71,64 +72,74 @@ def evaluate(predict, dataset, device, batch_size):
         per_atom += e.sum(-1).view(-1, dataset.num_atoms).sum(0)
         per_atom_zero += true.double().pow(2).sum(-1).view(-1, dataset.num_atoms).sum(0)
         if pos0 is None:
-            pos0 = batch.pos[:dataset.num_atoms].numpy()
+            pos0 = batch.pos[: dataset.num_atoms].numpy()
         sample_pred.append(pred[::7].numpy())
         sample_true.append(true[::7].numpy())
     frames = n // (3 * dataset.num_atoms)
     return dict(
-        rmse=(err2 / n) ** 0.5, zero_rmse=(zero2 / n) ** 0.5,
-        const_vel_rmse=(cv2 / n) ** 0.5, test_windows=frames,
+        rmse=(err2 / n) ** 0.5,
+        zero_rmse=(zero2 / n) ** 0.5,
+        const_vel_rmse=(cv2 / n) ** 0.5,
+        test_windows=frames,
         per_atom_rmse=(per_atom / frames).sqrt().numpy(),
         per_atom_zero_rmse=(per_atom_zero / frames).sqrt().numpy(),
-        atom_type=dataset._store['atom_type'].numpy(), pos=pos0,
-        pred=np.concatenate(sample_pred), true=np.concatenate(sample_true))
+        atom_type=dataset._store["atom_type"].numpy(),
+        pos=pos0,
+        pred=np.concatenate(sample_pred),
+        true=np.concatenate(sample_true),
+    )
 
 
 def figures(result, out):
     import matplotlib
-    matplotlib.use('Agg')
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     paths = []
     # predicted vs true
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     for i, ax in enumerate(axes):
-        t, p = result['true'][:, i], result['pred'][:, i]
-        ax.hexbin(t, p, gridsize=60, bins='log', extent=(-2, 2, -2, 2), cmap='viridis')
-        ax.plot([-2, 2], [-2, 2], 'w--', lw=0.8)
-        ax.set_xlabel(f'true d{"xyz"[i]} [Å]')
-        ax.set_ylabel(f'predicted d{"xyz"[i]} [Å]')
-    fig.suptitle(f'next displacement, held-out run (RMSE {result["rmse"]:.3f} Å)')
+        t, p = result["true"][:, i], result["pred"][:, i]
+        ax.hexbin(t, p, gridsize=60, bins="log", extent=(-2, 2, -2, 2), cmap="viridis")
+        ax.plot([-2, 2], [-2, 2], "w--", lw=0.8)
+        ax.set_xlabel(f"true d{'xyz'[i]} [Å]")
+        ax.set_ylabel(f"predicted d{'xyz'[i]} [Å]")
+    fig.suptitle(f"next displacement, held-out run (RMSE {result['rmse']:.3f} Å)")
     fig.tight_layout()
-    paths.append(_train.save_figure(fig, out, 'pred_vs_true.png'))
+    paths.append(_train.save_figure(fig, out, "pred_vs_true.png"))
     # per-atom error on the protein
-    pos, err = result['pos'], result['per_atom_rmse']
-    rel = err / np.maximum(result['per_atom_zero_rmse'], 1e-6)
+    pos, err = result["pos"], result["per_atom_rmse"]
+    rel = err / np.maximum(result["per_atom_zero_rmse"], 1e-6)
     fig = plt.figure(figsize=(12, 4.8))
-    for j, (vals, title, cmap) in enumerate([
-            (err, 'per-atom RMSE [Å]', 'magma'),
-            (rel, 'per-atom RMSE / zero-baseline RMSE', 'coolwarm')]):
-        ax = fig.add_subplot(1, 3, j + 1, projection='3d')
+    for j, (vals, title, cmap) in enumerate(
+        [
+            (err, "per-atom RMSE [Å]", "magma"),
+            (rel, "per-atom RMSE / zero-baseline RMSE", "coolwarm"),
+        ]
+    ):
+        ax = fig.add_subplot(1, 3, j + 1, projection="3d")
         kw = dict(vmin=0.8, vmax=1.2) if j == 1 else {}
         sc = ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=vals, s=3, cmap=cmap, **kw)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
         fig.colorbar(sc, ax=ax, shrink=0.6)
     ax = fig.add_subplot(1, 3, 3)
-    ax.plot(err, lw=0.4, label='model')
-    ax.plot(result['per_atom_zero_rmse'], lw=0.4, alpha=0.6, label='zero baseline')
-    ax.set_xlabel('atom index (sequence order)')
-    ax.set_ylabel('RMSE [Å]')
+    ax.plot(err, lw=0.4, label="model")
+    ax.plot(result["per_atom_zero_rmse"], lw=0.4, alpha=0.6, label="zero baseline")
+    ax.set_xlabel("atom index (sequence order)")
+    ax.set_ylabel("RMSE [Å]")
     ax.legend(fontsize=8)
-    fig.suptitle('AdK, held-out run: error of the next-displacement prediction per atom')
+    fig.suptitle("AdK, held-out run: error of the next-displacement prediction per atom")
     fig.tight_layout()
-    paths.append(_train.save_figure(fig, out, 'per_atom_error.png'))
+    paths.append(_train.save_figure(fig, out, "per_atom_error.png"))
     return paths
 
 
 def summary(result):
-    best = min(result['zero_rmse'], result['const_vel_rmse'])
-    gain = 100 * (best - result['rmse']) / best
-    s = result['scalars']
+    best = min(result["zero_rmse"], result["const_vel_rmse"])
+    gain = 100 * (best - result["rmse"]) / best
+    s = result["scalars"]
     lines = [
         f"\nHeld-out test run: {result['test_windows']} windows; RMSE of the next "
         "displacement [Å per frame, per component]",
@@ -140,35 +151,50 @@ def summary(result):
         f"  ({s['steps']} steps in {s['train_seconds']:.0f} s, "
         f"{s.get('points_per_s', float('nan')):,.0f} points/s)",
     ]
-    return '\n'.join(lines)
+    return "\n".join(lines)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = parser.add_argument_group('data')
-    g.add_argument('--root', default=None, help='folder for the processed trajectory')
-    g.add_argument('--topology', default=None)
-    g.add_argument('--trajectory', nargs='+', default=None)
-    g.add_argument('--test-trajectory', nargs='+', default=None)
-    g.add_argument('--window', type=int, default=4)
-    g.add_argument('--stride', type=int, default=1)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = parser.add_argument_group("data")
+    g.add_argument("--root", default=None, help="folder for the processed trajectory")
+    g.add_argument("--topology", default=None)
+    g.add_argument("--trajectory", nargs="+", default=None)
+    g.add_argument("--test-trajectory", nargs="+", default=None)
+    g.add_argument("--window", type=int, default=4)
+    g.add_argument("--stride", type=int, default=1)
     # defaults sized for the demo: <= 5 minutes on 2 CPU cores
-    _train.add_common_args(parser, hidden=32, layers=2, heads=2, ball_size=64,
-                           compress_size=16, topk=4, steps=150, lr=3e-3,
-                           ckpt_every=50, eval_batch_size=1)
+    _train.add_common_args(
+        parser,
+        hidden=32,
+        layers=2,
+        heads=2,
+        ball_size=64,
+        compress_size=16,
+        topk=4,
+        steps=150,
+        lr=3e-3,
+        ckpt_every=50,
+        eval_batch_size=1,
+    )
     return parser
 
 
 def make_task(args):
-    kw = dict(root=args.root, topology=args.topology, trajectory=args.trajectory,
-              test_trajectory=args.test_trajectory, window=args.window,
-              stride=args.stride)
+    kw = dict(
+        root=args.root,
+        topology=args.topology,
+        trajectory=args.trajectory,
+        test_trajectory=args.test_trajectory,
+        window=args.window,
+        stride=args.stride,
+    )
     with _train.rank0_first(args.device):
-        train = MDTrajectory(split='train', **kw)
-        test = MDTrajectory(split='test', **kw)
-    return _train.Task('md', train, test, train.num_node_features, 3, evaluate,
-                       figures, summary)
+        train = MDTrajectory(split="train", **kw)
+        test = MDTrajectory(split="test", **kw)
+    return _train.Task("md", train, test, train.num_node_features, 3, evaluate, figures, summary)
 
 
 def main(argv=None):
@@ -179,5 +205,5 @@ def main(argv=None):
     return result
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ float32/float16/bfloat16 inputs; float32 ``tl.dot`` runs in IEEE precision unles
 ``torch.backends.cuda.matmul.allow_tf32`` is set.  Offsets are int64.  CPU tensors work under
 ``TRITON_INTERPRET=1`` (set before importing this package).
 """
+
 from .ball import ball_attention
 from .compressed import compressed_attention
 from .select import select_blocks

@@ -1,4 +1,5 @@
 """Shared helpers of the Triton kernels (private)."""
+
 from __future__ import annotations
 
 import os

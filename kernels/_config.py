@@ -21,6 +21,7 @@ Arch: ``"sm90"`` (Hopper), ``"sm80"`` (Ampere / Ada), ``"interp"`` (``TRITON_INT
 Dtype class: ``"16"`` (float16 / bfloat16) or ``"32"``.  Resolution happens inside the custom ops
 (at run time, on plain ints), so ``torch.compile`` only ever sees the int arguments.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,8 +30,18 @@ import torch
 
 from ._common import head_block, interpret_mode
 
-KERNELS = ("ball_fwd", "ball_bwd_dq", "ball_bwd_dkdv", "cmp_fwd", "cmp_bwd_dq", "cmp_bwd_dkdv",
-           "select", "sel_fwd", "sel_bwd_dq", "sel_bwd_dkdv")
+KERNELS = (
+    "ball_fwd",
+    "ball_bwd_dq",
+    "ball_bwd_dkdv",
+    "cmp_fwd",
+    "cmp_bwd_dq",
+    "cmp_bwd_dkdv",
+    "select",
+    "sel_fwd",
+    "sel_bwd_dq",
+    "sel_bwd_dkdv",
+)
 
 #: Measured configs: ``(kernel, arch, dtype class, padded head dim) -> partial config``.
 #: Keys missing from an entry fall back to :func:`_base`.
@@ -86,14 +97,26 @@ def _base(kernel: str, BD: int, dc: str, ar: str) -> dict[str, int]:
     return cfg
 
 
-def get(kernel: str, D: int, dtype: torch.dtype, device: torch.device, block_m: int = 0,
-        block_n: int = 0, num_warps: int = 0, num_stages: int = 0) -> dict[str, int]:
+def get(
+    kernel: str,
+    D: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    block_m: int = 0,
+    block_n: int = 0,
+    num_warps: int = 0,
+    num_stages: int = 0,
+) -> dict[str, int]:
     """Config of one kernel launch (a fresh dict)."""
     BD, dc, ar = head_block(D), dtype_class(dtype), arch(device)
     cfg = _base(kernel, BD, dc, ar)
     cfg.update(TABLE.get((kernel, ar, dc, BD), {}))
-    for key, val in (("BM", block_m), ("BN", block_n), ("num_warps", num_warps),
-                     ("num_stages", num_stages)):
+    for key, val in (
+        ("BM", block_m),
+        ("BN", block_n),
+        ("num_warps", num_warps),
+        ("num_stages", num_stages),
+    ):
         if val > 0:
             cfg[key] = int(val)
     return cfg

@@ -1,4 +1,5 @@
 """Triton helpers shared by the kernels (private)."""
+
 from __future__ import annotations
 
 import triton
@@ -55,8 +56,11 @@ def store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc):
     and its natural-log LSE (``LSE [S, H]``); rows without any key get ``o = 0``, ``lse = -inf``."""
     has = l_i > 0
     o = acc / tl.where(has, l_i, 1.0)[:, None]
-    tl.store(O + rows[:, None] * (H * D) + h * D + d[None, :], o.to(O.dtype.element_ty),
-             mask=rmask[:, None] & dmask[None, :])
+    tl.store(
+        O + rows[:, None] * (H * D) + h * D + d[None, :],
+        o.to(O.dtype.element_ty),
+        mask=rmask[:, None] & dmask[None, :],
+    )
     lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("-inf"))
     tl.store(LSE + rows * H + h, lse, mask=rmask)
 

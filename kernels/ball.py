@@ -7,11 +7,16 @@ is computed from positions in registers; no ``[m, m]`` tensor is ever written.  
 kernels (dK/dV per key tile, dQ per query tile), both closed over the ball, so no atomics are used;
 ``dsigma`` is reduced from per-program partials with a deterministic torch sum.
 """
+
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from . import _config
+from ._common import LOG2E as _LOG2E
+from ._common import as_u8, check_dtype, dot_precision, head_block
 from ._tl import M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -29,9 +34,26 @@ def _dist(POS, rows, cols, rmask, cmask, P: tl.constexpr, BM: tl.constexpr, BN: 
 
 
 @triton.jit
-def _ball_fwd_kernel(Q, K, V, POS, MASK, SIGMA, O, LSE, S, H, D, BALL, qk_scale,
-                     P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                     PREC: tl.constexpr):
+def _ball_fwd_kernel(
+    Q,
+    K,
+    V,
+    POS,
+    MASK,
+    SIGMA,
+    O,
+    LSE,
+    S,
+    H,
+    D,
+    BALL,
+    qk_scale,
+    P: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = pid.to(tl.int64) * BM
@@ -41,8 +63,11 @@ def _ball_fwd_kernel(Q, K, V, POS, MASK, SIGMA, O, LSE, S, H, D, BALL, qk_scale,
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
-    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
-                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        Q + rows[:, None] * stride + h * D + d[None, :],
+        mask=rmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -62,10 +87,31 @@ def _ball_fwd_kernel(Q, K, V, POS, MASK, SIGMA, O, LSE, S, H, D, BALL, qk_scale,
 
 
 @triton.jit
-def _ball_bwd_dkdv_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DK, DV, DSIG,
-                          S, H, D, BALL, qk_scale, scale,
-                          P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                          PREC: tl.constexpr):
+def _ball_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    POS,
+    MASK,
+    SIGMA,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    DSIG,
+    S,
+    H,
+    D,
+    BALL,
+    qk_scale,
+    scale,
+    P: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = pid.to(tl.int64) * BN
@@ -109,10 +155,29 @@ def _ball_bwd_dkdv_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DK, DV, DSI
 
 
 @triton.jit
-def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
-                        S, H, D, BALL, qk_scale, scale,
-                        P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                        PREC: tl.constexpr):
+def _ball_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    POS,
+    MASK,
+    SIGMA,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    S,
+    H,
+    D,
+    BALL,
+    qk_scale,
+    scale,
+    P: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     # Two passes over the ball's keys: first delta_i = sum_j p_ij dp_ij (exact, in fp32, instead
     # of rowsum(dO * O) with a rounded O: dsigma is a cancellation-heavy sum that needs it),
     # written for the dK/dV kernel; then dq.
@@ -165,25 +230,38 @@ def _ball_bwd_dq_kernel(Q, K, V, POS, MASK, SIGMA, DO, LSE, DELTA, DQ,
 # ----------------------------------------------------------------------------------------------
 # launchers + custom ops
 # ----------------------------------------------------------------------------------------------
-import torch  # noqa: E402
-
-from . import _config  # noqa: E402
-from ._common import (  # noqa: E402
-    LOG2E as _LOG2E, as_u8, check_dtype, dot_precision, head_block)
 
 
-def _cfg(kernel: str, m: int, q: torch.Tensor, block_m: int, block_n: int, num_warps: int,
-         num_stages: int):
-    cfg = _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
-                      num_stages)
+def _cfg(
+    kernel: str,
+    m: int,
+    q: torch.Tensor,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+):
+    cfg = _config.get(
+        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages
+    )
     return min(m, cfg["BM"]), min(m, cfg["BN"]), _config.launch_meta(cfg)
 
 
 @torch.library.custom_op("tgnsa::ball_attention_fwd", mutates_args=())
-def ball_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                       mask: torch.Tensor, sigma: torch.Tensor, ball_size: int, scale: float,
-                       block_m: int, block_n: int, num_warps: int,
-                       num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ball_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: torch.Tensor,
+    ball_size: int,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
@@ -191,9 +269,27 @@ def ball_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: t
         return o, lse
     BM, BN, launch = _cfg("ball_fwd", ball_size, q, block_m, block_n, num_warps, num_stages)
     grid = (triton.cdiv(S, BM), H)
-    _ball_fwd_kernel[grid](q, k, v, pos, mask, sigma, o, lse, S, H, D, ball_size, scale * _LOG2E,
-                           P=pos.shape[1], BM=BM, BN=BN, BD=head_block(D),
-                           PREC=dot_precision(q.dtype), **launch)
+    _ball_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        pos,
+        mask,
+        sigma,
+        o,
+        lse,
+        S,
+        H,
+        D,
+        ball_size,
+        scale * _LOG2E,
+        P=pos.shape[1],
+        BM=BM,
+        BN=BN,
+        BD=head_block(D),
+        PREC=dot_precision(q.dtype),
+        **launch,
+    )
     return o, lse
 
 
@@ -203,11 +299,23 @@ def _(q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps, 
 
 
 @torch.library.custom_op("tgnsa::ball_attention_bwd", mutates_args=())
-def ball_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       pos: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor, o: torch.Tensor,
-                       lse: torch.Tensor, ball_size: int, scale: float, block_m: int, block_n: int,
-                       num_warps: int, num_stages: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def ball_attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    ball_size: int,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     do = do.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -216,22 +324,63 @@ def ball_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(P=pos.shape[1], BD=head_block(D), PREC=dot_precision(q.dtype))
     BM, BN, launch = _cfg("ball_bwd_dq", ball_size, q, block_m, block_n, num_warps, num_stages)
-    _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](q, k, v, pos, mask, sigma, do, lse, delta, dq,
-                                                 S, H, D, ball_size, scale * _LOG2E, scale,
-                                                 BM=BM, BN=BN, **common, **launch)
+    _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](
+        q,
+        k,
+        v,
+        pos,
+        mask,
+        sigma,
+        do,
+        lse,
+        delta,
+        dq,
+        S,
+        H,
+        D,
+        ball_size,
+        scale * _LOG2E,
+        scale,
+        BM=BM,
+        BN=BN,
+        **common,
+        **launch,
+    )
     BM, BN, launch = _cfg("ball_bwd_dkdv", ball_size, q, block_m, block_n, num_warps, num_stages)
     nkt = triton.cdiv(S, BN)
     dsig_part = torch.empty((nkt, H), device=q.device, dtype=torch.float32)
-    _ball_bwd_dkdv_kernel[(nkt, H)](q, k, v, pos, mask, sigma, do, lse, delta, dk, dv, dsig_part,
-                                    S, H, D, ball_size, scale * _LOG2E, scale,
-                                    BM=BM, BN=BN, **common, **launch)
+    _ball_bwd_dkdv_kernel[(nkt, H)](
+        q,
+        k,
+        v,
+        pos,
+        mask,
+        sigma,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        dsig_part,
+        S,
+        H,
+        D,
+        ball_size,
+        scale * _LOG2E,
+        scale,
+        BM=BM,
+        BN=BN,
+        **common,
+        **launch,
+    )
     dsigma = dsig_part.sum(0).to(sigma.dtype)
     return dq, dk, dv, dsigma
 
 
 @ball_attention_bwd.register_fake
-def _(do, q, k, v, pos, mask, sigma, o, lse, ball_size, scale, block_m, block_n, num_warps,
-      num_stages):
+def _(
+    do, q, k, v, pos, mask, sigma, o, lse, ball_size, scale, block_m, block_n, num_warps, num_stages
+):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(sigma)
 
 
@@ -252,10 +401,21 @@ def _ball_backward(ctx, do, dlse):
 ball_attention_fwd.register_autograd(_ball_backward, setup_context=_ball_setup)
 
 
-def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                   mask: torch.Tensor, sigma: torch.Tensor, ball_size: int,
-                   scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
-                   num_warps: int = 0, num_stages: int = 0) -> torch.Tensor:
+def ball_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: torch.Tensor,
+    ball_size: int,
+    scale: float | None = None,
+    *,
+    block_m: int = 0,
+    block_n: int = 0,
+    num_warps: int = 0,
+    num_stages: int = 0,
+) -> torch.Tensor:
     r"""Local ball attention with the distance bias, Triton kernels.
 
     Args:
@@ -275,8 +435,18 @@ def ball_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch
     check_dtype(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    o, _ = ball_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
-                              pos.detach().float().contiguous(), as_u8(mask),
-                              sigma.contiguous(), int(ball_size), float(scale), int(block_m),
-                              int(block_n), int(num_warps), int(num_stages))
+    o, _ = ball_attention_fwd(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        pos.detach().float().contiguous(),
+        as_u8(mask),
+        sigma.contiguous(),
+        int(ball_size),
+        float(scale),
+        int(block_m),
+        int(block_n),
+        int(num_warps),
+        int(num_stages),
+    )
     return o

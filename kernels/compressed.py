@@ -10,6 +10,7 @@ recomputes the probabilities: dQ per query tile (it also writes ``delta = rowsum
 dKc/dVc per compressed-key tile on transposed ``[keys, queries]`` tiles, looping over the queries of
 that key's cloud; no atomics, deterministic.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,8 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _config
-from ._common import LOG2E as _LOG2E, as_u8, check_dtype, dot_precision, head_block
+from ._common import LOG2E as _LOG2E
+from ._common import as_u8, check_dtype, dot_precision, head_block
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -35,9 +37,26 @@ def _row_ranges(LO, HI, rows, rmask, NC):
 
 
 @triton.jit
-def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
-                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
-                    FOLD: tl.constexpr):
+def _cmp_fwd_kernel(
+    Q,
+    KC,
+    VC,
+    BMASK,
+    LO,
+    HI,
+    O,
+    LSE,
+    S,
+    NC,
+    H,
+    D,
+    qk_scale,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+    FOLD: tl.constexpr,
+):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
@@ -46,8 +65,11 @@ def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
-    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
-                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        Q + rows[:, None] * stride + h * D + d[None, :],
+        mask=rmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
@@ -62,16 +84,37 @@ def _cmp_fwd_kernel(Q, KC, VC, BMASK, LO, HI, O, LSE, S, NC, H, D, qk_scale,
         cbias = key_bias(BMASK, cols, cmask)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
         if mixed:
-            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s,
-                         float("-inf"))
+            s = tl.where(
+                (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf")
+            )
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
     store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
 @triton.jit
-def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H, D, qk_scale,
-                       scale,
-                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+def _cmp_bwd_dq_kernel(
+    Q,
+    KC,
+    VC,
+    BMASK,
+    LO,
+    HI,
+    O,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    S,
+    NC,
+    H,
+    D,
+    qk_scale,
+    scale,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     # delta = rowsum(dO * O) in fp32, written for the dK/dV kernel (runs first)
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -100,17 +143,39 @@ def _cmp_bwd_dq_kernel(Q, KC, VC, BMASK, LO, HI, O, DO, LSE, DELTA, DQ, S, NC, H
         cbias = key_bias(BMASK, cols, cmask)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + cbias[None, :]
         if mixed:
-            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s,
-                         float("-inf"))
+            s = tl.where(
+                (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf")
+            )
         p = tl.exp2(s - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq, PREC)
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
 
 
 @triton.jit
-def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC, H, D, C,
-                         qk_scale, scale,
-                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+def _cmp_bwd_dkdv_kernel(
+    Q,
+    KC,
+    VC,
+    BMASK,
+    LO,
+    HI,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    S,
+    NC,
+    H,
+    D,
+    C,
+    qk_scale,
+    scale,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     # Transposed tiles ([keys, queries]): P^T and dS^T feed the dK/dV dots as they are, with no
     # register transpose.
     pid = tl.program_id(0)
@@ -144,8 +209,9 @@ def _cmp_bwd_dkdv_kernel(Q, KC, VC, BMASK, LO, HI, DO, LSE, DELTA, DK, DV, S, NC
         if mixed:  # keys of several clouds: every query row keeps its own cloud's keys
             lo = tl.load(LO + rows, mask=rmask, other=NC)
             hi = tl.load(HI + rows, mask=rmask, other=0)
-            st = tl.where((cols[:, None] >= lo[None, :]) & (cols[:, None] < hi[None, :]), st,
-                          float("-inf"))
+            st = tl.where(
+                (cols[:, None] >= lo[None, :]) & (cols[:, None] < hi[None, :]), st, float("-inf")
+            )
         pt = tl.exp2(st - lse[None, :])
         dk, dv, _ = dkdv_step(pt, q, do, v, delta, dk, dv, PREC)
     tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
@@ -181,8 +247,10 @@ def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     B = ptr.numel() - 1
     dev = ptr.device
     if B <= 0:
-        return (torch.full((S,), n, dtype=torch.int32, device=dev),
-                torch.zeros((S,), dtype=torch.int32, device=dev))
+        return (
+            torch.full((S,), n, dtype=torch.int32, device=dev),
+            torch.zeros((S,), dtype=torch.int32, device=dev),
+        )
     ptr = ptr.to(torch.int64)
     slots = torch.arange(S, device=dev, dtype=torch.int64)
     b = torch.searchsorted(ptr, slots, right=True) - 1
@@ -193,17 +261,26 @@ def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     return lo, hi
 
 
-def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int,
-         num_stages: int):
-    return _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
-                       num_stages)
+def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int, num_stages: int):
+    return _config.get(
+        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages
+    )
 
 
 @torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
-def compressed_attention_fwd(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
-                             block_mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                             scale: float, block_m: int, block_n: int, num_warps: int,
-                             num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+def compressed_attention_fwd(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    block_mask: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NC = kc.shape[0]
     o = torch.empty_like(q)
@@ -212,9 +289,26 @@ def compressed_attention_fwd(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor
         return o, lse
     cfg = _cfg("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
     _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
-        q, kc, vc, block_mask, lo, hi, o, lse, S, NC, H, D, scale * _LOG2E,
-        BM=cfg["BM"], BN=cfg["BN"], BD=head_block(D), PREC=dot_precision(q.dtype),
-        FOLD=scale > 0, **_config.launch_meta(cfg))
+        q,
+        kc,
+        vc,
+        block_mask,
+        lo,
+        hi,
+        o,
+        lse,
+        S,
+        NC,
+        H,
+        D,
+        scale * _LOG2E,
+        BM=cfg["BM"],
+        BN=cfg["BN"],
+        BD=head_block(D),
+        PREC=dot_precision(q.dtype),
+        FOLD=scale > 0,
+        **_config.launch_meta(cfg),
+    )
     return o, lse
 
 
@@ -224,11 +318,22 @@ def _(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_sta
 
 
 @torch.library.custom_op("tgnsa::compressed_attention_bwd", mutates_args=())
-def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
-                             block_mask: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                             o: torch.Tensor, lse: torch.Tensor, scale: float, block_m: int,
-                             block_n: int, num_warps: int, num_stages: int
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compressed_attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    block_mask: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NC = kc.shape[0]
     do = do.contiguous()
@@ -240,13 +345,54 @@ def compressed_attention_bwd(do: torch.Tensor, q: torch.Tensor, kc: torch.Tensor
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     cfg = _cfg("cmp_bwd_dq", q, block_m, block_n, num_warps, num_stages)
     _cmp_bwd_dq_kernel[(triton.cdiv(S, cfg["BM"]), H)](
-        q, kc, vc, block_mask, lo, hi, o, do, lse, delta, dq, S, NC, H, D, scale * _LOG2E, scale,
-        BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
+        q,
+        kc,
+        vc,
+        block_mask,
+        lo,
+        hi,
+        o,
+        do,
+        lse,
+        delta,
+        dq,
+        S,
+        NC,
+        H,
+        D,
+        scale * _LOG2E,
+        scale,
+        BM=cfg["BM"],
+        BN=cfg["BN"],
+        **common,
+        **_config.launch_meta(cfg),
+    )
     cfg = _cfg("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
     dk, dv = torch.empty_like(kc), torch.empty_like(vc)
     _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H)](
-        q, kc, vc, block_mask, lo, hi, do, lse, delta, dk, dv, S, NC, H, D, C, scale * _LOG2E,
-        scale, BM=cfg["BM"], BN=cfg["BN"], **common, **_config.launch_meta(cfg))
+        q,
+        kc,
+        vc,
+        block_mask,
+        lo,
+        hi,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        S,
+        NC,
+        H,
+        D,
+        C,
+        scale * _LOG2E,
+        scale,
+        BM=cfg["BM"],
+        BN=cfg["BN"],
+        **common,
+        **_config.launch_meta(cfg),
+    )
     return dq, dk, dv
 
 
@@ -272,11 +418,20 @@ def _cmp_backward(ctx, do, dlse):
 compressed_attention_fwd.register_autograd(_cmp_backward, setup_context=_cmp_setup)
 
 
-def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
-                         block_mask: torch.Tensor, ptr: torch.Tensor, block_size: int,
-                         scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
-                         num_warps: int = 0, num_stages: int = 0
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def compressed_attention(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    block_mask: torch.Tensor,
+    ptr: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+    *,
+    block_m: int = 0,
+    block_n: int = 0,
+    num_warps: int = 0,
+    num_stages: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Attention of every query to the compressed blocks of its own cloud, Triton kernels.
 
     Args:
@@ -297,6 +452,16 @@ def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
         scale = q.shape[-1] ** -0.5
     S = q.shape[0]
     lo, hi = cloud_block_ranges(ptr, S, int(block_size))
-    return compressed_attention_fwd(q.contiguous(), kc.contiguous(), vc.contiguous(),
-                                    as_u8(block_mask), lo, hi, float(scale),
-                                    int(block_m), int(block_n), int(num_warps), int(num_stages))
+    return compressed_attention_fwd(
+        q.contiguous(),
+        kc.contiguous(),
+        vc.contiguous(),
+        as_u8(block_mask),
+        lo,
+        hi,
+        float(scale),
+        int(block_m),
+        int(block_n),
+        int(num_warps),
+        int(num_stages),
+    )

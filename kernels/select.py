@@ -8,6 +8,7 @@ chunk's selection blocks into a running top-k held in registers.  The order is e
 is a 64-bit key ``(float bits of the importance) << 32 | (2^31 - 1 - gamma)``, so equal importances
 prefer the smaller ``gamma`` (the contract's tie rule).  Memory is O(S/g * topk).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,8 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._common import LOG2E as _LOG2E, as_u8, dot_precision, head_block, next_pow2
+from ._common import LOG2E as _LOG2E
+from ._common import as_u8, dot_precision, head_block, next_pow2
 from ._tl import key_bias, lse2
 
 
@@ -49,9 +51,29 @@ def _merge_topk(top, ck, TOPK: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
-def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, qk_scale,
-                   R: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr,
-                   BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+def _select_kernel(
+    Q,
+    KC,
+    LSE,
+    BMASK,
+    MASK,
+    SELVALID,
+    LO,
+    HI,
+    OUT,
+    S,
+    H,
+    D,
+    GS,
+    qk_scale,
+    R: tl.constexpr,
+    TOPK: tl.constexpr,
+    KP: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """One query group per program, heads one after another.  (Scoring all heads in one
     batched ``[H, g, D] x [H, D, BN]`` dot per chunk was correct but 1.6x slower on an H100.)"""
     G = tl.program_id(0).to(tl.int64)
@@ -76,24 +98,41 @@ def _select_kernel(Q, KC, LSE, BMASK, MASK, SELVALID, LO, HI, OUT, S, H, D, GS, 
         cbias = key_bias(BMASK, cols, cmask)
         pacc = tl.zeros([BM, BN], dtype=tl.float32)  # summed over heads, then rows
         for h in range(H):
-            q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
-                        mask=rmask[:, None] & dmask[None, :], other=0.0)
-            k = tl.load(KC + cols.to(tl.int64)[:, None] * stride + h * D + d[None, :],
-                        mask=cmask[:, None] & dmask[None, :], other=0.0)
+            q = tl.load(
+                Q + rows[:, None] * stride + h * D + d[None, :],
+                mask=rmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            k = tl.load(
+                KC + cols.to(tl.int64)[:, None] * stride + h * D + d[None, :],
+                mask=cmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
             lse = lse2(LSE, rows, qreal, h, H)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + cbias[None, :]
             pacc += tl.exp2(s - lse[:, None])
-        top = _merge_topk(top, _chunk_keys(tl.sum(pacc, 0), bstart, hi, SELVALID, R, NT),
-                          TOPK, KP)
+        top = _merge_topk(top, _chunk_keys(tl.sum(pacc, 0), bstart, hi, SELVALID, R, NT), TOPK, KP)
     tl.store(OUT + G * KP + tl.arange(0, KP), top)
 
 
 @torch.library.custom_op("tgnsa::select_blocks", mutates_args=())
-def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
-                     block_mask: torch.Tensor, mask: torch.Tensor, lo: torch.Tensor,
-                     hi: torch.Tensor, block_size: int, select_size: int, group_size: int,
-                     topk: int, scale: float, block_n: int, num_warps: int,
-                     num_stages: int) -> torch.Tensor:
+def select_blocks_op(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    lse: torch.Tensor,
+    block_mask: torch.Tensor,
+    mask: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    block_size: int,
+    select_size: int,
+    group_size: int,
+    topk: int,
+    scale: float,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> torch.Tensor:
     S, H, D = q.shape
     NG = S // group_size
     KP = next_pow2(max(topk, 1))
@@ -105,10 +144,30 @@ def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
     BN = max(cfg["BN"], R)
     selvalid = as_u8(mask.view(-1, select_size).any(1))
     keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
-    _select_kernel[(NG,)](q, kc, lse, block_mask, mask, selvalid, lo, hi, keys, S, H, D,
-                          group_size, scale * _LOG2E, R=R, TOPK=topk, KP=KP,
-                          BM=BM, BN=BN, BD=head_block(D),
-                          PREC=dot_precision(q.dtype), **_config.launch_meta(cfg))
+    _select_kernel[(NG,)](
+        q,
+        kc,
+        lse,
+        block_mask,
+        mask,
+        selvalid,
+        lo,
+        hi,
+        keys,
+        S,
+        H,
+        D,
+        group_size,
+        scale * _LOG2E,
+        R=R,
+        TOPK=topk,
+        KP=KP,
+        BM=BM,
+        BN=BN,
+        BD=head_block(D),
+        PREC=dot_precision(q.dtype),
+        **_config.launch_meta(cfg),
+    )
     keys = keys[:, :topk]
     gam = torch.where(keys >= 0, 2147483647 - (keys & 0xFFFFFFFF), torch.iinfo(torch.int64).max)
     gam = gam.sort(1).values
@@ -116,15 +175,43 @@ def select_blocks_op(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor,
 
 
 @select_blocks_op.register_fake
-def _(q, kc, lse, block_mask, mask, lo, hi, block_size, select_size, group_size, topk, scale,
-      block_n, num_warps, num_stages):
+def _(
+    q,
+    kc,
+    lse,
+    block_mask,
+    mask,
+    lo,
+    hi,
+    block_size,
+    select_size,
+    group_size,
+    topk,
+    scale,
+    block_n,
+    num_warps,
+    num_stages,
+):
     return q.new_empty((q.shape[0] // group_size, topk), dtype=torch.int64)
 
 
-def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_mask: torch.Tensor,
-                  mask: torch.Tensor, ptr: torch.Tensor, block_size: int, select_size: int,
-                  group_size: int, topk: int, scale: float | None = None, *, block_n: int = 0,
-                  num_warps: int = 0, num_stages: int = 0) -> torch.Tensor:
+def select_blocks(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    lse: torch.Tensor,
+    block_mask: torch.Tensor,
+    mask: torch.Tensor,
+    ptr: torch.Tensor,
+    block_size: int,
+    select_size: int,
+    group_size: int,
+    topk: int,
+    scale: float | None = None,
+    *,
+    block_n: int = 0,
+    num_warps: int = 0,
+    num_stages: int = 0,
+) -> torch.Tensor:
     r"""Top-k selection blocks per query group from the compressed-attention probabilities.
 
     Args:
@@ -153,8 +240,20 @@ def select_blocks(q: torch.Tensor, kc: torch.Tensor, lse: torch.Tensor, block_ma
         scale = q.shape[-1] ** -0.5
     lo, hi = cloud_block_ranges(ptr, q.shape[0], int(block_size))
     with torch.no_grad():
-        return select_blocks_op(q.detach().contiguous(), kc.detach().contiguous(),
-                                lse.detach().float().contiguous(),
-                                as_u8(block_mask), as_u8(mask), lo, hi, int(block_size),
-                                int(select_size), int(group_size), int(topk), float(scale),
-                                int(block_n), int(num_warps), int(num_stages))
+        return select_blocks_op(
+            q.detach().contiguous(),
+            kc.detach().contiguous(),
+            lse.detach().float().contiguous(),
+            as_u8(block_mask),
+            as_u8(mask),
+            lo,
+            hi,
+            int(block_size),
+            int(select_size),
+            int(group_size),
+            int(topk),
+            float(scale),
+            int(block_n),
+            int(num_warps),
+            int(num_stages),
+        )

@@ -7,6 +7,7 @@ of it) and one head and loops over the query groups that chose the block, read f
 (CSR: blocks -> groups) built with a stable sort; several groups are gathered into one M tile.  Every
 output element is written by exactly one program: no atomics, deterministic.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,8 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._common import LOG2E as _LOG2E, as_u8, check_dtype, dot_precision, head_block, next_pow2
+from ._common import LOG2E as _LOG2E
+from ._common import as_u8, check_dtype, dot_precision, head_block, next_pow2
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -30,9 +32,27 @@ def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
 
 
 @triton.jit
-def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale,
-                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
-                    FOLD: tl.constexpr):
+def _sel_fwd_kernel(
+    Q,
+    K,
+    V,
+    MASK,
+    IDX,
+    O,
+    LSE,
+    S,
+    H,
+    D,
+    TOPK,
+    SEL,
+    GS,
+    qk_scale,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+    FOLD: tl.constexpr,
+):
     G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
@@ -41,8 +61,11 @@ def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
-    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :],
-                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        Q + rows[:, None] * stride + h * D + d[None, :],
+        mask=rmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
@@ -58,9 +81,30 @@ def _sel_fwd_kernel(Q, K, V, MASK, IDX, O, LSE, S, H, D, TOPK, SEL, GS, qk_scale
 
 
 @triton.jit
-def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, O, DO, LSE, DELTA, DQ, S, H, D, TOPK, SEL, GS,
-                       qk_scale, scale,
-                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+def _sel_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    MASK,
+    IDX,
+    O,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    S,
+    H,
+    D,
+    TOPK,
+    SEL,
+    GS,
+    qk_scale,
+    scale,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
@@ -92,9 +136,31 @@ def _sel_bwd_dq_kernel(Q, K, V, MASK, IDX, O, DO, LSE, DELTA, DQ, S, H, D, TOPK,
 
 
 @triton.jit
-def _sel_bwd_dkdv_kernel(Q, K, V, MASK, OFF, GRP, DO, LSE, DELTA, DK, DV, S, H, D, SEL, GS,
-                         qk_scale, scale, GPI: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+def _sel_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    MASK,
+    OFF,
+    GRP,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    S,
+    H,
+    D,
+    SEL,
+    GS,
+    qk_scale,
+    scale,
+    GPI: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)  # key tile of BN rows (BN divides SEL)
     h = tl.program_id(1)
     cols = pid * BN + tl.arange(0, BN)
@@ -142,15 +208,16 @@ def inverse_map(idx: torch.Tensor, num_blocks: int):
     key = torch.where(flat >= 0, flat, num_blocks)
     skey, order = torch.sort(key, stable=True)
     grp = (order // max(K, 1)).to(torch.int32)
-    off = torch.searchsorted(skey, torch.arange(num_blocks + 1, device=idx.device,
-                                                dtype=skey.dtype)).to(torch.int32)
+    off = torch.searchsorted(
+        skey, torch.arange(num_blocks + 1, device=idx.device, dtype=skey.dtype)
+    ).to(torch.int32)
     return off, grp
 
 
-def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int,
-         num_stages: int):
-    return _config.get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps,
-                       num_stages)
+def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int, num_stages: int):
+    return _config.get(
+        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages
+    )
 
 
 def _key_tile(block_n: int, s: int, topk: int) -> int:
@@ -159,10 +226,20 @@ def _key_tile(block_n: int, s: int, topk: int) -> int:
 
 
 @torch.library.custom_op("tgnsa::selected_attention_fwd", mutates_args=())
-def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                           idx: torch.Tensor, select_size: int, group_size: int, scale: float,
-                           block_m: int, block_n: int, num_warps: int,
-                           num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+def selected_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    idx: torch.Tensor,
+    select_size: int,
+    group_size: int,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
@@ -170,11 +247,28 @@ def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     if S == 0 or NG == 0:
         return o, lse
     cfg = _cfg("sel_fwd", q, 0, block_n, num_warps, num_stages)
-    _sel_fwd_kernel[(NG, H)](q, k, v, mask, idx, o, lse, S, H, D, TOPK, select_size, group_size,
-                             scale * _LOG2E, BM=max(16, next_pow2(group_size)),
-                             BN=_key_tile(cfg["BN"], select_size, TOPK), BD=head_block(D),
-                             PREC=dot_precision(q.dtype), FOLD=scale > 0,
-                             **_config.launch_meta(cfg))
+    _sel_fwd_kernel[(NG, H)](
+        q,
+        k,
+        v,
+        mask,
+        idx,
+        o,
+        lse,
+        S,
+        H,
+        D,
+        TOPK,
+        select_size,
+        group_size,
+        scale * _LOG2E,
+        BM=max(16, next_pow2(group_size)),
+        BN=_key_tile(cfg["BN"], select_size, TOPK),
+        BD=head_block(D),
+        PREC=dot_precision(q.dtype),
+        FOLD=scale > 0,
+        **_config.launch_meta(cfg),
+    )
     return o, lse
 
 
@@ -184,11 +278,23 @@ def _(q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_
 
 
 @torch.library.custom_op("tgnsa::selected_attention_bwd", mutates_args=())
-def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           mask: torch.Tensor, idx: torch.Tensor, o: torch.Tensor,
-                           lse: torch.Tensor, select_size: int, group_size: int, scale: float,
-                           block_m: int, block_n: int, num_warps: int, num_stages: int
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def selected_attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    idx: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    select_size: int,
+    group_size: int,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NG, TOPK = idx.shape
     do = do.contiguous()
@@ -199,31 +305,99 @@ def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     BMG = max(16, next_pow2(group_size))
     cfg = _cfg("sel_bwd_dq", q, 0, block_n, num_warps, num_stages)
-    _sel_bwd_dq_kernel[(NG, H)](q, k, v, mask, idx, o, do, lse, delta, dq, S, H, D, TOPK,
-                                select_size, group_size, scale * _LOG2E, scale, BM=BMG,
-                                BN=_key_tile(cfg["BN"], select_size, TOPK), **common,
-                                **_config.launch_meta(cfg))
+    _sel_bwd_dq_kernel[(NG, H)](
+        q,
+        k,
+        v,
+        mask,
+        idx,
+        o,
+        do,
+        lse,
+        delta,
+        dq,
+        S,
+        H,
+        D,
+        TOPK,
+        select_size,
+        group_size,
+        scale * _LOG2E,
+        scale,
+        BM=BMG,
+        BN=_key_tile(cfg["BN"], select_size, TOPK),
+        **common,
+        **_config.launch_meta(cfg),
+    )
     off, grp = inverse_map(idx, S // select_size)
     # dK/dV: the key tile divides the selection block; the M tile gathers whole groups
     cfg = _cfg("sel_bwd_dkdv", q, block_m, 0, num_warps, num_stages)
     BNK = max(16, min(select_size, cfg["BN"]))
     BMK = max(BMG, cfg["BM"])
-    _sel_bwd_dkdv_kernel[(S // BNK, H)](q, k, v, mask, off, grp, do, lse, delta, dk, dv, S, H, D,
-                                        select_size, group_size, scale * _LOG2E, scale,
-                                        GPI=max(1, BMK // group_size), BM=BMK, BN=BNK, **common,
-                                        **_config.launch_meta(cfg))
+    _sel_bwd_dkdv_kernel[(S // BNK, H)](
+        q,
+        k,
+        v,
+        mask,
+        off,
+        grp,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        S,
+        H,
+        D,
+        select_size,
+        group_size,
+        scale * _LOG2E,
+        scale,
+        GPI=max(1, BMK // group_size),
+        BM=BMK,
+        BN=BNK,
+        **common,
+        **_config.launch_meta(cfg),
+    )
     return dq, dk, dv
 
 
 @selected_attention_bwd.register_fake
-def _(do, q, k, v, mask, idx, o, lse, select_size, group_size, scale, block_m, block_n, num_warps,
-      num_stages):
+def _(
+    do,
+    q,
+    k,
+    v,
+    mask,
+    idx,
+    o,
+    lse,
+    select_size,
+    group_size,
+    scale,
+    block_m,
+    block_n,
+    num_warps,
+    num_stages,
+):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _sel_setup(ctx, inputs, output):
-    (q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps,
-     num_stages) = inputs
+    (
+        q,
+        k,
+        v,
+        mask,
+        idx,
+        select_size,
+        group_size,
+        scale,
+        block_m,
+        block_n,
+        num_warps,
+        num_stages,
+    ) = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, mask, idx, o, lse)
     ctx.args = (select_size, group_size, scale, block_m, block_n, num_warps, num_stages)
@@ -239,10 +413,21 @@ def _sel_backward(ctx, do, dlse):
 selected_attention_fwd.register_autograd(_sel_backward, setup_context=_sel_setup)
 
 
-def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                       idx: torch.Tensor, select_size: int, group_size: int,
-                       scale: float | None = None, *, block_m: int = 0, block_n: int = 0,
-                       num_warps: int = 0, num_stages: int = 0) -> torch.Tensor:
+def selected_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    idx: torch.Tensor,
+    select_size: int,
+    group_size: int,
+    scale: float | None = None,
+    *,
+    block_m: int = 0,
+    block_n: int = 0,
+    num_warps: int = 0,
+    num_stages: int = 0,
+) -> torch.Tensor:
     r"""Block-sparse attention of each query group to its selected blocks, Triton kernels.
 
     Args:
@@ -262,8 +447,17 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     check_dtype(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    return selected_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
-                                  as_u8(mask),
-                                  idx.to(torch.int64).contiguous(), int(select_size),
-                                  int(group_size), float(scale), int(block_m), int(block_n),
-                                  int(num_warps), int(num_stages))[0]
+    return selected_attention_fwd(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        as_u8(mask),
+        idx.to(torch.int64).contiguous(),
+        int(select_size),
+        int(group_size),
+        float(scale),
+        int(block_m),
+        int(block_n),
+        int(num_warps),
+        int(num_stages),
+    )[0]

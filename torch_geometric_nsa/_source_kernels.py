@@ -8,28 +8,30 @@ install, or the repo root shadowing an editable install) would otherwise leave
 reference.  The finder below only answers for that one subpackage, lazily, so
 Triton is still imported only when a kernel is first used.
 """
+
 import importlib.abc
 import importlib.util
 import os
 import sys
 
-NAME = 'torch_geometric_nsa.kernels'
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                      'kernels')
+NAME = "torch_geometric_nsa.kernels"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "kernels")
 
 
 class _SourceKernelsFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != NAME:
             return None
-        init = os.path.join(SOURCE, '__init__.py')
+        init = os.path.join(SOURCE, "__init__.py")
         return importlib.util.spec_from_file_location(
-            fullname, init, submodule_search_locations=[SOURCE])
+            fullname, init, submodule_search_locations=[SOURCE]
+        )
 
 
 def install() -> None:
     """Registers the finder (after the regular ones) if a checkout's
     ``kernels/`` folder sits next to the package."""
-    if os.path.isfile(os.path.join(SOURCE, '__init__.py')) and not any(
-            isinstance(f, _SourceKernelsFinder) for f in sys.meta_path):
+    if os.path.isfile(os.path.join(SOURCE, "__init__.py")) and not any(
+        isinstance(f, _SourceKernelsFinder) for f in sys.meta_path
+    ):
         sys.meta_path.append(_SourceKernelsFinder())

@@ -4,6 +4,7 @@ Not collected directly (no ``test_`` prefix): ``test_kernels_interpreter.py`` ru
 subprocess with ``TRITON_INTERPRET=1`` set before Triton and the kernels are imported, so the
 variable never leaks into the other test modules of the session.
 """
+
 import os
 import sys
 
@@ -11,19 +12,21 @@ import pytest
 import torch
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_kernels_interpreter.py (needs TRITON_INTERPRET=1)",
-                allow_module_level=True)
+    pytest.skip(
+        "run through test_kernels_interpreter.py (needs TRITON_INTERPRET=1)",
+        allow_module_level=True,
+    )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel_cases as kc  # noqa: E402
 
 CASES = [
     # sizes, m, c, s, g, topk, H, D, dtype, tail, P
-    ([1], 32, 8, 16, 8, 4, 1, 8, torch.float32, 0, 3),               # N = 1, topk >= #blocks
+    ([1], 32, 8, 16, 8, 4, 1, 8, torch.float32, 0, 3),  # N = 1, topk >= #blocks
     ([1, 37, 129, 300], 128, 32, 32, 32, 8, 2, 16, torch.float32, 0, 3),  # mostly-pad last blocks
-    ([5, 200], 64, 16, 32, 16, 4, 2, 8, torch.float16, 64, 3),       # fp16, capacity tail slots
-    ([70, 190], 64, 8, 16, 64, 3, 3, 32, torch.float32, 0, 2),       # g = m, P = 2
-    ([100, 33], 32, 16, 32, 8, 2, 1, 64, torch.float16, 0, 3),       # s = m
+    ([5, 200], 64, 16, 32, 16, 4, 2, 8, torch.float16, 64, 3),  # fp16, capacity tail slots
+    ([70, 190], 64, 8, 16, 64, 3, 3, 32, torch.float32, 0, 2),  # g = m, P = 2
+    ([100, 33], 32, 16, 32, 8, 2, 1, 64, torch.float16, 0, 3),  # s = m
 ]
 
 
@@ -58,32 +61,46 @@ def test_non_positive_scale(scale):
     mask, ptr, bm = case["mask"], case["ptr"], case["block_mask"]
     gout = torch.randn(case["S"], H, D, dtype=torch.float64)
     errors = {}
-    kc.check_op("ball",
-                lambda t: K.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m,
-                                           scale),
-                lambda t: R.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m,
-                                           scale),
-                {n: case[n] for n in ("q", "k", "v", "pos", "sigma")}, torch.float32, gout,
-                ["q", "k", "v", "sigma"], errors, extra_cast=("pos", "sigma"))
-    kc.check_op("compressed",
-                lambda t: K.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c, scale),
-                lambda t: R.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c, scale),
-                {n: case[n] for n in ("q", "kc", "vc")}, torch.float32, gout, ["q", "kc", "vc"],
-                errors)
+    kc.check_op(
+        "ball",
+        lambda t: K.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m, scale),
+        lambda t: R.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m, scale),
+        {n: case[n] for n in ("q", "k", "v", "pos", "sigma")},
+        torch.float32,
+        gout,
+        ["q", "k", "v", "sigma"],
+        errors,
+        extra_cast=("pos", "sigma"),
+    )
+    kc.check_op(
+        "compressed",
+        lambda t: K.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c, scale),
+        lambda t: R.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c, scale),
+        {n: case[n] for n in ("q", "kc", "vc")},
+        torch.float32,
+        gout,
+        ["q", "kc", "vc"],
+        errors,
+    )
     _, lse = R.compressed_attention(case["q"], case["kc"], case["vc"], bm, ptr, c)
     idx = R.select_blocks(case["q"], case["kc"], lse, bm, mask, ptr, c, s, g, topk)
-    kc.check_op("selected",
-                lambda t: K.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g, scale),
-                lambda t: R.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g, scale),
-                {n: case[n] for n in ("q", "k", "v")}, torch.float32, gout, ["q", "k", "v"],
-                errors)
+    kc.check_op(
+        "selected",
+        lambda t: K.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g, scale),
+        lambda t: R.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g, scale),
+        {n: case[n] for n in ("q", "k", "v")},
+        torch.float32,
+        gout,
+        ["q", "k", "v"],
+        errors,
+    )
 
 
 def test_compile_fullgraph():
     from torch_geometric_nsa import kernels as K
 
     torch._dynamo.reset()
-    S, H, D, m, c, s, g = 128, 2, 16, 64, 16, 32, 32
+    H, D, m, c, s, g = 2, 16, 64, 16, 32, 32
     case = kc.make_case([100], m, H, D, c)
     mask, ptr, bm = case["mask"], case["ptr"], case["block_mask"]
 
@@ -112,28 +129,48 @@ def test_opcheck():
     lo, hi = cloud_block_ranges(case["ptr"], S, c)
     for n in ("q", "k", "v", "kc", "vc", "sigma"):
         f[n].requires_grad_()
-    torch.library.opcheck(torch.ops.tgnsa.ball_attention_fwd,
-                          (f["q"], f["k"], f["v"], f["pos"], mask8, f["sigma"], m, 0.25, 0, 0, 0, 0),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    torch.library.opcheck(torch.ops.tgnsa.compressed_attention_fwd,
-                          (f["q"], f["kc"], f["vc"], case["block_mask"].view(torch.uint8), lo, hi,
-                           0.25, 0, 0, 0, 0),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.tgnsa.ball_attention_fwd,
+        (f["q"], f["k"], f["v"], f["pos"], mask8, f["sigma"], m, 0.25, 0, 0, 0, 0),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    torch.library.opcheck(
+        torch.ops.tgnsa.compressed_attention_fwd,
+        (f["q"], f["kc"], f["vc"], case["block_mask"].view(torch.uint8), lo, hi, 0.25, 0, 0, 0, 0),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
-@pytest.mark.parametrize("table", [
-    dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
-    dict(select=dict(BN=16), cmp_bwd_dq=dict(BM=16, BN=32), sel_fwd=dict(BN=32),
-         sel_bwd_dq=dict(BN=16), ball_bwd_dq=dict(BM=16, BN=32), ball_bwd_dkdv=dict(BM=32, BN=16)),
-], ids=["table-a", "table-b"])
+@pytest.mark.parametrize(
+    "table",
+    [
+        dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
+        dict(
+            select=dict(BN=16),
+            cmp_bwd_dq=dict(BM=16, BN=32),
+            sel_fwd=dict(BN=32),
+            sel_bwd_dq=dict(BN=16),
+            ball_bwd_dq=dict(BM=16, BN=32),
+            ball_bwd_dkdv=dict(BM=32, BN=16),
+        ),
+    ],
+    ids=["table-a", "table-b"],
+)
 def test_config_table(table, monkeypatch):
     """Other entries of the config table (per-kernel tiles)."""
     from torch_geometric_nsa.kernels import _config
 
-    monkeypatch.setattr(_config, "TABLE", {(k, "interp", dc, bd): v for k, v in table.items()
-                                           for dc in ("16", "32") for bd in (16, 32, 64)})
+    monkeypatch.setattr(
+        _config,
+        "TABLE",
+        {
+            (k, "interp", dc, bd): v
+            for k, v in table.items()
+            for dc in ("16", "32")
+            for bd in (16, 32, 64)
+        },
+    )
     kc.run_all([70, 1, 190], 64, 16, 32, 16, 4, 2, 16, torch.float32, tail=64)
     kc.run_all([100, 33], 64, 16, 32, 32, 3, 1, 32, torch.float16)
     # many chunks of selection candidates (the running top-k merges and skips)
     kc.run_all([1000], 64, 8, 16, 64, 3, 2, 16, torch.float32)
-

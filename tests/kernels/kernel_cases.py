@@ -6,6 +6,7 @@ Every check compares the Triton kernels with the float64 reference
 gradients); float16/bfloat16 need an error at most 2x that of the reference run in the same dtype,
 plus a tiny floor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,18 @@ def make_case(sizes, m, H, D, c, P=3, tail=0, seed=0, device="cpu"):
     def rnd(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
 
-    case = dict(S=S, ptr=ptr.to(device), mask=mask.to(device), q=rnd(S, H, D), k=rnd(S, H, D),
-                v=rnd(S, H, D), pos=rnd(S, P), sigma=-rnd(H).abs(), kc=rnd(S // c, H, D),
-                vc=rnd(S // c, H, D))
+    case = dict(
+        S=S,
+        ptr=ptr.to(device),
+        mask=mask.to(device),
+        q=rnd(S, H, D),
+        k=rnd(S, H, D),
+        v=rnd(S, H, D),
+        pos=rnd(S, P),
+        sigma=-rnd(H).abs(),
+        kc=rnd(S // c, H, D),
+        vc=rnd(S // c, H, D),
+    )
     case["block_mask"] = case["mask"].reshape(-1, c).any(1)
     return case
 
@@ -50,8 +60,10 @@ def _check(name, got, ref64, ref_same, dtype, errors):
 
 
 def _run(fn, inputs, grad_out, diff_names):
-    leaves = {k: (v.detach().clone().requires_grad_(k in diff_names) if torch.is_tensor(v) else v)
-              for k, v in inputs.items()}
+    leaves = {
+        k: (v.detach().clone().requires_grad_(k in diff_names) if torch.is_tensor(v) else v)
+        for k, v in inputs.items()
+    }
     out = fn(leaves)
     o = out[0] if isinstance(out, tuple) else out
     grads = torch.autograd.grad(o, [leaves[n] for n in diff_names], grad_out.to(o.dtype))
@@ -62,16 +74,25 @@ def check_op(name, kfn, rfn, inputs64, dtype, grad_out, diff_names, errors, extr
     """Run kernel (dtype), reference (dtype) and reference (float64); compare outputs + grads."""
 
     def cast(d, dt):
-        return {k: (v.to(dt) if torch.is_tensor(v) and v.is_floating_point() and k not in extra_cast
-                    else v) for k, v in d.items()}
+        return {
+            k: (
+                v.to(dt)
+                if torch.is_tensor(v) and v.is_floating_point() and k not in extra_cast
+                else v
+            )
+            for k, v in d.items()
+        }
 
     # like flash-attn: the float64 reference runs on the same dtype-rounded inputs
     rounded = cast(inputs64, dtype)
     grad_out = grad_out.to(dtype).double()
     ko, kg = _run(kfn, rounded, grad_out, diff_names)
     ro, rg = _run(rfn, cast(rounded, torch.float64), grad_out, diff_names)
-    so, sg = (None, {}) if dtype == torch.float32 else _run(rfn, cast(inputs64, dtype), grad_out,
-                                                            diff_names)
+    so, sg = (
+        (None, {})
+        if dtype == torch.float32
+        else _run(rfn, cast(inputs64, dtype), grad_out, diff_names)
+    )
     k0 = ko[0] if isinstance(ko, tuple) else ko
     r0 = ro[0] if isinstance(ro, tuple) else ro
     s0 = None if so is None else (so[0] if isinstance(so, tuple) else so)
@@ -89,8 +110,12 @@ def importance(q, kc, lse, block_mask, mask, ptr, c, s, g, scale):
     nc = kc.shape[0]
     in_cloud, start, end = _slot_cloud_bounds(ptr, S)
     beta = torch.arange(nc, device=q.device)
-    valid = in_cloud[:, None] & (beta >= start[:, None] // c) & (beta < end[:, None] // c) \
+    valid = (
+        in_cloud[:, None]
+        & (beta >= start[:, None] // c)
+        & (beta < end[:, None] // c)
         & block_mask[None, :]
+    )
     sc = torch.einsum("ihd,jhd->ihj", q.double(), kc.double()) * scale
     l = lse.double()[:, :, None]
     keep = valid[:, None, :] & torch.isfinite(l)
@@ -108,15 +133,18 @@ def check_select(idx, ref_idx, imp, tol):
     if diff.any():
         rows = diff.nonzero().flatten()
         a = torch.where(idx[rows] >= 0, imp[rows].gather(1, idx[rows].clamp_min(0)), 0.0).sum(1)
-        b = torch.where(ref_idx[rows] >= 0, imp[rows].gather(1, ref_idx[rows].clamp_min(0)),
-                        0.0).sum(1)
-        assert ((a - b).abs() <= tol * b.abs() + 1e-12).all(), \
+        b = torch.where(
+            ref_idx[rows] >= 0, imp[rows].gather(1, ref_idx[rows].clamp_min(0)), 0.0
+        ).sum(1)
+        assert ((a - b).abs() <= tol * b.abs() + 1e-12).all(), (
             f"select: {int(diff.sum())} groups differ beyond near-ties"
+        )
     return int(diff.sum())
 
 
-def run_all(sizes, m, c, s, g, topk, H, D, dtype, device="cpu", tail=0, seed=0, P=3,
-            kernel_kwargs=None):
+def run_all(
+    sizes, m, c, s, g, topk, H, D, dtype, device="cpu", tail=0, seed=0, P=3, kernel_kwargs=None
+):
     """Check all four ops on one mixed batch; returns {check: (err, bound)}."""
     from torch_geometric_nsa import kernels as K
     from torch_geometric_nsa.ops import reference as R
@@ -130,19 +158,32 @@ def run_all(sizes, m, c, s, g, topk, H, D, dtype, device="cpu", tail=0, seed=0, 
     ptr, mask, bmask = case["ptr"], case["mask"], case["block_mask"]
 
     # 1. ball
-    check_op("ball",
-             lambda t: K.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m,
-                                        **kw.get("ball", {})),
-             lambda t: R.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m),
-             dict(q=case["q"], k=case["k"], v=case["v"], pos=case["pos"], sigma=case["sigma"]),
-             dtype, gout, ["q", "k", "v", "sigma"], errors, extra_cast=("pos", "sigma"))
+    check_op(
+        "ball",
+        lambda t: K.ball_attention(
+            t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m, **kw.get("ball", {})
+        ),
+        lambda t: R.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m),
+        dict(q=case["q"], k=case["k"], v=case["v"], pos=case["pos"], sigma=case["sigma"]),
+        dtype,
+        gout,
+        ["q", "k", "v", "sigma"],
+        errors,
+        extra_cast=("pos", "sigma"),
+    )
     # 2. compressed (+ lse)
-    ko, ro = check_op("compressed",
-                      lambda t: K.compressed_attention(t["q"], t["kc"], t["vc"], bmask, ptr, c,
-                                                       **kw.get("compressed", {})),
-                      lambda t: R.compressed_attention(t["q"], t["kc"], t["vc"], bmask, ptr, c),
-                      dict(q=case["q"], kc=case["kc"], vc=case["vc"]), dtype, gout,
-                      ["q", "kc", "vc"], errors)
+    ko, ro = check_op(
+        "compressed",
+        lambda t: K.compressed_attention(
+            t["q"], t["kc"], t["vc"], bmask, ptr, c, **kw.get("compressed", {})
+        ),
+        lambda t: R.compressed_attention(t["q"], t["kc"], t["vc"], bmask, ptr, c),
+        dict(q=case["q"], kc=case["kc"], vc=case["vc"]),
+        dtype,
+        gout,
+        ["q", "kc", "vc"],
+        errors,
+    )
     klse, rlse = ko[1], ro[1]
     assert klse.dtype == torch.float32 and klse.shape == (S, H)
     assert torch.equal(torch.isfinite(klse), torch.isfinite(rlse)), "lse: -inf pattern differs"
@@ -157,13 +198,20 @@ def run_all(sizes, m, c, s, g, topk, H, D, dtype, device="cpu", tail=0, seed=0, 
     lse32 = rlse.float()
     idx = K.select_blocks(qd, kcd, lse32, bmask, mask, ptr, c, s, g, topk, **kw.get("select", {}))
     ridx = R.select_blocks(qd, kcd, lse32, bmask, mask, ptr, c, s, g, topk)
-    imp = importance(qd, kcd, lse32, bmask, mask, ptr, c, s, g, D ** -0.5)
+    imp = importance(qd, kcd, lse32, bmask, mask, ptr, c, s, g, D**-0.5)
     ndiff = check_select(idx, ridx, imp, 1e-4 if dtype == torch.float32 else 1e-3)
     errors["select.groups_differing"] = (ndiff, idx.shape[0])
     # 4. selected (with the reference idx)
-    check_op("selected",
-             lambda t: K.selected_attention(t["q"], t["k"], t["v"], mask, ridx, s, g,
-                                            **kw.get("selected", {})),
-             lambda t: R.selected_attention(t["q"], t["k"], t["v"], mask, ridx, s, g),
-             dict(q=case["q"], k=case["k"], v=case["v"]), dtype, gout, ["q", "k", "v"], errors)
+    check_op(
+        "selected",
+        lambda t: K.selected_attention(
+            t["q"], t["k"], t["v"], mask, ridx, s, g, **kw.get("selected", {})
+        ),
+        lambda t: R.selected_attention(t["q"], t["k"], t["v"], mask, ridx, s, g),
+        dict(q=case["q"], k=case["k"], v=case["v"]),
+        dtype,
+        gout,
+        ["q", "k", "v"],
+        errors,
+    )
     return errors

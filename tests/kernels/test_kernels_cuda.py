@@ -1,4 +1,5 @@
 """Full grid of the Triton kernels against the reference on CUDA (skipped without a GPU)."""
+
 import os
 import sys
 
@@ -8,8 +9,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel_cases as kc  # noqa: E402
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 MIXED = [1, 37, 128, 129, 1000, 5000]  # 1..5,000 points, sizes not multiples of any ball size
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -30,8 +33,13 @@ def test_dtype_headdim(dtype, D):
 
 
 CFGS = [  # m, c, s, g, topk
-    (128, 32, 32, 32, 8), (64, 16, 32, 16, 4), (256, 32, 64, 64, 16), (32, 8, 16, 8, 2),
-    (128, 16, 64, 128, 3), (128, 32, 128, 64, 2), (128, 32, 32, 64, 64),
+    (128, 32, 32, 32, 8),
+    (64, 16, 32, 16, 4),
+    (256, 32, 64, 64, 16),
+    (32, 8, 16, 8, 2),
+    (128, 16, 64, 128, 3),
+    (128, 32, 128, 64, 2),
+    (128, 32, 32, 64, 64),
 ]
 
 
@@ -61,8 +69,11 @@ def test_deterministic_backward():
         q, k, v, kc_, vc_ = args
         oc, lse = K.compressed_attention(q, kc_, vc_, bm, ptr, 32)
         idx = K.select_blocks(q, kc_, lse, bm, mask, ptr, 32, 32, 32, 8)
-        o = (K.ball_attention(q, k, v, case["pos"], mask, sigma, 128) + oc
-             + K.selected_attention(q, k, v, mask, idx, 32, 32))
+        o = (
+            K.ball_attention(q, k, v, case["pos"], mask, sigma, 128)
+            + oc
+            + K.selected_attention(q, k, v, mask, idx, 32, 32)
+        )
         return torch.autograd.grad(o.float().square().sum(), args + [sigma])
 
     a, b = step(), step()

@@ -7,8 +7,7 @@ def make_batch(sizes, channels, pos_dim=3, seed=0, dtype=torch.float32):
     n = sum(sizes)
     x = torch.randn(n, channels, generator=gen).to(dtype)
     pos = torch.randn(n, pos_dim, generator=gen).to(dtype)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)),
-                                    torch.tensor(sizes))
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     return x, pos, batch
 
 

@@ -11,11 +11,11 @@ from torch_geometric_nsa.testing import assert_no_leakage
 SMALL = dict(ball_size=32, compress_size=8, topk=3)
 
 
-@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_mixed_batch_equals_clouds_alone(batch_maker, seed):
     gen = torch.Generator().manual_seed(seed)
-    num = int(torch.randint(1, 9, (1, ), generator=gen))
-    sizes = torch.randint(1, 3001, (num, ), generator=gen).tolist()
+    num = int(torch.randint(1, 9, (1,), generator=gen))
+    sizes = torch.randint(1, 3001, (num,), generator=gen).tolist()
     sizes = [min(s, 3000 // num + 1) if num > 3 else s for s in sizes] + [1]
     torch.manual_seed(seed)
     conv = ErwinNSAConv(32, 4, ball_size=64, compress_size=16, topk=2)
@@ -35,7 +35,7 @@ def test_reordering_clouds_reorders_outputs(batch_maker):
     assert torch.allclose(out2, out[idx], atol=1e-6)
 
 
-@pytest.mark.parametrize('heads, channels', [(1, 8), (3, 24), (5, 80)])
+@pytest.mark.parametrize("heads, channels", [(1, 8), (3, 24), (5, 80)])
 def test_any_head_count(batch_maker, heads, channels):
     conv = ErwinNSAConv(channels, heads, **SMALL)
     x, pos, batch = batch_maker([40, 3], channels)
@@ -46,8 +46,7 @@ def test_any_head_count(batch_maker, heads, channels):
 def test_local_only_one_ball_is_dense_attention_with_distance_bias():
     torch.manual_seed(0)
     n, C, H = 50, 32, 4
-    conv = ErwinNSAConv(C, H, ball_size=64, compress_size=16,
-                        branches=('local', ))
+    conv = ErwinNSAConv(C, H, ball_size=64, compress_size=16, branches=("local",))
     with torch.no_grad():
         conv.sigma.copy_(torch.tensor([-1.0, -0.5, 0.0, 0.7]))
     x, pos = torch.randn(n, C), torch.randn(n, 3)
@@ -57,9 +56,8 @@ def test_local_only_one_ball_is_dense_attention_with_distance_bias():
     h = x + conv.pos_proj(pos - pos.mean(0))
     q, k, v = conv.qkv(h).view(n, 3, H, D).unbind(1)
     dist = (pos[:, None] - pos[None]).norm(dim=-1)
-    scores = torch.einsum('ihd,jhd->hij', q, k) / math.sqrt(D) + \
-        conv.sigma.view(H, 1, 1) * dist
-    o = torch.einsum('hij,jhd->ihd', scores.softmax(-1), v).reshape(n, C)
+    scores = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(D) + conv.sigma.view(H, 1, 1) * dist
+    o = torch.einsum("hij,jhd->ihd", scores.softmax(-1), v).reshape(n, C)
     o = o * torch.sigmoid(conv.gate(h)).repeat_interleave(D, 1)
     assert torch.allclose(out, conv.out(o), atol=1e-5)
 
@@ -68,9 +66,9 @@ def test_branches_ablation_changes_parameters_and_output(batch_maker):
     x, pos, batch = batch_maker([70, 30], 16)
     torch.manual_seed(0)
     full = ErwinNSAConv(16, 2, **SMALL)
-    local = ErwinNSAConv(16, 2, branches=('local', ), **SMALL)
-    assert not hasattr(local, 'phi_in') and full.sigma is not None
-    nolocal = ErwinNSAConv(16, 2, branches=('compressed', 'selected'), **SMALL)
+    local = ErwinNSAConv(16, 2, branches=("local",), **SMALL)
+    assert not hasattr(local, "phi_in") and full.sigma is not None
+    nolocal = ErwinNSAConv(16, 2, branches=("compressed", "selected"), **SMALL)
     assert nolocal.sigma is None
     for conv in (full, local, nolocal):
         assert conv(x, pos, batch).shape == (100, 16)
@@ -93,7 +91,7 @@ def test_gradcheck_float64():
     pos = torch.randn(21, 3, dtype=torch.float64)
     batch = torch.tensor([0] * 18 + [1] * 3)
     tree = build_ball_tree(pos, batch, ball_size=16)
-    assert torch.autograd.gradcheck(lambda x: conv(x, pos, batch, tree), (x, ))
+    assert torch.autograd.gradcheck(lambda x: conv(x, pos, batch, tree), (x,))
     out = conv(x, pos, batch, tree).square().sum()
     out.backward()
     for name, p in conv.named_parameters():
@@ -103,23 +101,29 @@ def test_gradcheck_float64():
 def test_pyg_sequential_state_dict_and_repr(batch_maker, tmp_path):
     x, pos, batch = batch_maker([60, 25], 16)
     edge_index = knn_graph(pos, 6, batch)
-    model = Sequential('x, pos, batch, edge_index', [
-        (GCNConv(16, 32), 'x, edge_index -> x'),
-        (ErwinNSAConv(32, 4, **SMALL), 'x, pos, batch -> x'),
-        (GCNConv(32, 8), 'x, edge_index -> x'),
-    ])
+    model = Sequential(
+        "x, pos, batch, edge_index",
+        [
+            (GCNConv(16, 32), "x, edge_index -> x"),
+            (ErwinNSAConv(32, 4, **SMALL), "x, pos, batch -> x"),
+            (GCNConv(32, 8), "x, edge_index -> x"),
+        ],
+    )
     out = model(x, pos, batch, edge_index)
     assert out.shape == (85, 8)
-    torch.save(model.state_dict(), tmp_path / 'm.pt')
-    model2 = Sequential('x, pos, batch, edge_index', [
-        (GCNConv(16, 32), 'x, edge_index -> x'),
-        (ErwinNSAConv(32, 4, **SMALL), 'x, pos, batch -> x'),
-        (GCNConv(32, 8), 'x, edge_index -> x'),
-    ])
-    model2.load_state_dict(torch.load(tmp_path / 'm.pt'))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    model2 = Sequential(
+        "x, pos, batch, edge_index",
+        [
+            (GCNConv(16, 32), "x, edge_index -> x"),
+            (ErwinNSAConv(32, 4, **SMALL), "x, pos, batch -> x"),
+            (GCNConv(32, 8), "x, edge_index -> x"),
+        ],
+    )
+    model2.load_state_dict(torch.load(tmp_path / "m.pt"))
     assert torch.equal(model2(x, pos, batch, edge_index), out)
     conv = ErwinNSAConv(32, 4, **SMALL)
-    assert repr(conv).startswith('ErwinNSAConv(32, heads=4, ball_size=32')
+    assert repr(conv).startswith("ErwinNSAConv(32, heads=4, ball_size=32")
     conv2 = ErwinNSAConv(32, 4, **SMALL)
     conv2.load_state_dict(conv.state_dict())
     conv.reset_parameters()
@@ -132,11 +136,11 @@ def test_torch_compile_fullgraph_with_precomputed_tree(batch_maker):
     conv = ErwinNSAConv(16, 2, **SMALL)
     tree = build_ball_tree(pos, batch, ball_size=32)
     eager = conv(x, pos, batch, tree)
-    compiled = torch.compile(conv, fullgraph=True, backend='aot_eager')
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
     assert torch.allclose(compiled(x, pos, batch, tree), eager, atol=1e-5)
     # building the tree inside may break the graph but gives the same numbers
     torch._dynamo.reset()
-    compiled = torch.compile(conv, backend='aot_eager')
+    compiled = torch.compile(conv, backend="aot_eager")
     assert torch.allclose(compiled(x, pos, batch), eager, atol=1e-5)
 
 
@@ -148,17 +152,19 @@ def test_tiny_clouds(batch_maker):
         assert out.shape == (sum(sizes), 16) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(channels=30, heads=4), 'divisible'),
-    (dict(channels=28, heads=4), 'minimum of 8'),
-    (dict(channels=32, heads=4, ball_size=48), 'power of two'),
-    (dict(channels=32, heads=4, ball_size=32, compress_size=64), 'exceed'),
-    (dict(channels=32, heads=4, compress_size=16, select_size=8),
-     'multiple of'),
-    (dict(channels=32, heads=4, branches=('global', )), 'subset'),
-    (dict(channels=32, heads=4, branches=()), 'subset'),
-    (dict(channels=32, heads=4, topk=0), 'topk'),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(channels=30, heads=4), "divisible"),
+        (dict(channels=28, heads=4), "minimum of 8"),
+        (dict(channels=32, heads=4, ball_size=48), "power of two"),
+        (dict(channels=32, heads=4, ball_size=32, compress_size=64), "exceed"),
+        (dict(channels=32, heads=4, compress_size=16, select_size=8), "multiple of"),
+        (dict(channels=32, heads=4, branches=("global",)), "subset"),
+        (dict(channels=32, heads=4, branches=()), "subset"),
+        (dict(channels=32, heads=4, topk=0), "topk"),
+    ],
+)
 def test_bad_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ErwinNSAConv(**kwargs)
@@ -175,15 +181,14 @@ def test_bad_forward_input(batch_maker):
         conv(x, pos[:, :2], batch)
     with pytest.raises(ValueError, match="'batch' has 3"):
         conv(x, pos, batch[:3])
-    with pytest.raises(TypeError, match='floating point'):
+    with pytest.raises(TypeError, match="floating point"):
         conv(x.long(), pos, batch)
-    with pytest.raises(ValueError, match='NaN'):
-        conv(x, torch.where(torch.rand_like(pos) < 0.1, float('nan'), pos),
-             batch)
-    with pytest.raises(ValueError, match='sorted'):
+    with pytest.raises(ValueError, match="NaN"):
+        conv(x, torch.where(torch.rand_like(pos) < 0.1, float("nan"), pos), batch)
+    with pytest.raises(ValueError, match="sorted"):
         conv(x, pos, batch.flip(0))
     small = build_ball_tree(pos, batch, ball_size=16)
-    with pytest.raises(ValueError, match='ball_size=16'):
+    with pytest.raises(ValueError, match="ball_size=16"):
         conv(x, pos, batch, tree=small)
-    with pytest.raises(ValueError, match='holds 5 points'):
+    with pytest.raises(ValueError, match="holds 5 points"):
         conv(x, pos, batch, tree=build_ball_tree(pos[:5], ball_size=32))

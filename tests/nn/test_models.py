@@ -1,4 +1,3 @@
-import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
@@ -34,15 +33,13 @@ def test_permutation_equivariance(batch_maker):
     x, pos, batch = batch_maker([150], 4, seed=2)
     perm = torch.randperm(150, generator=torch.Generator().manual_seed(0))
     out = model(x, pos, batch)
-    assert torch.allclose(model(x[perm], pos[perm], batch), out[perm],
-                          atol=1e-5)
+    assert torch.allclose(model(x[perm], pos[perm], batch), out[perm], atol=1e-5)
 
 
 def test_trees_from_transform_give_same_output(batch_maker):
     model = make_model()
     t = BallTree(ball_size=32, rotate=45.0)
-    data = [t(Data(x=torch.randn(n, 4), pos=torch.randn(n, 3)))
-            for n in (10, 70, 33)]
+    data = [t(Data(x=torch.randn(n, 4), pos=torch.randn(n, 3))) for n in (10, 70, 33)]
     b = Batch.from_data_list(data)
     tree = BallTree.layout(b, 32)
     tree_rot = BallTree.layout(b, 32, rotated=True)
@@ -57,18 +54,19 @@ def test_given_edges_and_local_only_variant(batch_maker):
     x, pos, batch = batch_maker([60, 20], 4)
     ei = radius_graph(pos, 0.8, batch)
     full = make_model()
-    local = make_model(branches=('local', ), rotate=None)
+    local = make_model(branches=("local",), rotate=None)
     assert full(x, pos, batch, edge_index=ei).shape == (80, 3)
     out = local(x, pos, batch, edge_index=ei)
     assert out.shape == (80, 3)
     loss = out.square().mean()
     loss.backward()
     assert all(p.grad is not None for p in local.parameters())
-    assert 'num_layers=2' in repr(full)
+    assert "num_layers=2" in repr(full)
 
 
 def test_embedding_is_message_passing_and_uses_edges(batch_maker):
     from torch_geometric.nn import MessagePassing
+
     emb = MPNNEmbedding(4, 16, steps=2)
     assert isinstance(emb, MessagePassing)
     x, pos, batch = batch_maker([30], 4)
@@ -81,7 +79,7 @@ def test_embedding_is_message_passing_and_uses_edges(batch_maker):
 def test_bfloat16_model_and_autocast(batch_maker):
     x, pos, batch = batch_maker([70, 20], 4)
     model = make_model()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, pos, batch)
     ref = model(x, pos, batch)
     assert out.dtype == torch.bfloat16
@@ -97,7 +95,7 @@ def test_whole_model_compiles_fullgraph_with_precomputed_trees(batch_maker):
     tree, rot = model.build_trees(pos, batch)
     ei = radius_graph(pos, 0.8, batch)
     eager = model(x, pos, batch, ei, tree, rot)
-    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     out = compiled(x, pos, batch, ei, tree, rot)
     assert torch.allclose(out, eager, atol=1e-6)
     out.square().sum().backward()

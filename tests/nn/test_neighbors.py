@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from torch_geometric_nsa.nn import knn_graph, radius_graph
-from torch_geometric_nsa.nn import neighbors
+from torch_geometric_nsa.nn import knn_graph, neighbors, radius_graph
 
 
 def brute_radius(pos, r, batch, loop=False):
@@ -18,14 +17,13 @@ def as_set(ei):
     return set(map(tuple, ei.t().tolist()))
 
 
-@pytest.mark.parametrize('dim', [2, 3])
-@pytest.mark.parametrize('loop', [False, True])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("loop", [False, True])
 def test_radius_graph_is_exact(dim, loop):
     gen = torch.Generator().manual_seed(dim)
     pos = torch.rand(400, dim, generator=gen) * 4
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor([150, 1, 249]))
-    ours = radius_graph(pos, 0.5, batch, loop=loop, max_num_neighbors=None,
-                        use_cluster=False)
+    ours = radius_graph(pos, 0.5, batch, loop=loop, max_num_neighbors=None, use_cluster=False)
     assert as_set(ours) == as_set(brute_radius(pos, 0.5, batch, loop))
     # sorted by target then source
     key = ours[1] * 400 + ours[0]
@@ -54,15 +52,14 @@ def test_knn_graph_is_exact():
     counts = torch.bincount(ei[1], minlength=200)
     assert (counts[:197] == 4).all() and (counts[197:] == 2).all()
     assert (batch[ei[0]] == batch[ei[1]]).all()
-    d = torch.cdist(pos, pos).fill_diagonal_(float('inf'))
-    d[batch[:, None] != batch[None]] = float('inf')
+    d = torch.cdist(pos, pos).fill_diagonal_(float("inf"))
+    d[batch[:, None] != batch[None]] = float("inf")
     expect = d[:197].topk(4, largest=False).indices
     for i in (0, 100, 196):
         assert set(ei[0][ei[1] == i].tolist()) == set(expect[i].tolist())
 
 
-@pytest.mark.skipif(neighbors.torch_cluster is None,
-                    reason='torch-cluster not installed')
+@pytest.mark.skipif(neighbors.torch_cluster is None, reason="torch-cluster not installed")
 def test_matches_torch_cluster():
     gen = torch.Generator().manual_seed(2)
     pos = torch.rand(500, 3, generator=gen)
@@ -76,18 +73,17 @@ def test_matches_torch_cluster():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match='shape'):
+    with pytest.raises(ValueError, match="shape"):
         radius_graph(torch.rand(5), 0.1)
     with pytest.raises(ValueError, match="'batch' has"):
         radius_graph(torch.rand(5, 3), 0.1, torch.zeros(4, dtype=torch.long))
 
 
-@pytest.mark.parametrize('loop', [False, True])
+@pytest.mark.parametrize("loop", [False, True])
 def test_brute_force_fallback_is_exact(loop):
     # the path taken when the cell keys would overflow int64
     gen = torch.Generator().manual_seed(3)
     pos = torch.rand(300, 3, generator=gen) * 3
     batch = torch.repeat_interleave(torch.arange(2), torch.tensor([120, 180]))
     row, col = neighbors._radius_brute(pos, 0.4, batch, loop, chunk=64)
-    assert as_set(torch.stack([col, row])) == as_set(
-        brute_radius(pos, 0.4, batch, loop))
+    assert as_set(torch.stack([col, row])) == as_set(brute_radius(pos, 0.4, batch, loop))

@@ -2,6 +2,7 @@
 no host synchronisation, a bounded number of dispatched ops per block, q/k/v
 handed to the ops contiguous (the kernels would copy them otherwise), and the
 whole model traced in one graph with the Triton custom ops."""
+
 import importlib.util
 import os
 import subprocess
@@ -16,15 +17,24 @@ from torch_geometric_nsa import ops
 from torch_geometric_nsa.nn import ErwinNSAConv, radius_graph
 from torch_geometric_nsa.nn.models import ErwinNSA
 
-OPS = ('ball_attention', 'compressed_attention', 'select_blocks',
-       'selected_attention')
-SYNCS = {'_local_scalar_dense', 'item', 'nonzero', 'masked_select',
-         'unique', '_unique2', 'unique_consecutive', 'equal', 'is_nonzero'}
+OPS = ("ball_attention", "compressed_attention", "select_blocks", "selected_attention")
+SYNCS = {
+    "_local_scalar_dense",
+    "item",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique2",
+    "unique_consecutive",
+    "equal",
+    "is_nonzero",
+}
 
 
 class OpCounter(TorchDispatchMode):
     """Counts dispatched non-view ops outside the attention ops and fails on
     ops that read tensor values back to the host."""
+
     def __init__(self):
         super().__init__()
         self.ops, self.paused = [], False
@@ -33,8 +43,8 @@ class OpCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if not self.paused:
             if name in SYNCS:
-                raise AssertionError(f'host synchronisation: {func}')
-            if not func.is_view and name not in ('detach', 'alias'):
+                raise AssertionError(f"host synchronisation: {func}")
+            if not func.is_view and name not in ("detach", "alias"):
                 self.ops.append(name)
         return func(*args, **(kwargs or {}))
 
@@ -48,9 +58,9 @@ def counter(monkeypatch):
         orig = getattr(ops, name)
 
         def wrapped(*args, _orig=orig, _name=name, **kwargs):
-            n = 3 if _name in ('ball_attention', 'selected_attention') else 1
+            n = 3 if _name in ("ball_attention", "selected_attention") else 1
             for t in args[:n]:
-                assert t.is_contiguous(), f'{_name}: non-contiguous q/k/v'
+                assert t.is_contiguous(), f"{_name}: non-contiguous q/k/v"
             paused, mode.paused = mode.paused, True
             try:
                 # the CPU reference reads ptr for its per-cloud loop; the
@@ -59,6 +69,7 @@ def counter(monkeypatch):
                     return _orig(*args, **kwargs)
             finally:
                 mode.paused = paused
+
         monkeypatch.setattr(ops, name, wrapped)
     return mode
 
@@ -66,6 +77,7 @@ def counter(monkeypatch):
 class _masked_reference:
     def __enter__(self):
         from torch_geometric_nsa.ops import reference
+
         self._r, self._f = reference, reference._cloud_ranges
         reference._cloud_ranges = lambda ptr, q: None
 
@@ -85,24 +97,21 @@ def _model_inputs(batch_maker, sizes=(150, 90, 40)):
 MAX_FWD_OPS_PER_BLOCK = 42
 
 
-@pytest.mark.parametrize('autocast', [False, True])
-def test_model_forward_backward_no_sync_and_few_ops_per_block(
-        batch_maker, counter, autocast):
+@pytest.mark.parametrize("autocast", [False, True])
+def test_model_forward_backward_no_sync_and_few_ops_per_block(batch_maker, counter, autocast):
     torch.manual_seed(0)
-    model = ErwinNSA(4, 32, 3, num_layers=4, heads=2, ball_size=32,
-                     compress_size=8, topk=2)
+    model = ErwinNSA(4, 32, 3, num_layers=4, heads=2, ball_size=32, compress_size=8, topk=2)
     x, pos, batch, ei = _model_inputs(batch_maker)
     tree, rot = model.build_trees(pos, batch)
     counts, blocks = {}, model.blocks
     for layers in (2, 4):
         model.blocks = torch.nn.ModuleList(blocks[:layers])
         counter.ops.clear()
-        with counter, torch.autocast('cpu', dtype=torch.bfloat16,
-                                     enabled=autocast):
+        with counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(x, pos, batch, ei, tree, rot)
         # dtype casts excluded: under autocast their number depends on its
         # weight-cast cache, i.e. on the caller's autocast region
-        counts[layers] = sum(op != '_to_copy' for op in counter.ops)
+        counts[layers] = sum(op != "_to_copy" for op in counter.ops)
         with counter:
             out.float().square().mean().backward()
     per_block = (counts[4] - counts[2]) / 2
@@ -114,6 +123,7 @@ def test_layer_geometry_is_shared_and_checked(batch_maker):
     conv = ErwinNSAConv(16, 2, ball_size=32, compress_size=8, topk=3)
     x, pos, batch = batch_maker([70, 30], 16)
     from torch_geometric_nsa import build_ball_tree
+
     tree = build_ball_tree(pos, batch, ball_size=32)
     geo = conv.geometry(pos, tree)
     out = conv(x, pos, batch, tree)
@@ -122,24 +132,22 @@ def test_layer_geometry_is_shared_and_checked(batch_maker):
     slots = conv.forward_slots(tree.gather(x), tree.gather(pos), tree)
     assert torch.equal(tree.scatter(slots), out)
     other = ErwinNSAConv(16, 2, ball_size=32, compress_size=16)
-    with pytest.raises(ValueError, match='geometry'):
+    with pytest.raises(ValueError, match="geometry"):
         conv(x, pos, batch, tree, geometry=other.geometry(pos, tree))
-    with pytest.raises(ValueError, match='geometry'):
+    with pytest.raises(ValueError, match="geometry"):
         conv(x, pos, batch, geometry=geo)
     # the model computes one geometry per tree and gives the same numbers as
     # blocks computing their own
-    model = ErwinNSA(16, 16, 3, num_layers=2, heads=2, ball_size=32,
-                     compress_size=8, topk=2)
+    model = ErwinNSA(16, 16, 3, num_layers=2, heads=2, ball_size=32, compress_size=8, topk=2)
     t, r = model.build_trees(pos, batch)
     h = model.embedding(x, pos, None)
     for i, block in enumerate(model.blocks):
         h = block(h, pos, r if i % 2 else t)
     ref = model.head(model.norm(h))
-    assert torch.allclose(model(x, pos, batch, None, t, r), ref, atol=0,
-                          rtol=0)
+    assert torch.allclose(model(x, pos, batch, None, t, r), ref, atol=0, rtol=0)
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import torch
     from torch_geometric_nsa import ops
     from torch_geometric_nsa.nn import radius_graph
@@ -170,14 +178,14 @@ SCRIPT = textwrap.dedent('''
             assert op in names, op
     assert all(p.grad is not None for p in model.parameters())
     print('OK')
-''')
+""")
 
 
-@pytest.mark.skipif(importlib.util.find_spec('triton') is None,
-                    reason='triton not installed')
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_model_compiles_fullgraph_with_triton_custom_ops():
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    proc = subprocess.run([sys.executable, '-c', SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900
+    )
     tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0 and 'OK' in proc.stdout, tail
+    assert proc.returncode == 0 and "OK" in proc.stdout, tail

@@ -1,5 +1,6 @@
 """Shared fixtures of the ops tests: slot-ordered random inputs laid out the way the ball tree
 lays them out, and an independent brute-force (per-query Python loop) spec of every op."""
+
 import math
 from types import SimpleNamespace
 
@@ -22,9 +23,20 @@ def make_inputs(sizes, m, H=2, D=8, P=3, c=None, dtype=torch.float64, tail=0, se
     def rnd(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
-    out = SimpleNamespace(S=S, H=H, D=D, m=m, ptr=ptr, mask=mask, sizes=list(sizes),
-                          q=rnd(S, H, D), k=rnd(S, H, D), v=rnd(S, H, D), pos=rnd(S, P),
-                          sigma=-rnd(H).abs())
+    out = SimpleNamespace(
+        S=S,
+        H=H,
+        D=D,
+        m=m,
+        ptr=ptr,
+        mask=mask,
+        sizes=list(sizes),
+        q=rnd(S, H, D),
+        k=rnd(S, H, D),
+        v=rnd(S, H, D),
+        pos=rnd(S, P),
+        sigma=-rnd(H).abs(),
+    )
     if c is not None:
         out.c = c
         out.kc, out.vc = rnd(S // c, H, D), rnd(S // c, H, D)
@@ -53,21 +65,26 @@ def _cloud_of(ptr, i):
 
 def brute_ball(q, k, v, pos, mask, sigma, m, scale=None):
     S, H, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     o = torch.zeros_like(q)
     for i in range(S):
         b = i // m
         J = [j for j in range(b * m, (b + 1) * m) if mask[j]]
         for h in range(H):
-            s = torch.stack([scale * (q[i, h] @ k[j, h]) + sigma[h] * (pos[i] - pos[j]).norm()
-                             for j in J]) if J else q.new_zeros(0)
+            s = (
+                torch.stack(
+                    [scale * (q[i, h] @ k[j, h]) + sigma[h] * (pos[i] - pos[j]).norm() for j in J]
+                )
+                if J
+                else q.new_zeros(0)
+            )
             o[i, h] = _attend(s, v[J, h] if J else v[:0, h])
     return o
 
 
 def brute_compressed(q, kc, vc, block_mask, ptr, c, scale=None):
     S, H, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     o = torch.zeros_like(q)
     lse = torch.full((S, H), -math.inf, dtype=torch.float64)
     for i in range(S):
@@ -86,7 +103,7 @@ def brute_compressed(q, kc, vc, block_mask, ptr, c, scale=None):
 
 def brute_select(q, kc, lse, block_mask, mask, ptr, c, s, g, topk, scale=None):
     S, H, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     r = s // c
     idx = torch.full((S // g, topk), -1, dtype=torch.long)
     for G in range(S // g):
@@ -94,8 +111,11 @@ def brute_select(q, kc, lse, block_mask, mask, ptr, c, s, g, topk, scale=None):
         b = _cloud_of(ptr, G * g)
         if not queries or b is None:
             continue
-        cands = [gm for gm in range(int(ptr[b]) // s, int(ptr[b + 1]) // s)
-                 if mask[gm * s:(gm + 1) * s].any()]
+        cands = [
+            gm
+            for gm in range(int(ptr[b]) // s, int(ptr[b + 1]) // s)
+            if mask[gm * s : (gm + 1) * s].any()
+        ]
         imp = {}
         for gm in cands:
             tot = 0.0
@@ -113,11 +133,16 @@ def brute_select(q, kc, lse, block_mask, mask, ptr, c, s, g, topk, scale=None):
 
 def brute_selected(q, k, v, mask, idx, s, g, scale=None):
     S, H, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     o = torch.zeros_like(q)
     for i in range(S):
-        J = [j for gm in idx[i // g].tolist() if gm >= 0
-             for j in range(gm * s, (gm + 1) * s) if mask[j]]
+        J = [
+            j
+            for gm in idx[i // g].tolist()
+            if gm >= 0
+            for j in range(gm * s, (gm + 1) * s)
+            if mask[j]
+        ]
         for h in range(H):
             sc = torch.stack([scale * (q[i, h] @ k[j, h]) for j in J]) if J else q.new_zeros(0)
             o[i, h] = _attend(sc, v[J, h] if J else v[:0, h])
@@ -139,14 +164,16 @@ def sizes():
 @pytest.fixture
 def brute():
     """The brute-force spec: ``brute.ball``, ``.compressed``, ``.select``, ``.selected``."""
-    return SimpleNamespace(ball=brute_ball, compressed=brute_compressed, select=brute_select,
-                           selected=brute_selected)
+    return SimpleNamespace(
+        ball=brute_ball, compressed=brute_compressed, select=brute_select, selected=brute_selected
+    )
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Makes the reference chunk its work into many small pieces (exercises chunk borders)."""
     from torch_geometric_nsa.ops import reference
+
     monkeypatch.setattr(reference, "MAX_CHUNK_ELEMENTS", 2000)
 
 

@@ -13,8 +13,9 @@ def test_matches_brute_force(inputs, sizes, brute, m, seed):
     x = inputs(sizes(3, seed=seed), m, seed=seed, tail=m)
     expected = brute.ball(x.q, x.k, x.v, x.pos, x.mask, x.sigma, m)
     torch.testing.assert_close(call(x), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(call(x, scale=0.3), brute.ball(x.q, x.k, x.v, x.pos, x.mask,
-                                                               x.sigma, m, scale=0.3))
+    torch.testing.assert_close(
+        call(x, scale=0.3), brute.ball(x.q, x.k, x.v, x.pos, x.mask, x.sigma, m, scale=0.3)
+    )
 
 
 def test_chunking_is_invisible(inputs, sizes, small_chunks):
@@ -78,7 +79,8 @@ def test_gradcheck(inputs):
         t.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda q, k, v, sigma: R.ball_attention(q, k, v, x.pos, x.mask, sigma, 4),
-        (x.q, x.k, x.v, x.sigma))
+        (x.q, x.k, x.v, x.sigma),
+    )
 
 
 def test_pos_is_constant(inputs):

@@ -2,6 +2,7 @@
 sync). One small compile per op. Inductor code generation is slow on a small CPU, so it is
 used for two ops (ball attention, and select_blocks for its stable sort); the others and all
 backward passes are traced with ``aot_eager`` (Dynamo + AOTAutograd, same graph capture)."""
+
 import pytest
 import torch
 
@@ -18,8 +19,9 @@ def _reset():
 def _check(fn, args, grad_args=(), backend="aot_eager"):
     expected = fn(*args)
     out = torch.compile(fn, fullgraph=True, backend=backend)(*args)
-    for a, b in zip(torch.utils._pytree.tree_leaves(out),
-                    torch.utils._pytree.tree_leaves(expected)):
+    for a, b in zip(
+        torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(expected)
+    ):
         torch.testing.assert_close(a, b, equal_nan=True)
     if grad_args:
         for t in grad_args:
@@ -35,14 +37,21 @@ def _check(fn, args, grad_args=(), backend="aot_eager"):
 
 def test_compile_ball_attention(inputs):
     x = inputs([5, 20], 8, dtype=torch.float32, tail=8)
-    _check(lambda q, k, v, sigma: ops.ball_attention(q, k, v, x.pos, x.mask, sigma, 8),
-           (x.q, x.k, x.v, x.sigma), (x.q, x.k, x.v, x.sigma), backend="inductor")
+    _check(
+        lambda q, k, v, sigma: ops.ball_attention(q, k, v, x.pos, x.mask, sigma, 8),
+        (x.q, x.k, x.v, x.sigma),
+        (x.q, x.k, x.v, x.sigma),
+        backend="inductor",
+    )
 
 
 def test_compile_compressed_attention(inputs):
     x = inputs([5, 20], 8, c=4, dtype=torch.float32, tail=8)
-    _check(lambda q, kc, vc: ops.compressed_attention(q, kc, vc, x.block_mask, x.ptr, 4),
-           (x.q, x.kc, x.vc), (x.q, x.kc, x.vc))
+    _check(
+        lambda q, kc, vc: ops.compressed_attention(q, kc, vc, x.block_mask, x.ptr, 4),
+        (x.q, x.kc, x.vc),
+        (x.q, x.kc, x.vc),
+    )
 
 
 def test_compile_select_blocks(inputs):
@@ -51,13 +60,18 @@ def test_compile_select_blocks(inputs):
 
     def fn(q, kc):
         return ops.select_blocks(q, kc, lse, x.block_mask, x.mask, x.ptr, 2, 4, 4, 3)
+
     expected = fn(x.q, x.kc)
     assert torch.equal(torch.compile(fn, fullgraph=True)(x.q, x.kc), expected)
 
 
 def test_compile_selected_attention(inputs):
     x = inputs([5, 20], 8, dtype=torch.float32, tail=8)
-    idx = torch.tensor([[0, -1], [1, 2], [2, 3], [3, -1], [-1, -1], [1, 0], [2, -1],
-                        [-1, -1], [0, 4], [4, -1]])  # s = 4, g = 4, S = 40
-    _check(lambda q, k, v: ops.selected_attention(q, k, v, x.mask, idx, 4, 4),
-           (x.q, x.k, x.v), (x.q, x.k, x.v))
+    idx = torch.tensor(
+        [[0, -1], [1, 2], [2, 3], [3, -1], [-1, -1], [1, 0], [2, -1], [-1, -1], [0, 4], [4, -1]]
+    )  # s = 4, g = 4, S = 40
+    _check(
+        lambda q, k, v: ops.selected_attention(q, k, v, x.mask, idx, 4, 4),
+        (x.q, x.k, x.v),
+        (x.q, x.k, x.v),
+    )

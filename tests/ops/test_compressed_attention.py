@@ -74,7 +74,8 @@ def test_gradcheck(inputs):
         t.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda q, kc, vc: R.compressed_attention(q, kc, vc, x.block_mask, x.ptr, 2)[0],
-        (x.q, x.kc, x.vc))
+        (x.q, x.kc, x.vc),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -14,13 +14,13 @@ def fake_kernels(monkeypatch):
     """Installs a stub ``torch_geometric_nsa.kernels`` whose functions record their calls."""
     calls = []
     mod = types.ModuleType("torch_geometric_nsa.kernels")
-    for name in ("ball_attention", "compressed_attention", "select_blocks",
-                 "selected_attention"):
+    for name in ("ball_attention", "compressed_attention", "select_blocks", "selected_attention"):
         ref = getattr(R, name)
 
         def fn(*args, _ref=ref, _name=name):
             calls.append(_name)
             return _ref(*args)
+
         setattr(mod, name, fn)
     monkeypatch.setitem(sys.modules, "torch_geometric_nsa.kernels", mod)
     monkeypatch.setattr(torch_geometric_nsa, "kernels", mod, raising=False)
@@ -69,8 +69,12 @@ def test_triton_forces_kernels(inputs, fake_kernels):
         _, lse = ops.compressed_attention(x.q, x.kc, x.vc, x.block_mask, x.ptr, 4)
         idx = ops.select_blocks(x.q, x.kc, lse, x.block_mask, x.mask, x.ptr, 4, 4, 4, 2)
         ops.selected_attention(x.q, x.k, x.v, x.mask, idx, 4, 4)
-    assert fake_kernels == ["ball_attention", "compressed_attention", "select_blocks",
-                            "selected_attention"]
+    assert fake_kernels == [
+        "ball_attention",
+        "compressed_attention",
+        "select_blocks",
+        "selected_attention",
+    ]
     with ops.use_backend("reference"):
         run_ball(x)
     assert len(fake_kernels) == 4
@@ -98,20 +102,30 @@ def _ball_args(x):
 F64 = dict(dtype=torch.float64)
 
 
-@pytest.mark.parametrize("change,exc,match", [  # valid inputs: S = 24, H = 2, D = 8
-    (dict(q=torch.zeros(24, 16, **F64)), ValueError, r"\[S, H, D\]"),
-    (dict(k=torch.zeros(24, 2, 4, **F64)), ValueError, "'k' must have shape"),
-    (dict(v=torch.zeros(24, 2, 8, dtype=torch.float32)), TypeError, "dtype"),
-    (dict(pos=torch.zeros(8, 3, **F64)), ValueError, "'pos'"),
-    (dict(mask=torch.ones(24, dtype=torch.long)), TypeError, "'mask' must be a bool"),
-    (dict(sigma=torch.zeros(3, **F64)), ValueError, "'sigma'"),
-    (dict(ball_size=6), ValueError, "power of two"),
-    (dict(ball_size=16), ValueError, "must divide"),
-    (dict(q=torch.zeros(24, 2, 4, **F64), k=torch.zeros(24, 2, 4, **F64),
-          v=torch.zeros(24, 2, 4, **F64)), ValueError, "head dim"),
-    (dict(q=torch.zeros(24, 2, 8, dtype=torch.long)), TypeError, "floating"),
-    (dict(mask=torch.ones(24, dtype=torch.bool, device="meta")), ValueError, "device"),
-])
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [  # valid inputs: S = 24, H = 2, D = 8
+        (dict(q=torch.zeros(24, 16, **F64)), ValueError, r"\[S, H, D\]"),
+        (dict(k=torch.zeros(24, 2, 4, **F64)), ValueError, "'k' must have shape"),
+        (dict(v=torch.zeros(24, 2, 8, dtype=torch.float32)), TypeError, "dtype"),
+        (dict(pos=torch.zeros(8, 3, **F64)), ValueError, "'pos'"),
+        (dict(mask=torch.ones(24, dtype=torch.long)), TypeError, "'mask' must be a bool"),
+        (dict(sigma=torch.zeros(3, **F64)), ValueError, "'sigma'"),
+        (dict(ball_size=6), ValueError, "power of two"),
+        (dict(ball_size=16), ValueError, "must divide"),
+        (
+            dict(
+                q=torch.zeros(24, 2, 4, **F64),
+                k=torch.zeros(24, 2, 4, **F64),
+                v=torch.zeros(24, 2, 4, **F64),
+            ),
+            ValueError,
+            "head dim",
+        ),
+        (dict(q=torch.zeros(24, 2, 8, dtype=torch.long)), TypeError, "floating"),
+        (dict(mask=torch.ones(24, dtype=torch.bool, device="meta")), ValueError, "device"),
+    ],
+)
 def test_ball_attention_bad_inputs(inputs, change, exc, match):
     args = _ball_args(inputs([5, 9], 8))
     args.update(change)

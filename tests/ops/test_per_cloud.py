@@ -1,5 +1,6 @@
 """The eager CPU reference handles several clouds one by one; the masked
 all-clouds form (used under torch.compile and on CUDA) must agree exactly."""
+
 import torch
 
 from torch_geometric_nsa.ops import reference as R
@@ -12,7 +13,7 @@ def _inputs(sizes, m=16, c=4, H=2, D=8, seed=0):
     ptr = torch.tensor([0] + slots).cumsum(0)
     mask = torch.zeros(S, dtype=torch.bool)
     for a, n in zip(ptr[:-1].tolist(), sizes):
-        mask[a:a + n] = True
+        mask[a : a + n] = True
     q = torch.randn(S, H, D, generator=gen, dtype=torch.float64)
     kc = torch.randn(S // c, H, D, generator=gen, dtype=torch.float64)
     vc = torch.randn(S // c, H, D, generator=gen, dtype=torch.float64)

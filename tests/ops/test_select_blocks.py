@@ -22,12 +22,15 @@ def check_format(idx, topk):
     assert (big[:, 1:] > big[:, :-1]).logical_or(~valid[:, 1:]).all()
 
 
-@pytest.mark.parametrize("m,c,s,g,topk,seed", [
-    (16, 4, 8, 4, 3, 0),
-    (16, 2, 4, 1, 2, 1),    # per-query selection
-    (32, 4, 4, 16, 4, 2),   # s == c
-    (16, 4, 16, 16, 50, 3),  # topk > number of candidates
-])
+@pytest.mark.parametrize(
+    "m,c,s,g,topk,seed",
+    [
+        (16, 4, 8, 4, 3, 0),
+        (16, 2, 4, 1, 2, 1),  # per-query selection
+        (32, 4, 4, 16, 4, 2),  # s == c
+        (16, 4, 16, 16, 50, 3),  # topk > number of candidates
+    ],
+)
 def test_matches_brute_force(inputs, sizes, brute, m, c, s, g, topk, seed):
     x = inputs(sizes(3, max_n=150, seed=seed), m, c=c, seed=seed, tail=m)
     lse = compressed(x)

@@ -18,8 +18,9 @@ def test_matches_brute_force(inputs, sizes, brute, s, g, topk, seed):
     x = inputs(sizes(3, max_n=120, seed=seed), 16, seed=seed, tail=16)
     idx = random_idx(x, s, g, topk, seed)
     o = R.selected_attention(x.q, x.k, x.v, x.mask, idx, s, g)
-    torch.testing.assert_close(o, brute.selected(x.q, x.k, x.v, x.mask, idx, s, g),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        o, brute.selected(x.q, x.k, x.v, x.mask, idx, s, g), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_with_selected_blocks(inputs, sizes, brute):
@@ -73,8 +74,9 @@ def test_chunking_is_invisible(inputs, sizes, small_chunks):
     R.MAX_CHUNK_ELEMENTS = 2**25
     o = R.selected_attention(x.q, x.k, x.v, x.mask, idx, 4, 2)
     R.MAX_CHUNK_ELEMENTS = 1000
-    torch.testing.assert_close(R.selected_attention(x.q, x.k, x.v, x.mask, idx, 4, 2), o,
-                               rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        R.selected_attention(x.q, x.k, x.v, x.mask, idx, 4, 2), o, rtol=0, atol=1e-13
+    )
 
 
 def test_gradcheck(inputs):
@@ -83,7 +85,8 @@ def test_gradcheck(inputs):
     for t in (x.q, x.k, x.v):
         t.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda q, k, v: R.selected_attention(q, k, v, x.mask, idx, 4, 4), (x.q, x.k, x.v))
+        lambda q, k, v: R.selected_attention(q, k, v, x.mask, idx, 4, 4), (x.q, x.k, x.v)
+    )
 
 
 def test_upcast_dtype(inputs):

@@ -8,16 +8,18 @@ from torch_geometric.loader import DataLoader
 from torch_geometric_nsa import build_ball_tree
 from torch_geometric_nsa.transforms import BallTree
 
-FIELDS = ('perm', 'mask', 'ptr', 'inverse', 'slot_batch')
+FIELDS = ("perm", "mask", "ptr", "inverse", "slot_batch")
 
 
 def make_clouds(sizes, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [Data(pos=torch.randn(n, 3, generator=gen),
-                 x=torch.randn(n, 2, generator=gen)) for n in sizes]
+    return [
+        Data(pos=torch.randn(n, 3, generator=gen), x=torch.randn(n, 2, generator=gen))
+        for n in sizes
+    ]
 
 
-@pytest.mark.parametrize('rotate', [None, 30.0])
+@pytest.mark.parametrize("rotate", [None, 30.0])
 def test_batch_of_transformed_equals_tree_on_batch(rotate):
     t = BallTree(ball_size=32, rotate=rotate)
     data = [t(d) for d in make_clouds([1, 77, 32, 300, 5])]
@@ -28,28 +30,27 @@ def test_batch_of_transformed_equals_tree_on_batch(rotate):
         assert torch.equal(getattr(layout, f), getattr(ref, f)), f
     if rotate is not None:
         rot = BallTree.layout(batch, ball_size=32, rotated=True)
-        ref = build_ball_tree(batch.pos, batch.batch, ball_size=32,
-                              rotate=rotate)
+        ref = build_ball_tree(batch.pos, batch.batch, ball_size=32, rotate=rotate)
         for f in FIELDS:
             assert torch.equal(getattr(rot, f), getattr(ref, f)), f
 
 
 def test_repr_lists_output_changing_arguments():
-    assert repr(BallTree()) == 'BallTree(ball_size=128, rotate=None)'
-    assert repr(BallTree(64, rotate=45)) == 'BallTree(ball_size=64, rotate=45.0)'
+    assert repr(BallTree()) == "BallTree(ball_size=128, rotate=None)"
+    assert repr(BallTree(64, rotate=45)) == "BallTree(ball_size=64, rotate=45.0)"
 
 
 def test_errors():
-    with pytest.raises(ValueError, match='power of two'):
+    with pytest.raises(ValueError, match="power of two"):
         BallTree(ball_size=100)
     with pytest.raises(ValueError, match="needs 'data.pos'"):
         BallTree()(Data(x=torch.randn(3, 1)))
-    with pytest.raises(ValueError, match='apply the BallTree'):
+    with pytest.raises(ValueError, match="apply the BallTree"):
         BallTree.layout(Data(pos=torch.randn(3, 3)), 16)
     d = BallTree(16)(make_clouds([20])[0])
-    with pytest.raises(ValueError, match='another ball size'):
+    with pytest.raises(ValueError, match="another ball size"):
         BallTree.layout(d, 64)
-    with pytest.raises(ValueError, match='rotate='):
+    with pytest.raises(ValueError, match="rotate="):
         BallTree.layout(d, 16, rotated=True)
 
 
@@ -60,7 +61,7 @@ class Clouds(InMemoryDataset):
 
     @property
     def processed_file_names(self):
-        return ['data.pt']
+        return ["data.pt"]
 
     def process(self):
         data = make_clouds([10, 200, 64, 3], seed=4)
@@ -69,12 +70,12 @@ class Clouds(InMemoryDataset):
         self.save(data, self.processed_paths[0])
 
 
-@pytest.mark.parametrize('mode', ['pre_transform', 'transform'])
+@pytest.mark.parametrize("mode", ["pre_transform", "transform"])
 def test_in_memory_dataset_and_loader(tmp_path, mode):
     t = BallTree(ball_size=16, rotate=45)
     ds = Clouds(tmp_path, **{mode: t})
     with warnings.catch_warnings():
-        warnings.simplefilter('error')
+        warnings.simplefilter("error")
         ds = Clouds(tmp_path, **{mode: t})  # reload: no repr warning
     loader = DataLoader(ds, batch_size=3, shuffle=False)
     for batch in loader:

@@ -4,15 +4,13 @@ import pytest
 import torch
 
 from torch_geometric_nsa import build_ball_tree
-from torch_geometric_nsa.tree import (ball_radius, rotation_matrix,
-                                      slot_capacity)
+from torch_geometric_nsa.tree import ball_radius, rotation_matrix, slot_capacity
 
 
 def random_batch(sizes, dim=3, dtype=torch.float32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     pos = torch.randn(sum(sizes), dim, generator=gen).to(dtype)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)),
-                                    torch.tensor(sizes))
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     return pos, batch
 
 
@@ -31,7 +29,7 @@ def check_layout(layout, pos, batch, sizes, m):
     for b, k in enumerate(sizes):
         lo, hi = layout.ptr[b].item(), layout.ptr[b + 1].item()
         assert hi - lo - k < m
-        assert layout.mask[lo:lo + k].all() and not layout.mask[lo + k:hi].any()
+        assert layout.mask[lo : lo + k].all() and not layout.mask[lo + k : hi].any()
         # perm[mask] is a permutation of this cloud's points; pads stay inside
         cloud = layout.perm[lo:hi]
         assert (batch[cloud] == b).all()
@@ -40,9 +38,9 @@ def check_layout(layout, pos, batch, sizes, m):
         assert torch.equal(real, torch.arange(first, first + k))
     assert torch.equal(layout.perm[layout.inverse], torch.arange(n))
     assert layout.mask[layout.inverse].all()
-    assert torch.equal(layout.slot_batch,
-                       torch.repeat_interleave(torch.arange(len(sizes)),
-                                               torch.tensor(slots)))
+    assert torch.equal(
+        layout.slot_batch, torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(slots))
+    )
 
 
 def check_nesting(layout, pos, dim_levels=(1, 2, 4, 8, 16, 32, 64, 128)):
@@ -59,11 +57,11 @@ def check_nesting(layout, pos, dim_levels=(1, 2, 4, 8, 16, 32, 64, 128)):
         left_real, right_real = mb[:, 0].any(1), mb[:, 1].any(1)
         both = left_real & right_real
         # children of one ball are separable along some axis
-        inf = torch.tensor(float('inf'), dtype=p.dtype)
+        inf = torch.tensor(float("inf"), dtype=p.dtype)
         lmax = torch.where(mb[:, 0, :, None], pb[:, 0], -inf).amax(1)
         rmin = torch.where(mb[:, 1, :, None], pb[:, 1], inf).amin(1)
         sep = (lmax <= rmin).any(-1)
-        assert sep[both].all(), f'children not separable at size {size}'
+        assert sep[both].all(), f"children not separable at size {size}"
         # a right child has real points only if the left child is full
         assert (mb[:, 0].all(1) | ~right_real).all()
 
@@ -73,7 +71,7 @@ def reference_order(pos, m):
     r points splits along its axis of largest float32 spread (lowest axis on
     ties); the left child gets P slots and the min(P, r) points of smallest
     coordinate, ties broken by the lexicographic order of the points."""
-    x = pos.float() + 0.0                      # -0.0 -> +0.0
+    x = pos.float() + 0.0  # -0.0 -> +0.0
     canon = sorted(range(x.size(0)), key=lambda i: (x[i].tolist(), i))
     rank = {p: r for r, p in enumerate(canon)}
 
@@ -89,21 +87,21 @@ def reference_order(pos, m):
     return split(list(range(x.size(0))), math.ceil(x.size(0) / m) * m)
 
 
-@pytest.mark.parametrize('dim, m', [(3, 32), (2, 16), (1, 8)])
+@pytest.mark.parametrize("dim, m", [(3, 32), (2, 16), (1, 8)])
 def test_matches_recursive_reference(dim, m):
     sizes = [300, 1, 70, 517]
     pos, batch = random_batch(sizes, dim, seed=dim)
-    pos[::3, 0] = pos[1, 0]                   # ties along an axis
+    pos[::3, 0] = pos[1, 0]  # ties along an axis
     layout = build_ball_tree(pos, batch, ball_size=m)
     start = 0
     for b, k in enumerate(sizes):
         lo = layout.ptr[b].item()
-        ref = [start + i for i in reference_order(pos[start:start + k], m)]
-        assert layout.perm[lo:lo + k].tolist() == ref
+        ref = [start + i for i in reference_order(pos[start : start + k], m)]
+        assert layout.perm[lo : lo + k].tolist() == ref
         start += k
 
 
-@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize("seed", range(4))
 def test_mixed_batch_properties(seed):
     sizes = random_sizes(seed, 1 + seed * 2, high=3000) + [1, 127, 129]
     m = 128
@@ -113,7 +111,7 @@ def test_mixed_batch_properties(seed):
     check_nesting(layout, pos)
 
 
-@pytest.mark.parametrize('dim', [1, 2, 3, 5])
+@pytest.mark.parametrize("dim", [1, 2, 3, 5])
 def test_dimensions(dim):
     sizes = [1, 37, 300]
     pos, batch = random_batch(sizes, dim=dim, seed=dim)
@@ -122,8 +120,7 @@ def test_dimensions(dim):
     check_nesting(layout, pos)
 
 
-@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16,
-                                   torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_dtypes(dtype):
     sizes = [50, 200]
     pos, batch = random_batch(sizes, dtype=dtype)
@@ -161,15 +158,17 @@ def test_deterministic_and_order_independent():
     assert torch.equal(a.perm, b.perm)
     # shuffle points within each cloud: same points in the same slots
     gen = torch.Generator().manual_seed(1)
-    shuffle = torch.cat([torch.randperm(k, generator=gen) + o for k, o in
-                         zip(sizes, [0, 700, 701])])
+    shuffle = torch.cat(
+        [torch.randperm(k, generator=gen) + o for k, o in zip(sizes, [0, 700, 701])]
+    )
     c = build_ball_tree(pos[shuffle], batch, ball_size=128)
     assert torch.equal(pos[shuffle][c.perm], pos[a.perm])
 
 
 def test_ties_on_a_grid_are_order_independent():
-    g = torch.stack(torch.meshgrid(torch.arange(9.), torch.arange(7.),
-                                   indexing='ij'), -1).view(-1, 2)
+    g = torch.stack(torch.meshgrid(torch.arange(9.0), torch.arange(7.0), indexing="ij"), -1).view(
+        -1, 2
+    )
     a = build_ball_tree(g, ball_size=16)
     shuffle = torch.randperm(g.size(0), generator=torch.Generator().manual_seed(0))
     b = build_ball_tree(g[shuffle], ball_size=16)
@@ -189,8 +188,7 @@ def test_rotation():
     assert torch.allclose(R @ R.T, torch.eye(3), atol=1e-6)
     same = build_ball_tree(pos @ R.T, batch, ball_size=64)
     assert torch.equal(same.perm, rot.perm)
-    assert torch.equal(build_ball_tree(pos, batch, ball_size=64, rotate=0.).perm,
-                       plain.perm)
+    assert torch.equal(build_ball_tree(pos, batch, ball_size=64, rotate=0.0).perm, plain.perm)
 
 
 def test_capacity_mode_matches_exact_layout():
@@ -198,8 +196,7 @@ def test_capacity_mode_matches_exact_layout():
     pos, batch = random_batch(sizes, seed=5)
     exact = build_ball_tree(pos, batch, ball_size=32)
     cap = slot_capacity(pos.size(0), len(sizes), 32)
-    static = build_ball_tree(pos, batch, ball_size=32, batch_size=3,
-                             num_slots=cap)
+    static = build_ball_tree(pos, batch, ball_size=32, batch_size=3, num_slots=cap)
     S = exact.num_slots
     assert static.num_slots == cap >= S
     assert torch.equal(static.perm[:S], exact.perm)
@@ -211,7 +208,7 @@ def test_capacity_mode_matches_exact_layout():
 
 def test_capacity_too_small_raises():
     pos, batch = random_batch([100])
-    with pytest.raises(RuntimeError, match='num_slots is smaller'):
+    with pytest.raises(RuntimeError, match="num_slots is smaller"):
         build_ball_tree(pos, batch, ball_size=16, batch_size=1, num_slots=64)
 
 
@@ -230,32 +227,35 @@ def test_layout_helpers():
     x = torch.randn(49, 4)
     assert torch.equal(layout.scatter(layout.gather(x)), x)
     assert torch.equal(layout.balls(16), torch.arange(96) // 16)
-    assert 'num_slots=96' in repr(layout)
-    with pytest.raises(ValueError, match='exceeds'):
+    assert "num_slots=96" in repr(layout)
+    with pytest.raises(ValueError, match="exceeds"):
         layout.balls(64)
 
 
-@pytest.mark.parametrize('bad, match', [
-    (dict(pos=torch.tensor([[0., float('nan')]])), 'NaN'),
-    (dict(pos=torch.tensor([[0., float('inf')]])), 'NaN or infinite'),
-    (dict(pos=torch.tensor([[0., 1e300]], dtype=torch.float64)),
-     r'infinite values \(in float32\)'),
-    (dict(pos=torch.zeros(3)), r'shape \[num_points, dim\]'),
-    (dict(pos=torch.zeros(0, 3)), 'empty'),
-    (dict(pos=torch.zeros(3, 3, dtype=torch.long)), 'floating'),
-    (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0, 0])), 'shape'),
-    (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0., 0., 0.])), 'integer'),
-    (dict(pos=torch.zeros(3, 3), batch=torch.tensor([1, 0, 0])), 'sorted'),
-    (dict(pos=torch.zeros(3, 3), batch=torch.tensor([-1, 0, 0])), 'negative'),
-    (dict(pos=torch.zeros(3, 3), ball_size=0), 'power of two'),
-    (dict(pos=torch.zeros(3, 3), ball_size=-4), 'power of two'),
-    (dict(pos=torch.zeros(3, 3), ball_size=48), 'power of two'),
-    (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0, 1, 2]),
-          batch_size=2), 'batch_size=2'),
-    (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0, 1, 2]),
-          num_slots=64), 'needs'),
-    (dict(pos=torch.zeros(3, 3), num_slots=100, ball_size=64), 'multiple'),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(pos=torch.tensor([[0.0, float("nan")]])), "NaN"),
+        (dict(pos=torch.tensor([[0.0, float("inf")]])), "NaN or infinite"),
+        (
+            dict(pos=torch.tensor([[0.0, 1e300]], dtype=torch.float64)),
+            r"infinite values \(in float32\)",
+        ),
+        (dict(pos=torch.zeros(3)), r"shape \[num_points, dim\]"),
+        (dict(pos=torch.zeros(0, 3)), "empty"),
+        (dict(pos=torch.zeros(3, 3, dtype=torch.long)), "floating"),
+        (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0, 0])), "shape"),
+        (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0.0, 0.0, 0.0])), "integer"),
+        (dict(pos=torch.zeros(3, 3), batch=torch.tensor([1, 0, 0])), "sorted"),
+        (dict(pos=torch.zeros(3, 3), batch=torch.tensor([-1, 0, 0])), "negative"),
+        (dict(pos=torch.zeros(3, 3), ball_size=0), "power of two"),
+        (dict(pos=torch.zeros(3, 3), ball_size=-4), "power of two"),
+        (dict(pos=torch.zeros(3, 3), ball_size=48), "power of two"),
+        (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0, 1, 2]), batch_size=2), "batch_size=2"),
+        (dict(pos=torch.zeros(3, 3), batch=torch.tensor([0, 1, 2]), num_slots=64), "needs"),
+        (dict(pos=torch.zeros(3, 3), num_slots=100, ball_size=64), "multiple"),
+    ],
+)
 def test_bad_input(bad, match):
     kwargs = dict(ball_size=16)
     kwargs.update(bad)

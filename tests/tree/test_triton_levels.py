@@ -3,6 +3,7 @@ on the CPU through the Triton interpreter (subprocess, so ``TRITON_INTERPRET=1``
 is set before Triton is imported and never leaks into the other test modules),
 and on CUDA, for both CUDA builds (Triton and the torch loop), against the CPU
 build."""
+
 import importlib.util
 import os
 import subprocess
@@ -10,8 +11,8 @@ import sys
 
 import pytest
 import torch
-
 from test_build import random_batch
+
 from torch_geometric_nsa import build_ball_tree
 from torch_geometric_nsa.tree import slot_capacity
 
@@ -23,34 +24,50 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 def test_tree_levels_under_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "--rootdir", HERE, os.path.join(HERE, "triton_levels_suite.py")],
-        env=env, cwd=HERE, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            HERE,
+            os.path.join(HERE, "triton_levels_suite.py"),
+        ],
+        env=env,
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tail = (proc.stdout + proc.stderr)[-6000:]
     print(tail)
     assert proc.returncode == 0, tail
 
 
-@pytest.fixture(params=['triton', 'torch-loop'])
+@pytest.fixture(params=["triton", "torch-loop"])
 def cuda_path(request, monkeypatch):
     """Both CUDA builds: the Triton one (the default) and the torch level loop
     (``TORCH_GEOMETRIC_NSA_TREE_TRITON=0``)."""
     from torch_geometric_nsa.tree import _triton
-    monkeypatch.setattr(_triton, 'ENABLED', request.param == 'triton')
+
+    monkeypatch.setattr(_triton, "ENABLED", request.param == "triton")
     return request.param
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,
-                    reason='needs CUDA and triton')
-@pytest.mark.parametrize('dim, dtype', [(3, torch.float32), (2, torch.float64),
-                                        (1, torch.float32), (5, torch.float16)])
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and triton")
+@pytest.mark.parametrize(
+    "dim, dtype", [(3, torch.float32), (2, torch.float64), (1, torch.float32), (5, torch.float16)]
+)
 def test_cuda_build_matches_cpu_and_never_syncs(dim, dtype, cuda_path):
     from torch_geometric_nsa.tree.build import _use_triton
+
     sizes = [1000, 1, 4097, 300, 2999]
     pos, batch = random_batch(sizes, dim, dtype=dtype, seed=dim)
     pos_c, batch_c = pos.cuda(), batch.cuda()
-    assert _use_triton(pos_c.float()) == (cuda_path == 'triton')
+    assert _use_triton(pos_c.float()) == (cuda_path == "triton")
     cpu = build_ball_tree(pos, batch, ball_size=128)
     gpu = build_ball_tree(pos_c, batch_c, ball_size=128)
     assert torch.equal(gpu.perm.cpu(), cpu.perm)
@@ -60,22 +77,22 @@ def test_cuda_build_matches_cpu_and_never_syncs(dim, dtype, cuda_path):
     assert torch.equal(rot_gpu.perm.cpu(), rot_cpu.perm)
     cap = slot_capacity(pos.size(0), len(sizes), 128)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
+    torch.cuda.set_sync_debug_mode("error")
     try:
-        static = build_ball_tree(pos_c, batch_c, ball_size=128,
-                                 batch_size=len(sizes), num_slots=cap)
+        static = build_ball_tree(
+            pos_c, batch_c, ball_size=128, batch_size=len(sizes), num_slots=cap
+        )
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert torch.equal(static.perm[:cpu.num_slots].cpu(), cpu.perm)
+    assert torch.equal(static.perm[: cpu.num_slots].cpu(), cpu.perm)
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,
-                    reason='needs CUDA and triton')
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and triton")
 def test_cuda_build_grid_ties(cuda_path):
-    g = torch.stack(torch.meshgrid(torch.arange(64.), torch.arange(64.),
-                                   torch.arange(4.), indexing='ij'),
-                    -1).view(-1, 3)
+    g = torch.stack(
+        torch.meshgrid(torch.arange(64.0), torch.arange(64.0), torch.arange(4.0), indexing="ij"), -1
+    ).view(-1, 3)
     cpu = build_ball_tree(g, ball_size=64)
     gpu = build_ball_tree(g.cuda(), ball_size=64)
     assert torch.equal(gpu.perm.cpu(), cpu.perm)

@@ -6,32 +6,36 @@ Not collected directly (no ``test_`` prefix): ``test_triton_levels.py`` runs
 this module in a subprocess with ``TRITON_INTERPRET=1`` set before Triton and
 the kernels are imported.
 """
+
 import os
 
 import pytest
 import torch
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_triton_levels.py (needs TRITON_INTERPRET=1)",
-                allow_module_level=True)
+    pytest.skip(
+        "run through test_triton_levels.py (needs TRITON_INTERPRET=1)", allow_module_level=True
+    )
 
 import torch_geometric_nsa.tree._triton as tt  # noqa: E402
-from torch_geometric_nsa.tree._triton import build_layout_triton  # noqa: E402
 from torch_geometric_nsa import build_ball_tree  # noqa: E402
+from torch_geometric_nsa.tree._triton import build_layout_triton  # noqa: E402
+
 
 # Block sizes: small blocks put nodes across blocks and many nodes in a block.
-@pytest.fixture(params=[32, 128, 1024], ids=['block32', 'block128', 'block1024'])
+@pytest.fixture(params=[32, 128, 1024], ids=["block32", "block128", "block1024"])
 def path(request, monkeypatch):
-    monkeypatch.setattr(tt, '_BLOCK', request.param)
+    monkeypatch.setattr(tt, "_BLOCK", request.param)
 
 
 def check(pos, batch, m, batch_size=None, num_slots=None):
-    want = build_ball_tree(pos, batch, ball_size=m, batch_size=batch_size,
-                           num_slots=num_slots)         # CPU: the torch loop
+    want = build_ball_tree(
+        pos, batch, ball_size=m, batch_size=batch_size, num_slots=num_slots
+    )  # CPU: the torch loop
     # a non-contiguous float32 copy: the kernels read it contiguous
     posf = pos.float().T.contiguous().T
     got = build_layout_triton(posf, batch, m, batch_size, num_slots)
-    for name in ('perm', 'mask', 'ptr', 'inverse', 'slot_batch'):
+    for name in ("perm", "mask", "ptr", "inverse", "slot_batch"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     assert got.ball_size == want.ball_size
 
@@ -63,19 +67,20 @@ def test_float64_origin_and_signed_zeros(path):
     pos = torch.randn(500, 3, generator=gen, dtype=torch.float64) * 1e-3 + 7.0
     pos[::7, 0] = 0.0
     pos[1::7, 0] = -0.0
-    pos[::5, 2] = pos[3, 2]                     # many exact ties on an axis
+    pos[::5, 2] = pos[3, 2]  # many exact ties on an axis
     sizes = [133, 1, 366]
     check(pos, batch_of(sizes), 32)
 
 
 def test_grid_ties(path):
-    g = torch.stack(torch.meshgrid(torch.arange(17.), torch.arange(13.),
-                                   indexing='ij'), -1).view(-1, 2)
+    g = torch.stack(torch.meshgrid(torch.arange(17.0), torch.arange(13.0), indexing="ij"), -1).view(
+        -1, 2
+    )
     check(g, torch.zeros(g.size(0), dtype=torch.long), 16)
     # square grid: equal spreads on both axes (lowest axis wins)
-    sq = torch.stack(torch.meshgrid(torch.arange(9.), torch.arange(9.),
-                                    torch.arange(3.), indexing='ij'),
-                     -1).view(-1, 3)
+    sq = torch.stack(
+        torch.meshgrid(torch.arange(9.0), torch.arange(9.0), torch.arange(3.0), indexing="ij"), -1
+    ).view(-1, 3)
     check(sq, torch.zeros(sq.size(0), dtype=torch.long), 64)
     # all points equal: zero spreads everywhere
     same = torch.full((200, 3), 1.5)
@@ -99,15 +104,17 @@ def test_single_point_and_d8(path):
     check(pos, batch_of([299, 1]), 128)
 
 
-@pytest.mark.parametrize('pos, batch, match', [
-    (torch.tensor([[0.0, float('nan')], [1.0, 1.0]]), [0, 0], 'NaN or inf'),
-    (torch.tensor([[0.0, 1.0], [1.0, float('inf')]]), [0, 0], 'NaN or inf'),
-    (torch.rand(5, 2), [0, 1, 1, 0, 2], 'must be sorted'),
-    (torch.rand(3, 2), [-1, 0, 0], 'negative'),
-])
+@pytest.mark.parametrize(
+    "pos, batch, match",
+    [
+        (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), [0, 0], "NaN or inf"),
+        (torch.tensor([[0.0, 1.0], [1.0, float("inf")]]), [0, 0], "NaN or inf"),
+        (torch.rand(5, 2), [0, 1, 1, 0, 2], "must be sorted"),
+        (torch.rand(3, 2), [-1, 0, 0], "negative"),
+    ],
+)
 def test_bad_values_raise(pos, batch, match):
     with pytest.raises(ValueError, match=match):
         build_layout_triton(pos, torch.tensor(batch), 16, None, None)
-    with pytest.raises(ValueError, match='batch_size=1'):
-        build_layout_triton(torch.rand(3, 2), torch.tensor([0, 1, 1]), 16, 1,
-                            None)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        build_layout_triton(torch.rand(3, 2), torch.tensor([0, 1, 1]), 16, 1, None)

@@ -25,6 +25,7 @@ decoded to numpy arrays by :func:`parse_tensor_proto`.  Writers for all of it
 (:func:`write_tfrecord`, :func:`encode_example`, :func:`encode_tensor_proto`)
 exist for tests.
 """
+
 import struct
 from typing import Dict, Iterator, List, Tuple, Union
 
@@ -62,40 +63,45 @@ class TFRecordError(ValueError):
 def read_tfrecord(path: str, verify: bool = True) -> Iterator[bytes]:
     """Yields the records of the TFRecord file ``path``; raises
     :class:`TFRecordError` naming the file and the offset on bad framing."""
-    with open(path, 'rb') as f:
+    with open(path, "rb") as f:
         buf = f.read()
     off, i = 0, 0
     while off < len(buf):
         if off + 12 > len(buf):
-            raise TFRecordError(f"Malformed TFRecord file '{path}': truncated "
-                                f"header of record {i} at byte {off}")
-        header = buf[off:off + 8]
-        (length, ) = struct.unpack('<Q', header)
-        (len_crc, ) = struct.unpack('<I', buf[off + 8:off + 12])
+            raise TFRecordError(
+                f"Malformed TFRecord file '{path}': truncated header of record {i} at byte {off}"
+            )
+        header = buf[off : off + 8]
+        (length,) = struct.unpack("<Q", header)
+        (len_crc,) = struct.unpack("<I", buf[off + 8 : off + 12])
         if verify and masked_crc32c(header) != len_crc:
-            raise TFRecordError(f"Malformed TFRecord file '{path}': length CRC "
-                                f"mismatch in record {i} at byte {off}")
+            raise TFRecordError(
+                f"Malformed TFRecord file '{path}': length CRC mismatch in record {i} at byte {off}"
+            )
         start, end = off + 12, off + 12 + length
         if end + 4 > len(buf):
-            raise TFRecordError(f"Malformed TFRecord file '{path}': record {i} "
-                                f"at byte {off} claims {length} bytes, file ends first")
+            raise TFRecordError(
+                f"Malformed TFRecord file '{path}': record {i} "
+                f"at byte {off} claims {length} bytes, file ends first"
+            )
         data = buf[start:end]
-        (data_crc, ) = struct.unpack('<I', buf[end:end + 4])
+        (data_crc,) = struct.unpack("<I", buf[end : end + 4])
         if verify and masked_crc32c(data) != data_crc:
-            raise TFRecordError(f"Malformed TFRecord file '{path}': data CRC "
-                                f"mismatch in record {i} at byte {off}")
+            raise TFRecordError(
+                f"Malformed TFRecord file '{path}': data CRC mismatch in record {i} at byte {off}"
+            )
         yield data
         off, i = end + 4, i + 1
 
 
 def write_tfrecord(path: str, records: List[bytes]) -> None:
-    with open(path, 'wb') as f:
+    with open(path, "wb") as f:
         for data in records:
-            header = struct.pack('<Q', len(data))
+            header = struct.pack("<Q", len(data))
             f.write(header)
-            f.write(struct.pack('<I', masked_crc32c(header)))
+            f.write(struct.pack("<I", masked_crc32c(header)))
             f.write(data)
-            f.write(struct.pack('<I', masked_crc32c(data)))
+            f.write(struct.pack("<I", masked_crc32c(data)))
 
 
 # -- protobuf wire format ------------------------------------------------------
@@ -103,7 +109,7 @@ def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
     result, shift = 0, 0
     while True:
         if pos >= len(buf):
-            raise TFRecordError('truncated varint')
+            raise TFRecordError("truncated varint")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -111,7 +117,7 @@ def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 70:
-            raise TFRecordError('varint too long')
+            raise TFRecordError("varint too long")
 
 
 def _fields(buf: bytes) -> Iterator[Tuple[int, int, Union[int, bytes]]]:
@@ -123,18 +129,18 @@ def _fields(buf: bytes) -> Iterator[Tuple[int, int, Union[int, bytes]]]:
         if wt == 0:
             val, pos = _varint(buf, pos)
         elif wt == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
+            val, pos = buf[pos : pos + 8], pos + 8
         elif wt == 2:
             n, pos = _varint(buf, pos)
             if pos + n > len(buf):
-                raise TFRecordError('truncated length-delimited field')
-            val, pos = buf[pos:pos + n], pos + n
+                raise TFRecordError("truncated length-delimited field")
+            val, pos = buf[pos : pos + n], pos + n
         elif wt == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
+            val, pos = buf[pos : pos + 4], pos + 4
         else:
-            raise TFRecordError(f'unsupported wire type {wt}')
+            raise TFRecordError(f"unsupported wire type {wt}")
         if pos > len(buf):
-            raise TFRecordError('truncated field')
+            raise TFRecordError("truncated field")
         yield num, wt, val
 
 
@@ -156,14 +162,14 @@ def parse_example(buf: bytes) -> Dict[str, Union[np.ndarray, List[bytes]]]:
         for n2, w2, entry in _fields(features):
             if n2 != 1 or w2 != 2:
                 continue
-            key, feature = None, b''
+            key, feature = None, b""
             for n3, _, v in _fields(entry):
                 if n3 == 1:
-                    key = v.decode('utf-8')
+                    key = v.decode("utf-8")
                 elif n3 == 2:
                     feature = v
             if key is None:
-                raise TFRecordError('feature map entry without a key')
+                raise TFRecordError("feature map entry without a key")
             value: Union[np.ndarray, List[bytes]] = []
             for kind, _, lst in _fields(feature):
                 if kind == 1:
@@ -172,10 +178,14 @@ def parse_example(buf: bytes) -> Dict[str, Union[np.ndarray, List[bytes]]]:
                     parts = []
                     for n, w, v in _fields(lst):
                         if n == 1:
-                            parts.append(np.frombuffer(v, '<f4') if w == 2 else
-                                         np.frombuffer(v, '<f4', count=1))
-                    value = (np.concatenate(parts) if parts else
-                             np.zeros(0, np.float32)).astype(np.float32)
+                            parts.append(
+                                np.frombuffer(v, "<f4")
+                                if w == 2
+                                else np.frombuffer(v, "<f4", count=1)
+                            )
+                    value = (np.concatenate(parts) if parts else np.zeros(0, np.float32)).astype(
+                        np.float32
+                    )
                 elif kind == 3:
                     ints: List[int] = []
                     for n, w, v in _fields(lst):
@@ -214,25 +224,24 @@ def _ld(num: int, payload: bytes) -> bytes:
 def encode_example(features: Dict[str, Union[np.ndarray, List[bytes], bytes]]) -> bytes:
     """Serializes ``{key: value}`` as a ``tf.train.Example`` (float arrays as
     FloatList, integer arrays as Int64List, bytes as BytesList)."""
-    entries = b''
+    entries = b""
     for key, value in features.items():
         if isinstance(value, (bytes, bytearray)):
             value = [bytes(value)]
         if isinstance(value, list):
-            feature = _ld(1, b''.join(_ld(1, v) for v in value))
+            feature = _ld(1, b"".join(_ld(1, v) for v in value))
         else:
             arr = np.asarray(value)
-            if arr.dtype.kind == 'f':
-                feature = _ld(2, _ld(1, arr.astype('<f4').tobytes()))
+            if arr.dtype.kind == "f":
+                feature = _ld(2, _ld(1, arr.astype("<f4").tobytes()))
             else:
-                feature = _ld(3, _ld(1, b''.join(_enc_varint(int(v)) for v in arr.ravel())))
+                feature = _ld(3, _ld(1, b"".join(_enc_varint(int(v)) for v in arr.ravel())))
         entries += _ld(1, _ld(1, key.encode()) + _ld(2, feature))
     return _ld(1, entries)
 
 
 # -- TensorProto -------------------------------------------------------------
-_DTYPES = {1: '<f4', 2: '<f8', 3: '<i4', 4: '<u1', 5: '<i2', 6: '<i1', 9: '<i8',
-           10: '?', 19: '<f2'}
+_DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "<u1", 5: "<i2", 6: "<i1", 9: "<i8", 10: "?", 19: "<f2"}
 _DT_FLOAT = 1
 
 
@@ -254,10 +263,11 @@ def parse_tensor_proto(buf: bytes) -> np.ndarray:
         elif num == 4 and wt == 2:
             content = val
         elif num == 5:  # float_val
-            floats.append(np.frombuffer(val, '<f4') if wt == 2 else
-                          np.frombuffer(val, '<f4', count=1))
+            floats.append(
+                np.frombuffer(val, "<f4") if wt == 2 else np.frombuffer(val, "<f4", count=1)
+            )
     if dtype not in _DTYPES:
-        raise TFRecordError(f'TensorProto with unsupported or missing dtype {dtype}')
+        raise TFRecordError(f"TensorProto with unsupported or missing dtype {dtype}")
     count = int(np.prod(shape)) if shape else 1
     if content is not None:
         arr = np.frombuffer(content, _DTYPES[dtype])
@@ -268,13 +278,12 @@ def parse_tensor_proto(buf: bytes) -> np.ndarray:
     else:
         arr = np.zeros(0, _DTYPES[dtype])
     if arr.size != count:
-        raise TFRecordError(f'TensorProto holds {arr.size} values for shape {shape}')
+        raise TFRecordError(f"TensorProto holds {arr.size} values for shape {shape}")
     return arr.reshape(shape).copy()
 
 
 def encode_tensor_proto(arr: np.ndarray) -> bytes:
     """Serializes a float32 array as ``tf.io.serialize_tensor`` does."""
-    arr = np.ascontiguousarray(arr, dtype='<f4')
-    shape = b''.join(_ld(2, _key(1, 0) + _enc_varint(int(s))) for s in arr.shape)
-    return (_key(1, 0) + _enc_varint(_DT_FLOAT) + _ld(2, shape) +
-            _ld(4, arr.tobytes()))
+    arr = np.ascontiguousarray(arr, dtype="<f4")
+    shape = b"".join(_ld(2, _key(1, 0) + _enc_varint(int(s))) for s in arr.shape)
+    return _key(1, 0) + _enc_varint(_DT_FLOAT) + _ld(2, shape) + _ld(4, arr.tobytes())

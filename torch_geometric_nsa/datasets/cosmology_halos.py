@@ -10,9 +10,9 @@ from torch_geometric.data import Data, InMemoryDataset
 from ._tfrecord import TFRecordError, parse_example, parse_tensor_proto, read_tfrecord
 from ._utils import DataFormatError, default_root
 
-_POS_KEYS = ('x', 'y', 'z')
-_VEL_KEYS = ('v_x', 'v_y', 'v_z')
-ABACUS_ENV = 'ABACUS_MINI_N64_L32'
+_POS_KEYS = ("x", "y", "z")
+_VEL_KEYS = ("v_x", "v_y", "v_z")
+ABACUS_ENV = "ABACUS_MINI_N64_L32"
 ABACUS_HELP = (
     "The default data is the small Abacus N-body run 'tests/Mini_N64_L32' "
     "shipped in the source distribution of the PyPI package 'abacusutils' "
@@ -22,7 +22,8 @@ ABACUS_HELP = (
     "    pip download --no-deps --no-binary :all: abacusutils==2.1.2 -d DIR\n"
     "    tar xzf DIR/abacusutils-2.1.2.tar.gz -C DIR\n"
     f"then pass abacus_dir='DIR/abacusutils-2.1.2/tests/Mini_N64_L32' or set "
-    f"${ABACUS_ENV} to that folder.")
+    f"${ABACUS_ENV} to that folder."
+)
 
 
 def _decode_bytes(values: List[bytes], path: str, key: str) -> np.ndarray:
@@ -34,8 +35,9 @@ def _decode_bytes(values: List[bytes], path: str, key: str) -> np.ndarray:
             if len(v) % 4:
                 raise DataFormatError(
                     f"Malformed data file '{path}': feature '{key}' is neither a "
-                    "serialized float32 tensor nor raw float32 bytes")
-            out.append(np.frombuffer(v, '<f4').copy())
+                    "serialized float32 tensor nor raw float32 bytes"
+                )
+            out.append(np.frombuffer(v, "<f4").copy())
     return np.concatenate([o.reshape(-1) for o in out]) if len(out) > 1 else out[0]
 
 
@@ -53,8 +55,11 @@ def read_halo_records(path: str, verify: bool = True) -> List[np.ndarray]:
             ex = parse_example(rec)
             cols = {}
             for k, v in ex.items():
-                cols[k] = (_decode_bytes(v, path, k) if isinstance(v, list)
-                           else np.asarray(v, dtype=np.float32))
+                cols[k] = (
+                    _decode_bytes(v, path, k)
+                    if isinstance(v, list)
+                    else np.asarray(v, dtype=np.float32)
+                )
             if all(k in cols for k in _POS_KEYS + _VEL_KEYS):
                 arr = np.stack([cols[k].reshape(-1) for k in _POS_KEYS + _VEL_KEYS], 1)
             else:
@@ -63,16 +68,17 @@ def read_halo_records(path: str, verify: bool = True) -> List[np.ndarray]:
                     raise DataFormatError(
                         f"Malformed data file '{path}': record {i} has features "
                         f"{sorted(ex)}; expected x, y, z, v_x, v_y, v_z or one "
-                        "[n, >=6] tensor")
+                        "[n, >=6] tensor"
+                    )
                 arr = mats[0][:, :6]
             if arr.shape[0] == 0 or not np.isfinite(arr).all():
-                raise DataFormatError(f"Malformed data file '{path}': record {i} "
-                                      "is empty or not finite")
+                raise DataFormatError(
+                    f"Malformed data file '{path}': record {i} is empty or not finite"
+                )
             clouds.append(arr.astype(np.float32))
     except TFRecordError as e:
         msg = str(e)
-        raise DataFormatError(msg if path in msg else
-                              f"Malformed data file '{path}': {msg}") from e
+        raise DataFormatError(msg if path in msg else f"Malformed data file '{path}': {msg}") from e
     if not clouds:
         raise DataFormatError(f"Malformed data file '{path}': no records")
     return clouds
@@ -83,14 +89,18 @@ def _find_abacus_dir(abacus_dir: Optional[str]) -> str:
     if not abacus_dir:
         if os.environ.get(ABACUS_ENV):
             cands.append(os.environ[ABACUS_ENV])
-        cands += sorted(glob.glob(osp.join(default_root('abacusutils'),
-                                           'abacusutils-*', 'tests', 'Mini_N64_L32')))
+        cands += sorted(
+            glob.glob(
+                osp.join(default_root("abacusutils"), "abacusutils-*", "tests", "Mini_N64_L32")
+            )
+        )
     for c in cands:
-        if c and osp.isdir(osp.join(c, 'slices')):
+        if c and osp.isdir(osp.join(c, "slices")):
             return c
     raise FileNotFoundError(
         f"CosmologyHalos: Abacus folder not found (looked in {cands or 'nothing'}; "
-        f"${ABACUS_ENV} unset).  " + ABACUS_HELP)
+        f"${ABACUS_ENV} unset).  " + ABACUS_HELP
+    )
 
 
 def read_abacus_particles(abacus_dir: str):
@@ -100,23 +110,25 @@ def read_abacus_particles(abacus_dir: str):
     try:
         from abacusnbody.data.read_abacus import read_asdf
     except ImportError as e:  # pragma: no cover
-        raise ImportError("reading Abacus files needs 'abacusutils' "
-                          "(pip install abacusutils)") from e
+        raise ImportError(
+            "reading Abacus files needs 'abacusutils' (pip install abacusutils)"
+        ) from e
     files = []
-    for sub in ('field_pack9', 'L0_pack9'):
-        files += sorted(glob.glob(osp.join(abacus_dir, 'slices', 'z*', sub, '*.asdf')))
+    for sub in ("field_pack9", "L0_pack9"):
+        files += sorted(glob.glob(osp.join(abacus_dir, "slices", "z*", sub, "*.asdf")))
     if not files:
-        raise FileNotFoundError(f"No slab files '*.asdf' under "
-                                f"'{osp.join(abacus_dir, 'slices')}'.  " + ABACUS_HELP)
+        raise FileNotFoundError(
+            f"No slab files '*.asdf' under '{osp.join(abacus_dir, 'slices')}'.  " + ABACUS_HELP
+        )
     pos, vel, box = [], [], None
     for fn in files:
         try:
-            cat = read_asdf(fn, load=('pos', 'vel'))
+            cat = read_asdf(fn, load=("pos", "vel"))
         except Exception as e:
             raise DataFormatError(f"Malformed data file '{fn}': {e}") from e
-        pos.append(np.asarray(cat['pos'], dtype=np.float32))
-        vel.append(np.asarray(cat['vel'], dtype=np.float32))
-        box = float(cat.meta['BoxSize'])
+        pos.append(np.asarray(cat["pos"], dtype=np.float32))
+        vel.append(np.asarray(cat["vel"], dtype=np.float32))
+        box = float(cat.meta["BoxSize"])
     return np.concatenate(pos), np.concatenate(vel), box
 
 
@@ -158,41 +170,51 @@ class CosmologyHalos(InMemoryDataset):
             (default: :obj:`1000.`)
         verify_crc (bool): check the TFRecord CRCs.  (default: :obj:`True`)
     """
-    def __init__(self, root: Optional[str] = None, split: str = 'train',
-                 source: str = 'auto', abacus_dir: Optional[str] = None,
-                 subdivisions: int = 4, box_size: Optional[float] = None,
-                 verify_crc: bool = True, transform: Optional[Callable] = None,
-                 pre_transform: Optional[Callable] = None, force_reload: bool = False):
-        if split not in ('train', 'val', 'test'):
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        split: str = "train",
+        source: str = "auto",
+        abacus_dir: Optional[str] = None,
+        subdivisions: int = 4,
+        box_size: Optional[float] = None,
+        verify_crc: bool = True,
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        force_reload: bool = False,
+    ):
+        if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test' (got '{split}')")
-        root = root or default_root('CosmologyHalos')
-        if source == 'auto':
-            source = ('tfrecord' if glob.glob(osp.join(root, 'raw', 'halos_*.tfrecord'))
-                      else 'abacus')
-        if source not in ('tfrecord', 'abacus'):
+        root = root or default_root("CosmologyHalos")
+        if source == "auto":
+            source = (
+                "tfrecord" if glob.glob(osp.join(root, "raw", "halos_*.tfrecord")) else "abacus"
+            )
+        if source not in ("tfrecord", "abacus"):
             raise ValueError(f"source must be 'tfrecord', 'abacus' or 'auto' (got '{source}')")
         if subdivisions < 1:
-            raise ValueError('subdivisions must be positive')
+            raise ValueError("subdivisions must be positive")
         self.source, self.split = source, split
         self.abacus_dir, self.subdivisions = abacus_dir, int(subdivisions)
         self.box_size = box_size
         self.verify_crc = verify_crc
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
-        idx = ('train', 'val', 'test').index(split)
+        idx = ("train", "val", "test").index(split)
         self.load(self.processed_paths[idx])
         self.stats: Dict[str, torch.Tensor] = torch.load(self.processed_paths[3])
 
     @property
     def raw_file_names(self) -> List[str]:
-        if self.source == 'abacus':
+        if self.source == "abacus":
             return []
-        return [f'halos_{s}_*.tfrecord' for s in ('train', 'test')]
+        return [f"halos_{s}_*.tfrecord" for s in ("train", "test")]
 
     def _download(self):  # globs, not file names
-        if self.source == 'abacus':
+        if self.source == "abacus":
             return
-        for s in ('train', 'test'):
-            if not glob.glob(osp.join(self.raw_dir, f'halos_{s}_*.tfrecord')):
+        for s in ("train", "test"):
+            if not glob.glob(osp.join(self.raw_dir, f"halos_{s}_*.tfrecord")):
                 self.download()
 
     def download(self):
@@ -203,25 +225,26 @@ class CosmologyHalos(InMemoryDataset):
             "('A Cosmology Benchmark for Geometric Deep Learning'; the data links of "
             "its repository, also referenced by Erwin, github.com/maxxxzdn/erwin) "
             f"and put the tfrecord files into '{self.raw_dir}'; or use "
-            "source='abacus'.  " + ABACUS_HELP)
+            "source='abacus'.  " + ABACUS_HELP
+        )
 
     @property
     def processed_file_names(self) -> List[str]:
-        tag = (f'abacus_s{self.subdivisions}' if self.source == 'abacus' else 'tfrecord')
-        return [f'{tag}_{s}.pt' for s in ('train', 'val', 'test')] + [f'{tag}_stats.pt']
+        tag = f"abacus_s{self.subdivisions}" if self.source == "abacus" else "tfrecord"
+        return [f"{tag}_{s}.pt" for s in ("train", "val", "test")] + [f"{tag}_stats.pt"]
 
     # -- processing ---------------------------------------------------------
     def _tfrecord_clouds(self):
         box = float(self.box_size or 1000.0)
         out = {}
-        for s in ('train', 'val', 'test'):
-            files = sorted(glob.glob(osp.join(self.raw_dir, f'halos_{s}_*.tfrecord')))
+        for s in ("train", "val", "test"):
+            files = sorted(glob.glob(osp.join(self.raw_dir, f"halos_{s}_*.tfrecord")))
             clouds = []
             for fn in files:
                 clouds += read_halo_records(fn, self.verify_crc)
             out[s] = [(c[:, :3], c[:, 3:6], box) for c in clouds]
-        if not out['val']:
-            out['val'] = out['test']
+        if not out["val"]:
+            out["val"] = out["test"]
         return out
 
     def _abacus_clouds(self):
@@ -234,31 +257,33 @@ class CosmologyHalos(InMemoryDataset):
         cell = np.clip(np.floor((pos + box / 2) / sub).astype(np.int64), 0, k - 1)
         out = dict(train=[], val=[], test=[])
         for ix in range(k):
-            split = 'test' if ix == k - 1 else ('val' if ix == k - 2 and k > 2 else 'train')
+            split = "test" if ix == k - 1 else ("val" if ix == k - 2 and k > 2 else "train")
             for iy in range(k):
                 for iz in range(k):
                     m = (cell[:, 0] == ix) & (cell[:, 1] == iy) & (cell[:, 2] == iz)
                     corner = np.array([ix, iy, iz], np.float32) * sub
                     out[split].append((pos[m] + box / 2 - corner, vel[m], sub))
-        if not out['val']:
-            out['val'] = out['test']
+        if not out["val"]:
+            out["val"] = out["test"]
         return out
 
     def process(self):
-        clouds = (self._abacus_clouds() if self.source == 'abacus'
-                  else self._tfrecord_clouds())
-        if not clouds['train']:
+        clouds = self._abacus_clouds() if self.source == "abacus" else self._tfrecord_clouds()
+        if not clouds["train"]:
             raise DataFormatError(f"CosmologyHalos: no training samples in '{self.raw_dir}'")
-        vel = np.concatenate([v for _, v, _ in clouds['train']]).astype(np.float64)
-        stats = dict(vel_mean=torch.tensor(vel.mean(0), dtype=torch.float),
-                     vel_std=torch.tensor(vel.std(0), dtype=torch.float).clamp_min(1e-8))
-        for i, s in enumerate(('train', 'val', 'test')):
+        vel = np.concatenate([v for _, v, _ in clouds["train"]]).astype(np.float64)
+        stats = dict(
+            vel_mean=torch.tensor(vel.mean(0), dtype=torch.float),
+            vel_std=torch.tensor(vel.std(0), dtype=torch.float).clamp_min(1e-8),
+        )
+        for i, s in enumerate(("train", "val", "test")):
             data_list = []
             for p, v, size in clouds[s]:
                 p = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
                 v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-                d = Data(pos=p, x=p / size - 0.5, vel=v,
-                         y=(v - stats['vel_mean']) / stats['vel_std'])
+                d = Data(
+                    pos=p, x=p / size - 0.5, vel=v, y=(v - stats["vel_mean"]) / stats["vel_std"]
+                )
                 if self.pre_transform is not None:
                     d = self.pre_transform(d)
                 data_list.append(d)
@@ -266,8 +291,7 @@ class CosmologyHalos(InMemoryDataset):
         torch.save(stats, self.processed_paths[3])
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.stats['vel_std'].to(y) + self.stats['vel_mean'].to(y)
+        return y * self.stats["vel_std"].to(y) + self.stats["vel_mean"].to(y)
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({self.source}, split={self.split}, '
-                f'{len(self)} clouds)')
+        return f"{self.__class__.__name__}({self.source}, split={self.split}, {len(self)} clouds)"

@@ -32,15 +32,15 @@ def _adk_files():
 
 def _is_npz(paths) -> bool:
     paths = _as_list(paths)
-    return bool(paths) and all(str(p).endswith('.npz') for p in paths)
+    return bool(paths) and all(str(p).endswith(".npz") for p in paths)
 
 
 class _NpzAtoms:
     def __init__(self, arch):
         self.atoms = self
-        self.types = [str(t) for t in arch['types']]
+        self.types = [str(t) for t in arch["types"]]
         self.bonds = self
-        self.indices = arch['bonds']
+        self.indices = arch["bonds"]
 
     def __len__(self):
         return len(self.types)
@@ -49,8 +49,9 @@ class _NpzAtoms:
 def _read_npz(paths: List[str], stride: int, window: int):
     """Frames from archives written by :func:`trajectory_to_npz`."""
     import numpy as np
+
     if len(paths) != 1:
-        raise ValueError(f'give one .npz archive per split (got {paths})')
+        raise ValueError(f"give one .npz archive per split (got {paths})")
     pos, disp, arch = [], [], None
     for p in paths:
         try:
@@ -60,45 +61,54 @@ def _read_npz(paths: List[str], stride: int, window: int):
             raise FileNotFoundError(f"Missing data file '{p}'") from None
         except Exception as e:
             raise DataFormatError(f"Malformed data file '{p}': {e}") from e
-        for key in ('positions', 'displacements', 'types', 'bonds'):
+        for key in ("positions", "displacements", "types", "bonds"):
             if key not in a:
                 raise DataFormatError(f"Malformed data file '{p}': no array '{key}'")
-        P, D = a['positions'][::stride], a['displacements']
+        P, D = a["positions"][::stride], a["displacements"]
         if stride > 1:  # displacement over `stride` frames, minimum image kept
-            D = np.add.reduceat(D, np.arange(0, len(D), stride))[:len(P) - 1]
-        if P.ndim != 3 or P.shape[2] != 3 or D.shape != (P.shape[0] - 1, ) + P.shape[1:]:
-            raise DataFormatError(f"Malformed data file '{p}': positions {P.shape} and "
-                                  f"displacements {D.shape} do not match")
+            D = np.add.reduceat(D, np.arange(0, len(D), stride))[: len(P) - 1]
+        if P.ndim != 3 or P.shape[2] != 3 or D.shape != (P.shape[0] - 1,) + P.shape[1:]:
+            raise DataFormatError(
+                f"Malformed data file '{p}': positions {P.shape} and "
+                f"displacements {D.shape} do not match"
+            )
         pos.append(torch.from_numpy(P).float())
         disp.append(torch.from_numpy(D).float())
         arch = arch or a
     P, D = pos[0], disp[0]
     if P.size(0) < window + 2:
-        raise DataFormatError(f"Malformed trajectory {paths}: {P.size(0)} frames, but a "
-                              f"window of {window} needs at least {window + 2}")
+        raise DataFormatError(
+            f"Malformed trajectory {paths}: {P.size(0)} frames, but a "
+            f"window of {window} needs at least {window + 2}"
+        )
     return arch, P, D
 
 
-def trajectory_to_npz(path: str, topology: Optional[str] = None,
-                      trajectory: Optional[PathList] = None) -> str:
+def trajectory_to_npz(
+    path: str, topology: Optional[str] = None, trajectory: Optional[PathList] = None
+) -> str:
     """Saves the frames of a trajectory (default: AdK's training run) into a
     compressed ``.npz`` archive that :class:`MDTrajectory` reads without
     MDAnalysis (``positions`` [T, N, 3], minimum-image ``displacements``
     [T-1, N, 3], atom ``types`` [N], ``bonds`` [B, 2]).  Useful on machines
     without MDAnalysis."""
     import numpy as np
+
     if topology is None and trajectory is None:
         topology, trajectory, _ = _adk_files()
     ds = MDTrajectory.__new__(MDTrajectory)
-    ds.topology, ds.trajectory = osp.abspath(topology), [osp.abspath(p) for p in
-                                                         _as_list(trajectory)]
+    ds.topology, ds.trajectory = (
+        osp.abspath(topology),
+        [osp.abspath(p) for p in _as_list(trajectory)],
+    )
     ds.stride, ds.window = 1, 1
     u, pos, disp = ds._read(ds.trajectory)
     atom_type, names, edge_index = ds._atom_info(u)
     types = np.array([names[i] for i in atom_type.tolist()])
-    bonds = edge_index[:, :edge_index.size(1) // 2].t().numpy()
-    np.savez_compressed(path, positions=pos.numpy(), displacements=disp.numpy(),
-                        types=types, bonds=bonds)
+    bonds = edge_index[:, : edge_index.size(1) // 2].t().numpy()
+    np.savez_compressed(
+        path, positions=pos.numpy(), displacements=disp.numpy(), types=types, bonds=bonds
+    )
     return path
 
 
@@ -162,10 +172,11 @@ class MDTrajectory(Dataset):
           **pos**, **y**, **disp**, **last_disp**: :math:`[N, 3]`,
           **atom_type**: :math:`[N]`, **edge_index**: :math:`[2, 2B]`.
     """
+
     def __init__(
         self,
         root: Optional[str] = None,
-        split: str = 'train',
+        split: str = "train",
         topology: Optional[str] = None,
         trajectory: Optional[PathList] = None,
         test_trajectory: Optional[PathList] = None,
@@ -176,10 +187,10 @@ class MDTrajectory(Dataset):
         pre_transform: Optional[Callable] = None,
         force_reload: bool = False,
     ):
-        if split not in ('train', 'test'):
+        if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test' (got '{split}')")
         if window < 1 or stride < 1:
-            raise ValueError('window and stride must be positive')
+            raise ValueError("window and stride must be positive")
         self.is_default = topology is None and trajectory is None
         if self.is_default:
             psf, dcd, dcd2 = _adk_files()
@@ -187,9 +198,11 @@ class MDTrajectory(Dataset):
             if test_trajectory is None:
                 test_trajectory = dcd2
         elif trajectory is None or (topology is None and not _is_npz(trajectory)):
-            raise ValueError("give both 'topology' and 'trajectory' (or neither, "
-                             "for the default AdK data; or '.npz' frame archives "
-                             "from 'trajectory_to_npz' without a topology)")
+            raise ValueError(
+                "give both 'topology' and 'trajectory' (or neither, "
+                "for the default AdK data; or '.npz' frame archives "
+                "from 'trajectory_to_npz' without a topology)"
+            )
         self.topology = None if topology is None else osp.abspath(topology)
         self.trajectory = [osp.abspath(p) for p in _as_list(trajectory)]
         self.test_trajectory = [osp.abspath(p) for p in _as_list(test_trajectory)]
@@ -198,19 +211,23 @@ class MDTrajectory(Dataset):
         self.stride = int(stride)
         self.test_fraction = float(test_fraction)
         if root is None:
-            root = default_root('MDTrajectory')
-        super().__init__(root, transform, pre_transform,
-                         force_reload=force_reload)
+            root = default_root("MDTrajectory")
+        super().__init__(root, transform, pre_transform, force_reload=force_reload)
         self._store = torch.load(self.processed_paths[0], weights_only=False)
         self._data = self._store[split]
-        T = self._data['disp'].size(0)
+        T = self._data["disp"].size(0)
         self._frames = list(range(self.window, T))
 
     # -- PyG plumbing -------------------------------------------------------
     def _config(self) -> Dict:
-        return dict(topology=self.topology, trajectory=self.trajectory,
-                    test_trajectory=self.test_trajectory, window=self.window,
-                    stride=self.stride, test_fraction=self.test_fraction)
+        return dict(
+            topology=self.topology,
+            trajectory=self.trajectory,
+            test_trajectory=self.test_trajectory,
+            window=self.window,
+            stride=self.stride,
+            test_fraction=self.test_fraction,
+        )
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -221,7 +238,7 @@ class MDTrajectory(Dataset):
     @property
     def processed_file_names(self) -> List[str]:
         key = hashlib.sha1(json.dumps(self._config(), sort_keys=True).encode())
-        return [f'md_{key.hexdigest()[:12]}.pt']
+        return [f"md_{key.hexdigest()[:12]}.pt"]
 
     def download(self):
         missing = [p for p in self.raw_file_names if not osp.isfile(p)]
@@ -229,7 +246,8 @@ class MDTrajectory(Dataset):
             f"MDTrajectory: missing trajectory file(s) {missing}.  Nothing is "
             "downloaded: pass the topology and trajectory files of your "
             "simulation, or install 'MDAnalysisTests' (pip install "
-            "MDAnalysisTests) for the default adenylate kinase runs.")
+            "MDAnalysisTests) for the default adenylate kinase runs."
+        )
 
     # -- reading ------------------------------------------------------------
     def _read(self, trajectory: List[str]):
@@ -239,50 +257,52 @@ class MDTrajectory(Dataset):
             import MDAnalysis as mda
             from MDAnalysis.lib.distances import minimize_vectors
         except ImportError as e:  # pragma: no cover
-            raise ImportError("MDTrajectory reads trajectories with MDAnalysis: "
-                              "pip install MDAnalysis") from e
+            raise ImportError(
+                "MDTrajectory reads trajectories with MDAnalysis: pip install MDAnalysis"
+            ) from e
         files = [self.topology] + trajectory
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
+                warnings.simplefilter("ignore")
                 u = mda.Universe(self.topology, *trajectory)
                 frames, boxes = [], []
-                for ts in u.trajectory[::self.stride]:
+                for ts in u.trajectory[:: self.stride]:
                     frames.append(torch.from_numpy(ts.positions.copy()))
                     dims = ts.dimensions
                     boxes.append(None if dims is None else dims.copy())
         except Exception as e:
             raise DataFormatError(
-                f"Malformed trajectory: MDAnalysis could not read {files}: "
-                f"{type(e).__name__}: {e}") from e
+                f"Malformed trajectory: MDAnalysis could not read {files}: {type(e).__name__}: {e}"
+            ) from e
         if len(frames) < self.window + 2:
             raise DataFormatError(
                 f"Malformed trajectory {trajectory}: {len(frames)} frames, but a "
-                f"window of {self.window} needs at least {self.window + 2}")
+                f"window of {self.window} needs at least {self.window + 2}"
+            )
         pos = torch.stack(frames).float()  # [T, N, 3]
         if not torch.isfinite(pos).all():
-            raise DataFormatError(f"Malformed trajectory {trajectory}: "
-                                  "positions are not all finite")
+            raise DataFormatError(
+                f"Malformed trajectory {trajectory}: positions are not all finite"
+            )
         disp = (pos[1:] - pos[:-1]).double()
         for t in range(disp.size(0)):
             box = boxes[t + 1]
             if box is not None and (box[:3] > 0).all():
-                disp[t] = torch.from_numpy(
-                    minimize_vectors(disp[t].numpy(), box.astype('float64')))
+                disp[t] = torch.from_numpy(minimize_vectors(disp[t].numpy(), box.astype("float64")))
         return u, pos, disp.float()
 
     def _atom_info(self, u):
         if isinstance(u, dict):  # from an .npz archive
             u = _NpzAtoms(u)
         atoms = u.atoms
-        for attr in ('types', 'names', 'elements'):
+        for attr in ("types", "names", "elements"):
             try:
                 labels = [str(v) for v in getattr(atoms, attr)]
                 break
             except Exception:
                 continue
         else:  # pragma: no cover
-            labels = ['X'] * len(atoms)
+            labels = ["X"] * len(atoms)
         names = sorted(set(labels))
         lookup = {n: i for i, n in enumerate(names)}
         atom_type = torch.tensor([lookup[n] for n in labels], dtype=torch.long)
@@ -300,7 +320,8 @@ class MDTrajectory(Dataset):
             if pos_te.size(1) != pos.size(1):
                 raise DataFormatError(
                     f"Malformed trajectory {self.test_trajectory}: "
-                    f"{pos_te.size(1)} atoms, the training run has {pos.size(1)}")
+                    f"{pos_te.size(1)} atoms, the training run has {pos.size(1)}"
+                )
             train = dict(pos=pos, disp=disp)
             test = dict(pos=pos_te, disp=disp_te)
         else:
@@ -310,31 +331,41 @@ class MDTrajectory(Dataset):
                 raise DataFormatError(
                     f"Malformed trajectory {self.trajectory}: {T} frames are too "
                     f"few to split with test_fraction={self.test_fraction} and "
-                    f"window={self.window}")
-            train = dict(pos=pos[:cut], disp=disp[:cut - 1])
+                    f"window={self.window}"
+                )
+            train = dict(pos=pos[:cut], disp=disp[: cut - 1])
             test = dict(pos=pos[cut:], disp=disp[cut:])
         atom_type, names, edge_index = self._atom_info(u)
         # statistics from the training split only
-        mean, _ = mean_std(train['disp'].reshape(-1, 3))
-        std = (train['disp'] - mean).double().pow(2).mean().sqrt().float()
+        mean, _ = mean_std(train["disp"].reshape(-1, 3))
+        std = (train["disp"] - mean).double().pow(2).mean().sqrt().float()
         stats = dict(disp_mean=mean, disp_std=std.clamp_min(1e-8))
-        torch.save(dict(train=train, test=test, atom_type=atom_type,
-                        type_names=names, edge_index=edge_index, stats=stats,
-                        config=self._config()), self.processed_paths[0])
+        torch.save(
+            dict(
+                train=train,
+                test=test,
+                atom_type=atom_type,
+                type_names=names,
+                edge_index=edge_index,
+                stats=stats,
+                config=self._config(),
+            ),
+            self.processed_paths[0],
+        )
 
     # -- samples ------------------------------------------------------------
     @property
     def stats(self) -> Dict[str, Tensor]:
         """Normalisation statistics (training split only)."""
-        return self._store['stats']
+        return self._store["stats"]
 
     @property
     def num_atom_types(self) -> int:
-        return len(self._store['type_names'])
+        return len(self._store["type_names"])
 
     @property
     def num_atoms(self) -> int:
-        return self._store['atom_type'].numel()
+        return self._store["atom_type"].numel()
 
     @property
     def num_node_features(self) -> int:
@@ -342,35 +373,40 @@ class MDTrajectory(Dataset):
 
     def normalize(self, disp: Tensor) -> Tensor:
         s = self.stats
-        return (disp - s['disp_mean'].to(disp)) / s['disp_std'].to(disp)
+        return (disp - s["disp_mean"].to(disp)) / s["disp_std"].to(disp)
 
     def denormalize(self, y: Tensor) -> Tensor:
         """Maps normalised displacements back to Ångström per frame."""
         s = self.stats
-        return y * s['disp_std'].to(y) + s['disp_mean'].to(y)
+        return y * s["disp_std"].to(y) + s["disp_mean"].to(y)
 
     def len(self) -> int:
         return len(self._frames)
 
     def get(self, idx: int) -> Data:
         t = self._frames[idx]
-        d = self._data['disp']
-        past = d[t - self.window:t].flip(0)  # [K, N, 3], most recent first
+        d = self._data["disp"]
+        past = d[t - self.window : t].flip(0)  # [K, N, 3], most recent first
         K, N = past.shape[:2]
-        onehot = torch.nn.functional.one_hot(self._store['atom_type'],
-                                             self.num_atom_types).float()
-        x = torch.cat([self.normalize(past).permute(1, 0, 2).reshape(N, 3 * K),
-                       onehot], dim=1)
-        data = Data(x=x, pos=self._data['pos'][t], y=self.normalize(d[t]),
-                    disp=d[t], last_disp=d[t - 1],
-                    atom_type=self._store['atom_type'],
-                    edge_index=self._store['edge_index'], frame=torch.tensor([t]))
+        onehot = torch.nn.functional.one_hot(self._store["atom_type"], self.num_atom_types).float()
+        x = torch.cat([self.normalize(past).permute(1, 0, 2).reshape(N, 3 * K), onehot], dim=1)
+        data = Data(
+            x=x,
+            pos=self._data["pos"][t],
+            y=self.normalize(d[t]),
+            disp=d[t],
+            last_disp=d[t - 1],
+            atom_type=self._store["atom_type"],
+            edge_index=self._store["edge_index"],
+            frame=torch.tensor([t]),
+        )
         if self.pre_transform is not None:
             data = self.pre_transform(data)
         return data
 
     def __repr__(self) -> str:
-        name = ('AdK' if self.is_default else
-                osp.basename(self.topology or self.trajectory[0]))
-        return (f'{self.__class__.__name__}({name}, split={self.split}, '
-                f'{len(self)} windows, {self.num_atoms} atoms)')
+        name = "AdK" if self.is_default else osp.basename(self.topology or self.trajectory[0])
+        return (
+            f"{self.__class__.__name__}({name}, split={self.split}, "
+            f"{len(self)} windows, {self.num_atoms} atoms)"
+        )

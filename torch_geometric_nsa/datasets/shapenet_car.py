@@ -18,7 +18,7 @@ DROP = slice(16, 112)
 def _drop_internal(a: np.ndarray) -> np.ndarray:
     if a.shape[0] != RAW_POINTS:
         return a
-    return np.concatenate([a[:DROP.start], a[DROP.stop:]], axis=0)
+    return np.concatenate([a[: DROP.start], a[DROP.stop :]], axis=0)
 
 
 class ShapeNetCar(InMemoryDataset):
@@ -49,22 +49,32 @@ class ShapeNetCar(InMemoryDataset):
         layout (str): :obj:`"auto"`, :obj:`"raw"` or :obj:`"preprocessed"`.
         num_train (int): size of the training split.  (default: :obj:`700`)
     """
-    def __init__(self, root: Optional[str] = None, split: str = 'train',
-                 layout: str = 'auto', num_train: int = 700,
-                 transform: Optional[Callable] = None,
-                 pre_transform: Optional[Callable] = None, force_reload: bool = False):
-        if split not in ('train', 'test'):
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        split: str = "train",
+        layout: str = "auto",
+        num_train: int = 700,
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        force_reload: bool = False,
+    ):
+        if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test' (got '{split}')")
-        root = root or default_root('ShapeNetCar')
-        raw_dir = osp.join(root, 'raw')
-        if layout == 'auto':
-            layout = ('preprocessed' if glob.glob(osp.join(raw_dir, '**', 'mesh_points.th'),
-                                                  recursive=True) else 'raw')
-        if layout not in ('raw', 'preprocessed'):
+        root = root or default_root("ShapeNetCar")
+        raw_dir = osp.join(root, "raw")
+        if layout == "auto":
+            layout = (
+                "preprocessed"
+                if glob.glob(osp.join(raw_dir, "**", "mesh_points.th"), recursive=True)
+                else "raw"
+            )
+        if layout not in ("raw", "preprocessed"):
             raise ValueError(f"layout must be 'auto', 'raw' or 'preprocessed' (got '{layout}')")
         self.layout, self.split, self.num_train = layout, split, int(num_train)
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
-        self.load(self.processed_paths[0 if split == 'train' else 1])
+        self.load(self.processed_paths[0 if split == "train" else 1])
         self.stats = torch.load(self.processed_paths[2])
 
     @property
@@ -72,12 +82,14 @@ class ShapeNetCar(InMemoryDataset):
         return []  # globbed in :meth:`_samples`
 
     def _samples(self) -> List[Tuple[str, str]]:
-        if self.layout == 'preprocessed':
-            dirs = sorted(osp.dirname(p) for p in glob.glob(
-                osp.join(self.raw_dir, '**', 'mesh_points.th'), recursive=True))
-            return [(osp.join(d, 'mesh_points.th'), osp.join(d, 'pressure.th')) for d in dirs]
-        dirs = sorted(glob.glob(osp.join(self.raw_dir, 'param[0-9]', '*', '')))
-        return [(osp.join(d, 'quadpress_smpl.vtk'), osp.join(d, 'press.npy')) for d in dirs]
+        if self.layout == "preprocessed":
+            dirs = sorted(
+                osp.dirname(p)
+                for p in glob.glob(osp.join(self.raw_dir, "**", "mesh_points.th"), recursive=True)
+            )
+            return [(osp.join(d, "mesh_points.th"), osp.join(d, "pressure.th")) for d in dirs]
+        dirs = sorted(glob.glob(osp.join(self.raw_dir, "param[0-9]", "*", "")))
+        return [(osp.join(d, "quadpress_smpl.vtk"), osp.join(d, "press.npy")) for d in dirs]
 
     def _download(self):
         if not self._samples():
@@ -90,26 +102,30 @@ class ShapeNetCar(InMemoryDataset):
             "(http://www.nobuyuki-umetani.com/publication/mlcfd_data.zip, the "
             "'param0'..'param8' folders with 'quadpress_smpl.vtk' and 'press.npy'), "
             "or the preprocessed 'mesh_points.th'/'pressure.th' files used by "
-            f"Erwin, and place them under '{self.raw_dir}'.")
+            f"Erwin, and place them under '{self.raw_dir}'."
+        )
 
     @property
     def processed_file_names(self) -> List[str]:
-        tag = f'{self.layout}_{self.num_train}'
-        return [f'{tag}_train.pt', f'{tag}_test.pt', f'{tag}_stats.pt']
+        tag = f"{self.layout}_{self.num_train}"
+        return [f"{tag}_train.pt", f"{tag}_test.pt", f"{tag}_stats.pt"]
 
     def _read(self, mesh: str, press: str):
-        if self.layout == 'preprocessed':
+        if self.layout == "preprocessed":
+
             def load(p):
                 if not osp.isfile(p):
                     raise FileNotFoundError(f"Missing data file '{p}'")
                 try:
-                    t = torch.load(p, map_location='cpu', weights_only=True)
+                    t = torch.load(p, map_location="cpu", weights_only=True)
                 except Exception as e:
                     raise DataFormatError(f"Malformed data file '{p}': {e}") from e
                 if not torch.is_tensor(t):
-                    raise DataFormatError(f"Malformed data file '{p}': holds "
-                                          f"{type(t).__name__}, not a tensor")
+                    raise DataFormatError(
+                        f"Malformed data file '{p}': holds {type(t).__name__}, not a tensor"
+                    )
                 return t.float().numpy()
+
             pos, p = load(mesh), load(press)
         else:
             pos, _ = read_legacy_vtk(mesh)
@@ -122,11 +138,14 @@ class ShapeNetCar(InMemoryDataset):
             pos, p = _drop_internal(pos), _drop_internal(p.reshape(-1))
         p = p.reshape(-1)
         if pos.ndim != 2 or pos.shape[1] != 3:
-            raise DataFormatError(f"Malformed data file '{mesh}': points of shape "
-                                  f"{tuple(pos.shape)}, expected [N, 3]")
+            raise DataFormatError(
+                f"Malformed data file '{mesh}': points of shape {tuple(pos.shape)}, expected [N, 3]"
+            )
         if p.shape[0] != pos.shape[0]:
-            raise DataFormatError(f"Malformed data file '{press}': {p.shape[0]} "
-                                  f"pressure values for {pos.shape[0]} points in '{mesh}'")
+            raise DataFormatError(
+                f"Malformed data file '{press}': {p.shape[0]} "
+                f"pressure values for {pos.shape[0]} points in '{mesh}'"
+            )
         if not np.isfinite(p).all():
             raise DataFormatError(f"Malformed data file '{press}': non-finite pressure")
         return torch.from_numpy(np.ascontiguousarray(pos)), torch.from_numpy(p.copy())
@@ -136,19 +155,27 @@ class ShapeNetCar(InMemoryDataset):
         if len(samples) <= self.num_train:
             raise DataFormatError(
                 f"ShapeNetCar: {len(samples)} samples under '{self.raw_dir}', need more "
-                f"than num_train={self.num_train}")
+                f"than num_train={self.num_train}"
+            )
         items = [self._read(m, p) for m, p in samples]
-        train = items[:self.num_train]
+        train = items[: self.num_train]
         P = torch.cat([p for p, _ in train]).double()
         Y = torch.cat([y for _, y in train]).double()
-        stats = dict(pos_mean=P.mean(0).float(), pos_std=P.std(0).float().clamp_min(1e-8),
-                     press_mean=Y.mean().float(), press_std=Y.std().float().clamp_min(1e-8))
-        for i, part in enumerate((train, items[self.num_train:])):
+        stats = dict(
+            pos_mean=P.mean(0).float(),
+            pos_std=P.std(0).float().clamp_min(1e-8),
+            press_mean=Y.mean().float(),
+            press_std=Y.std().float().clamp_min(1e-8),
+        )
+        for i, part in enumerate((train, items[self.num_train :])):
             out = []
             for pos, press in part:
-                d = Data(pos=pos, x=(pos - stats['pos_mean']) / stats['pos_std'],
-                         y=((press - stats['press_mean']) / stats['press_std']).view(-1, 1),
-                         press=press)
+                d = Data(
+                    pos=pos,
+                    x=(pos - stats["pos_mean"]) / stats["pos_std"],
+                    y=((press - stats["press_mean"]) / stats["press_std"]).view(-1, 1),
+                    press=press,
+                )
                 if self.pre_transform is not None:
                     d = self.pre_transform(d)
                 out.append(d)
@@ -156,7 +183,7 @@ class ShapeNetCar(InMemoryDataset):
         torch.save(stats, self.processed_paths[2])
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.stats['press_std'].to(y) + self.stats['press_mean'].to(y)
+        return y * self.stats["press_std"].to(y) + self.stats["press_mean"].to(y)
 
     def __repr__(self) -> str:
-        return f'{self.__class__.__name__}({self.layout}, split={self.split}, {len(self)} cars)'
+        return f"{self.__class__.__name__}({self.layout}, split={self.split}, {len(self)} cars)"

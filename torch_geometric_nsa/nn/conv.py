@@ -9,7 +9,7 @@ from .. import ops
 from ..tree import TreeLayout, build_ball_tree
 from ..tree.layout import _check_pow2
 
-BRANCHES = ('compressed', 'selected', 'local')
+BRANCHES = ("compressed", "selected", "local")
 
 
 def masked_block_mean(src: Tensor, mask: Tensor, size: int) -> Tensor:
@@ -23,7 +23,7 @@ def masked_block_mean(src: Tensor, mask: Tensor, size: int) -> Tensor:
         torch.Tensor: ``[S / size, ...]`` (zero for blocks of pads only).
     """
     shape = (-1, size) + src.shape[1:]
-    w = mask.to(src.dtype).view((-1, size) + (1, ) * (src.dim() - 1))
+    w = mask.to(src.dtype).view((-1, size) + (1,) * (src.dim() - 1))
     total = (src.view(shape) * w).sum(1)
     return total / w.sum(1).clamp(min=1)
 
@@ -40,6 +40,7 @@ class SlotGeometry(NamedTuple):
     r"""What every :class:`ErwinNSAConv` derives from a layout and the
     positions alone, computed once per forward and shared by all layers on
     that layout (see :meth:`ErwinNSAConv.geometry`)."""
+
     #: ``[S, P]`` slot positions, detached, float32 (float64 for float64
     #: models): distances of a low-precision cloud keep their low bits.
     pos: Tensor
@@ -59,31 +60,40 @@ class SlotGeometry(NamedTuple):
     compress_size: int
 
 
-def slot_geometry(tree: TreeLayout, pos: Tensor, ball_size: int,
-                  compress_size: int,
-                  dtype: torch.dtype = torch.float32) -> SlotGeometry:
+def slot_geometry(
+    tree: TreeLayout,
+    pos: Tensor,
+    ball_size: int,
+    compress_size: int,
+    dtype: torch.dtype = torch.float32,
+) -> SlotGeometry:
     """The :class:`SlotGeometry` of :obj:`tree` for input-order positions
     ``pos [N, P]`` (no host synchronisation; a handful of small ops)."""
     tree.check_ball_size(ball_size)
     tree.check_ball_size(compress_size)
-    return slot_geometry_of_slots(tree.gather(pos.detach()), tree.mask,
-                                  ball_size, compress_size, dtype)
+    return slot_geometry_of_slots(
+        tree.gather(pos.detach()), tree.mask, ball_size, compress_size, dtype
+    )
 
 
-def slot_geometry_of_slots(ps: Tensor, mask: Tensor, ball_size: int,
-                           compress_size: int,
-                           dtype: torch.dtype = torch.float32) -> SlotGeometry:
+def slot_geometry_of_slots(
+    ps: Tensor, mask: Tensor, ball_size: int, compress_size: int, dtype: torch.dtype = torch.float32
+) -> SlotGeometry:
     """:func:`slot_geometry` from slot-ordered positions ``ps [S, P]`` and
     the ``[S]`` mask."""
     ps = ps.detach().to(dtype)
     c = compress_size
     w = mask.to(dtype).view(-1, c, 1)
     return SlotGeometry(
-        pos=ps, ball_offset=offset_from_block_centre(ps, mask, ball_size),
+        pos=ps,
+        ball_offset=offset_from_block_centre(ps, mask, ball_size),
         block_offset=offset_from_block_centre(ps, mask, c),
-        block_mask=mask.view(-1, c).any(1), block_weight=w,
-        block_count=w.sum(1).clamp(min=1), ball_size=ball_size,
-        compress_size=c)
+        block_mask=mask.view(-1, c).any(1),
+        block_weight=w,
+        block_count=w.sum(1).clamp(min=1),
+        ball_size=ball_size,
+        compress_size=c,
+    )
 
 
 def _pos_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -150,40 +160,54 @@ class ErwinNSAConv(torch.nn.Module):
           :class:`~torch_geometric_nsa.tree.TreeLayout` *(optional)*
         - **output:** node features :math:`(N, C)` in input order
     """
-    def __init__(self, channels: int, heads: int, *, ball_size: int = 128,
-                 compress_size: int = 32, select_size: Optional[int] = None,
-                 group_size: Optional[int] = None, topk: int = 4,
-                 branches: Sequence[str] = BRANCHES, pos_dim: int = 3,
-                 dist_bias_init: float = -1.0):
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        *,
+        ball_size: int = 128,
+        compress_size: int = 32,
+        select_size: Optional[int] = None,
+        group_size: Optional[int] = None,
+        topk: int = 4,
+        branches: Sequence[str] = BRANCHES,
+        pos_dim: int = 3,
+        dist_bias_init: float = -1.0,
+    ):
         super().__init__()
         select_size = compress_size if select_size is None else select_size
         group_size = select_size if group_size is None else group_size
         if heads < 1 or channels % heads:
-            raise ValueError(f'channels={channels} must be divisible by '
-                             f'heads={heads}')
+            raise ValueError(f"channels={channels} must be divisible by heads={heads}")
         if channels // heads < 8:
-            raise ValueError(f'head dim channels/heads = {channels // heads} '
-                             f'is below the minimum of 8')
-        for name, v in (('ball_size', ball_size),
-                        ('compress_size', compress_size),
-                        ('select_size', select_size),
-                        ('group_size', group_size)):
+            raise ValueError(
+                f"head dim channels/heads = {channels // heads} is below the minimum of 8"
+            )
+        for name, v in (
+            ("ball_size", ball_size),
+            ("compress_size", compress_size),
+            ("select_size", select_size),
+            ("group_size", group_size),
+        ):
             _check_pow2(v, name)
             if v > ball_size:
-                raise ValueError(f'{name}={v} must not exceed '
-                                 f'ball_size={ball_size}')
+                raise ValueError(f"{name}={v} must not exceed ball_size={ball_size}")
         if select_size % compress_size:
-            raise ValueError(f'select_size={select_size} must be a multiple of '
-                             f'compress_size={compress_size}')
+            raise ValueError(
+                f"select_size={select_size} must be a multiple of compress_size={compress_size}"
+            )
         if not isinstance(topk, int) or topk < 1:
-            raise ValueError(f'topk must be a positive int (got {topk!r})')
+            raise ValueError(f"topk must be a positive int (got {topk!r})")
         branches = tuple(branches)
-        if not branches or any(b not in BRANCHES for b in branches) or \
-                len(set(branches)) != len(branches):
-            raise ValueError(f'branches must be a non-empty subset of '
-                             f'{BRANCHES} (got {branches})')
+        if (
+            not branches
+            or any(b not in BRANCHES for b in branches)
+            or len(set(branches)) != len(branches)
+        ):
+            raise ValueError(f"branches must be a non-empty subset of {BRANCHES} (got {branches})")
         if pos_dim < 1:
-            raise ValueError(f'pos_dim must be positive (got {pos_dim})')
+            raise ValueError(f"pos_dim must be positive (got {pos_dim})")
 
         self.channels, self.heads = channels, heads
         self.head_dim = channels // heads
@@ -197,10 +221,10 @@ class ErwinNSAConv(torch.nn.Module):
         self.qkv = Linear(channels, 3 * channels)
         self.gate = Linear(channels, len(self.branches) * heads)
         self.out = Linear(channels, channels)
-        if 'local' in self.branches:
+        if "local" in self.branches:
             self.sigma = Parameter(torch.empty(heads))
         else:
-            self.register_parameter('sigma', None)
+            self.register_parameter("sigma", None)
         if self.needs_compression:
             # DeepSets summary phi of a block (keys and values together)
             self.phi_in = Linear(2 * channels, 2 * channels)
@@ -213,7 +237,7 @@ class ErwinNSAConv(torch.nn.Module):
     def needs_compression(self) -> bool:
         """Whether a branch needs the block summaries (compressed or
         selected)."""
-        return 'compressed' in self.branches or 'selected' in self.branches
+        return "compressed" in self.branches or "selected" in self.branches
 
     def reset_parameters(self):
         """Resets all learnable parameters (:math:`\\sigma_h` to
@@ -224,50 +248,54 @@ class ErwinNSAConv(torch.nn.Module):
             with torch.no_grad():
                 self.sigma.fill_(self.dist_bias_init)
 
-    def _check(self, x: Tensor, pos: Tensor, batch: Optional[Tensor],
-               tree: Optional[TreeLayout]) -> None:
+    def _check(
+        self, x: Tensor, pos: Tensor, batch: Optional[Tensor], tree: Optional[TreeLayout]
+    ) -> None:
         if x.dim() != 2 or x.size(1) != self.channels:
-            raise ValueError(f"'x' must have shape [num_points, {self.channels}]"
-                             f" (got {tuple(x.shape)})")
+            raise ValueError(
+                f"'x' must have shape [num_points, {self.channels}] (got {tuple(x.shape)})"
+            )
         if pos.dim() != 2 or pos.size(1) != self.pos_dim:
-            raise ValueError(f"'pos' must have shape [num_points, "
-                             f"{self.pos_dim}] (got {tuple(pos.shape)})")
+            raise ValueError(
+                f"'pos' must have shape [num_points, {self.pos_dim}] (got {tuple(pos.shape)})"
+            )
         if pos.size(0) != x.size(0):
-            raise ValueError(f"'x' has {x.size(0)} points but 'pos' has "
-                             f"{pos.size(0)}")
+            raise ValueError(f"'x' has {x.size(0)} points but 'pos' has {pos.size(0)}")
         if batch is not None and batch.numel() != x.size(0):
-            raise ValueError(f"'batch' has {batch.numel()} entries but 'x' has "
-                             f"{x.size(0)} points")
+            raise ValueError(f"'batch' has {batch.numel()} entries but 'x' has {x.size(0)} points")
         if not x.is_floating_point() or not pos.is_floating_point():
-            raise TypeError(f"'x' and 'pos' must be floating point (got "
-                            f"{x.dtype} and {pos.dtype})")
-        if x.device != pos.device or (batch is not None
-                                      and batch.device != x.device):
+            raise TypeError(f"'x' and 'pos' must be floating point (got {x.dtype} and {pos.dtype})")
+        if x.device != pos.device or (batch is not None and batch.device != x.device):
             raise ValueError("'x', 'pos' and 'batch' must be on one device")
         if tree is not None:
             if tree.num_points != x.size(0):
-                raise ValueError(f'the tree holds {tree.num_points} points but '
-                                 f"'x' has {x.size(0)}")
+                raise ValueError(f"the tree holds {tree.num_points} points but 'x' has {x.size(0)}")
             if tree.ball_size < self.ball_size:
-                raise ValueError(f'the tree was built with ball_size='
-                                 f'{tree.ball_size} < the layer\'s '
-                                 f'{self.ball_size}')
+                raise ValueError(
+                    f"the tree was built with ball_size="
+                    f"{tree.ball_size} < the layer's "
+                    f"{self.ball_size}"
+                )
             if tree.device != x.device:
-                raise ValueError(f'the tree is on {tree.device} but x on '
-                                 f'{x.device}')
+                raise ValueError(f"the tree is on {tree.device} but x on {x.device}")
 
-    def geometry(self, pos: Tensor, tree: TreeLayout,
-                 dtype: torch.dtype = torch.float32) -> SlotGeometry:
+    def geometry(
+        self, pos: Tensor, tree: TreeLayout, dtype: torch.dtype = torch.float32
+    ) -> SlotGeometry:
         """The :class:`SlotGeometry` of this layer's ball and block sizes on
         :obj:`tree`; layers of equal sizes on one layout share it (the model
         computes it once per forward and tree).  :obj:`dtype` is the position
         dtype: float32, or float64 for float64 models."""
-        return slot_geometry(tree, pos, self.ball_size, self.compress_size,
-                             dtype)
+        return slot_geometry(tree, pos, self.ball_size, self.compress_size, dtype)
 
-    def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
-                tree: Optional[TreeLayout] = None,
-                geometry: Optional[SlotGeometry] = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        batch: Optional[Tensor] = None,
+        tree: Optional[TreeLayout] = None,
+        geometry: Optional[SlotGeometry] = None,
+    ) -> Tensor:
         """Runs the layer.
 
         Args:
@@ -286,16 +314,15 @@ class ErwinNSAConv(torch.nn.Module):
         self._check(x, pos, batch, tree)
         if tree is None:
             if geometry is not None:
-                raise ValueError("a 'geometry' needs the 'tree' it was "
-                                 "computed on")
+                raise ValueError("a 'geometry' needs the 'tree' it was computed on")
             tree = build_ball_tree(pos, batch, ball_size=self.ball_size)
         if geometry is None:
             geometry = self.geometry(pos, tree, _pos_dtype(x.dtype))
-        return tree.scatter(self.forward_slots(tree.gather(x), geometry.pos,
-                                               tree, geometry))
+        return tree.scatter(self.forward_slots(tree.gather(x), geometry.pos, tree, geometry))
 
-    def forward_slots(self, xs: Tensor, ps: Tensor, tree: TreeLayout,
-                      geometry: Optional[SlotGeometry] = None) -> Tensor:
+    def forward_slots(
+        self, xs: Tensor, ps: Tensor, tree: TreeLayout, geometry: Optional[SlotGeometry] = None
+    ) -> Tensor:
         """The layer on slot-ordered inputs ``[S, C]``, ``[S, P]``; returns
         ``[S, C]`` (pad rows are unspecified).  :obj:`ps` is ignored when
         :obj:`geometry` is given."""
@@ -303,13 +330,14 @@ class ErwinNSAConv(torch.nn.Module):
         mask = tree.mask
         m, c = self.ball_size, self.compress_size
         if geometry is None:
-            geometry = slot_geometry_of_slots(ps, mask, m, c,
-                                              _pos_dtype(xs.dtype))
+            geometry = slot_geometry_of_slots(ps, mask, m, c, _pos_dtype(xs.dtype))
         elif (geometry.ball_size, geometry.compress_size) != (m, c):
-            raise ValueError(f'the geometry was computed for ball_size='
-                             f'{geometry.ball_size}, compress_size='
-                             f'{geometry.compress_size}, the layer uses '
-                             f'{m}, {c}')
+            raise ValueError(
+                f"the geometry was computed for ball_size="
+                f"{geometry.ball_size}, compress_size="
+                f"{geometry.compress_size}, the layer uses "
+                f"{m}, {c}"
+            )
         # positions stay in at least float32 (distances of a bf16 cloud
         # would lose their low bits); features enter in the model's dtype
         xs = xs + self.pos_proj(geometry.ball_offset.to(xs.dtype))
@@ -320,42 +348,50 @@ class ErwinNSAConv(torch.nn.Module):
         if self.needs_compression:
             kc, vc = self.compress(qkv[:, C:], geometry)
             block_mask = geometry.block_mask
-            o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask,
-                                                  tree.ptr, c)
-            if 'compressed' in self.branches:
+            o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask, tree.ptr, c)
+            if "compressed" in self.branches:
                 outs.append(o_cmp)
-            if 'selected' in self.branches:
-                idx = ops.select_blocks(q, kc, lse, block_mask, mask, tree.ptr,
-                                        c, self.select_size, self.group_size,
-                                        self.topk)
-                outs.append(ops.selected_attention(
-                    q, k, v, mask, idx, self.select_size, self.group_size))
-        if 'local' in self.branches:
-            outs.append(ops.ball_attention(q, k, v, geometry.pos, mask,
-                                           self.sigma.to(q.dtype), m))
+            if "selected" in self.branches:
+                idx = ops.select_blocks(
+                    q,
+                    kc,
+                    lse,
+                    block_mask,
+                    mask,
+                    tree.ptr,
+                    c,
+                    self.select_size,
+                    self.group_size,
+                    self.topk,
+                )
+                outs.append(
+                    ops.selected_attention(q, k, v, mask, idx, self.select_size, self.group_size)
+                )
+        if "local" in self.branches:
+            outs.append(ops.ball_attention(q, k, v, geometry.pos, mask, self.sigma.to(q.dtype), m))
         gates = torch.sigmoid(self.gate(xs)).view(S, len(outs), H, 1)
         o = (torch.stack(outs, 1) * gates).sum(1)
         return self.out(o.view(S, C))
 
-    def compress(self, kv: Tensor,
-                 geometry: SlotGeometry) -> Tuple[Tensor, Tensor]:
+    def compress(self, kv: Tensor, geometry: SlotGeometry) -> Tuple[Tensor, Tensor]:
         r"""The block summaries :math:`\phi`: ``[S/c, H, D]`` keys and values
         from ``kv [S, 2C]`` (keys then values of every slot)."""
-        S, H, D = kv.size(0), self.heads, self.head_dim
+        H, D = self.heads, self.head_dim
         c = self.compress_size
         h = self.phi_in(kv)
         h = F.gelu(h + self.phi_pos(geometry.block_offset.to(h.dtype)))
         w = geometry.block_weight.to(h.dtype)
-        h = (h.view(-1, c, h.size(-1)) * w).sum(1) / \
-            geometry.block_count.to(h.dtype)
+        h = (h.view(-1, c, h.size(-1)) * w).sum(1) / geometry.block_count.to(h.dtype)
         hk, hv = h.chunk(2, dim=-1)
         kc = self.phi_out_k(hk).view(-1, H, D)
         vc = self.phi_out_v(hv).view(-1, H, D)
         return kc, vc
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({self.channels}, '
-                f'heads={self.heads}, ball_size={self.ball_size}, '
-                f'compress_size={self.compress_size}, '
-                f'select_size={self.select_size}, topk={self.topk}, '
-                f'branches={self.branches})')
+        return (
+            f"{self.__class__.__name__}({self.channels}, "
+            f"heads={self.heads}, ball_size={self.ball_size}, "
+            f"compress_size={self.compress_size}, "
+            f"select_size={self.select_size}, topk={self.topk}, "
+            f"branches={self.branches})"
+        )

@@ -32,22 +32,32 @@ class MPNNEmbedding(MessagePassing):
           edge index :math:`(2, E)`
         - **output:** :math:`(N, F_{out})`
     """
-    def __init__(self, in_channels: int, out_channels: int, pos_dim: int = 3,
-                 steps: int = 1):
-        super().__init__(aggr='mean')
+
+    def __init__(self, in_channels: int, out_channels: int, pos_dim: int = 3, steps: int = 1):
+        super().__init__(aggr="mean")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.pos_dim, self.steps = pos_dim, steps
         self.lin = Linear(in_channels, out_channels)
-        self.message_mlps = torch.nn.ModuleList([
-            Sequential(Linear(2 * out_channels + pos_dim, out_channels), SiLU(),
-                       Linear(out_channels, out_channels))
-            for _ in range(steps)
-        ])
-        self.update_mlps = torch.nn.ModuleList([
-            Sequential(Linear(2 * out_channels, out_channels), SiLU(),
-                       Linear(out_channels, out_channels))
-            for _ in range(steps)
-        ])
+        self.message_mlps = torch.nn.ModuleList(
+            [
+                Sequential(
+                    Linear(2 * out_channels + pos_dim, out_channels),
+                    SiLU(),
+                    Linear(out_channels, out_channels),
+                )
+                for _ in range(steps)
+            ]
+        )
+        self.update_mlps = torch.nn.ModuleList(
+            [
+                Sequential(
+                    Linear(2 * out_channels, out_channels),
+                    SiLU(),
+                    Linear(out_channels, out_channels),
+                )
+                for _ in range(steps)
+            ]
+        )
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -56,11 +66,10 @@ class MPNNEmbedding(MessagePassing):
         self.lin.reset_parameters()
         for mlp in list(self.message_mlps) + list(self.update_mlps):
             for layer in mlp:
-                if hasattr(layer, 'reset_parameters'):
+                if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()
 
-    def forward(self, x: Tensor, pos: Tensor,
-                edge_index: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, edge_index: Optional[Tensor] = None) -> Tensor:
         """``x [N, F_in]``, ``pos [N, P]``, ``edge_index [2, E]`` (optional:
         without edges only the linear embedding runs) -> ``[N, F_out]``."""
         h = self.lin(x)
@@ -71,12 +80,15 @@ class MPNNEmbedding(MessagePassing):
             h = h + upd(torch.cat([h, agg], dim=-1))
         return h
 
-    def message(self, h_i: Tensor, h_j: Tensor, pos_i: Tensor, pos_j: Tensor,
-                mlp: torch.nn.Module) -> Tensor:
+    def message(
+        self, h_i: Tensor, h_j: Tensor, pos_i: Tensor, pos_j: Tensor, mlp: torch.nn.Module
+    ) -> Tensor:
         """The message :math:`\\phi_m(\\mathbf{h}_i, \\mathbf{h}_j,
         \\mathbf{p}_i - \\mathbf{p}_j)`."""
         return mlp(torch.cat([h_i, h_j, (pos_i - pos_j).to(h_i.dtype)], -1))
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({self.in_channels}, '
-                f'{self.out_channels}, steps={self.steps})')
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, "
+            f"{self.out_channels}, steps={self.steps})"
+        )

@@ -5,6 +5,7 @@ torch-cluster's kernels are used when it is installed; otherwise a cell-list
 sets.  PyG 2.8's own ``radius_graph``/``knn_graph`` need pyg-lib, which is not on
 PyPI, so we do not route through them.
 """
+
 import itertools
 from typing import Optional, Tuple
 
@@ -17,8 +18,7 @@ except ImportError:  # pragma: no cover
     torch_cluster = None
 
 
-def _prepare(pos: Tensor, batch: Optional[Tensor],
-             use_cluster: Optional[bool]):
+def _prepare(pos: Tensor, batch: Optional[Tensor], use_cluster: Optional[bool]):
     """Checks the input; returns the batch vector and whether to use
     torch-cluster."""
     if pos.dim() != 2:
@@ -34,13 +34,11 @@ def _batch_or_zeros(pos: Tensor, batch: Optional[Tensor]) -> Tensor:
     if batch is None:
         return pos.new_zeros(pos.size(0), dtype=torch.long)
     if batch.numel() != pos.size(0):
-        raise ValueError(f"'batch' has {batch.numel()} entries but 'pos' has "
-                         f"{pos.size(0)} points")
+        raise ValueError(f"'batch' has {batch.numel()} entries but 'pos' has {pos.size(0)} points")
     return batch.long()
 
 
-def _keep_nearest(row: Tensor, col: Tensor, dist: Tensor, num_points: int,
-                  k: int) -> Tensor:
+def _keep_nearest(row: Tensor, col: Tensor, dist: Tensor, num_points: int, k: int) -> Tensor:
     """Boolean mask keeping, for every target ``row``, its ``k`` nearest
     sources (ties towards the smaller index)."""
     order = torch.sort(col, stable=True)[1]  # secondary key: source index
@@ -54,9 +52,14 @@ def _keep_nearest(row: Tensor, col: Tensor, dist: Tensor, num_points: int,
     return keep
 
 
-def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
-                 loop: bool = False, max_num_neighbors: Optional[int] = 32,
-                 use_cluster: Optional[bool] = None) -> Tensor:
+def radius_graph(
+    pos: Tensor,
+    r: float,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    max_num_neighbors: Optional[int] = 32,
+    use_cluster: Optional[bool] = None,
+) -> Tensor:
     r"""All pairs of points of the same cloud closer than :obj:`r`.
 
     Args:
@@ -92,8 +95,9 @@ def _sort_edges(edge_index: Tensor, num_points: int) -> Tensor:
     return edge_index[:, torch.sort(key)[1]]
 
 
-def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
-                  chunk: int = 1 << 22) -> Tuple[Tensor, Tensor]:
+def _radius_cells(
+    pos: Tensor, r: float, batch: Tensor, loop: bool, chunk: int = 1 << 22
+) -> Tuple[Tensor, Tensor]:
     """Cell list: points hashed into cubes of side ``r``; each point checks the
     3^D cubes around its own.  Returns (target, source) index pairs."""
     n, dim = pos.shape
@@ -122,8 +126,7 @@ def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
     sorted_key, order = torch.sort(key)
 
     rows, cols = [], []
-    offsets = torch.tensor(list(itertools.product((-1, 0, 1), repeat=dim)),
-                           device=device)
+    offsets = torch.tensor(list(itertools.product((-1, 0, 1), repeat=dim)), device=device)
     for off in offsets:
         nkey = key + (off * strides).sum()
         lo = torch.searchsorted(sorted_key, nkey)
@@ -133,7 +136,7 @@ def _radius_cells(pos: Tensor, r: float, batch: Tensor, loop: bool,
         start = torch.repeat_interleave(lo - (torch.cumsum(cnt, 0) - cnt), cnt)
         src = order[start + torch.arange(tgt.numel(), device=device)]
         for a in range(0, tgt.numel(), chunk):
-            t, s = tgt[a:a + chunk], src[a:a + chunk]
+            t, s = tgt[a : a + chunk], src[a : a + chunk]
             d = (p[t] - p[s]).norm(dim=1)
             ok = d <= r
             if not loop:
@@ -149,15 +152,16 @@ def _chunked_distances(pos: Tensor, batch: Tensor, loop: bool, chunk: int):
     :obj:`loop`, to the point itself)."""
     p = pos.double()
     for a in range(0, p.size(0), chunk):
-        d = torch.cdist(p[a:a + chunk], p)
-        d = d.masked_fill(batch[a:a + chunk, None] != batch[None], float('inf'))
+        d = torch.cdist(p[a : a + chunk], p)
+        d = d.masked_fill(batch[a : a + chunk, None] != batch[None], float("inf"))
         if not loop:
-            d[torch.arange(d.size(0)), torch.arange(a, a + d.size(0))] = float('inf')
+            d[torch.arange(d.size(0)), torch.arange(a, a + d.size(0))] = float("inf")
         yield a, d
 
 
-def _radius_brute(pos: Tensor, r: float, batch: Tensor, loop: bool,
-                  chunk: int = 2048) -> Tuple[Tensor, Tensor]:
+def _radius_brute(
+    pos: Tensor, r: float, batch: Tensor, loop: bool, chunk: int = 2048
+) -> Tuple[Tensor, Tensor]:
     rows, cols = [], []
     for a, d in _chunked_distances(pos, batch, loop, chunk):
         t, s = (d <= r).nonzero(as_tuple=True)
@@ -166,9 +170,14 @@ def _radius_brute(pos: Tensor, r: float, batch: Tensor, loop: bool,
     return torch.cat(rows), torch.cat(cols)
 
 
-def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
-              loop: bool = False, use_cluster: Optional[bool] = None,
-              chunk: int = 1024) -> Tensor:
+def knn_graph(
+    pos: Tensor,
+    k: int,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    use_cluster: Optional[bool] = None,
+    chunk: int = 1024,
+) -> Tensor:
     r"""The :obj:`k` nearest neighbours of every point within its cloud.
 
     Args:
@@ -186,8 +195,7 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None,
     """
     batch, use_cluster = _prepare(pos, batch, use_cluster)
     if use_cluster:
-        return _sort_edges(torch_cluster.knn_graph(pos, k, batch, loop),
-                           pos.size(0))
+        return _sort_edges(torch_cluster.knn_graph(pos, k, batch, loop), pos.size(0))
     n = pos.size(0)
     rows, cols = [], []
     for a, d in _chunked_distances(pos, batch, loop, chunk):

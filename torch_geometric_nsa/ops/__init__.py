@@ -23,6 +23,7 @@ dispatches to a backend:
 
 Select it with :func:`set_backend` or, temporarily, with the :func:`use_backend` context manager.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,7 +116,8 @@ def _impl(name: str, q: Tensor) -> Callable:
         if fn is None:
             raise RuntimeError(
                 f"ops backend 'triton' was requested but torch_geometric_nsa.kernels.{name} is "
-                f"unavailable ({_kernel_error.get(name, 'unknown error')})")
+                f"unavailable ({_kernel_error.get(name, 'unknown error')})"
+            )
         return fn
     if q.is_cuda:  # "auto"
         fn = _kernel(name)
@@ -126,7 +128,10 @@ def _impl(name: str, q: Tensor) -> Callable:
             warnings.warn(
                 f"torch_geometric_nsa.kernels.{name} is unavailable "
                 f"({_kernel_error.get(name, 'unknown error')}); CUDA tensors fall back to the "
-                f"slow pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+                f"slow pure-PyTorch reference",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return getattr(reference, name)
 
 
@@ -174,8 +179,10 @@ def ball_attention(
     check_shape(fn, "k", k, (S, H, D), "[S, H, D]")
     check_shape(fn, "v", v, (S, H, D), "[S, H, D]")
     if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[0] != S or pos.shape[1] < 1:
-        raise ValueError(f"{fn}: 'pos' must have shape [S, P] with S = {S}, P >= 1 "
-                         f"(got {list(pos.shape) if isinstance(pos, Tensor) else pos!r})")
+        raise ValueError(
+            f"{fn}: 'pos' must have shape [S, P] with S = {S}, P >= 1 "
+            f"(got {list(pos.shape) if isinstance(pos, Tensor) else pos!r})"
+        )
     check_dtype(fn, "pos", pos, "float")
     check_shape(fn, "mask", mask, (S,), "[S]")
     check_dtype(fn, "mask", mask, "bool")
@@ -294,8 +301,11 @@ def select_blocks(
     fn = "select_blocks"
     check_qkv(fn, q, ("kc", kc))
     S, H, D = q.shape
-    for name, val in (("block_size", block_size), ("select_size", select_size),
-                      ("group_size", group_size)):
+    for name, val in (
+        ("block_size", block_size),
+        ("select_size", select_size),
+        ("group_size", group_size),
+    ):
         check_size(name, val)
         check_divides(name, val, "S", S)
     check_divides("block_size", block_size, "select_size", select_size)
@@ -311,10 +321,12 @@ def select_blocks(
     check_dtype(fn, "mask", mask, "bool")
     check_ptr(fn, ptr)
     check_scale(fn, scale)
-    check_device(fn, q, ("kc", kc), ("lse", lse), ("block_mask", block_mask), ("mask", mask),
-                 ("ptr", ptr))
-    return _impl(fn, q)(q, kc, lse, block_mask, mask, ptr, block_size, select_size, group_size,
-                        topk, scale)
+    check_device(
+        fn, q, ("kc", kc), ("lse", lse), ("block_mask", block_mask), ("mask", mask), ("ptr", ptr)
+    )
+    return _impl(fn, q)(
+        q, kc, lse, block_mask, mask, ptr, block_size, select_size, group_size, topk, scale
+    )
 
 
 def selected_attention(
@@ -363,11 +375,17 @@ def selected_attention(
     for name, val in (("select_size", select_size), ("group_size", group_size)):
         check_size(name, val)
         check_divides(name, val, "S", S)
-    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.shape[0] != S // group_size \
-            or idx.shape[1] < 1:
-        raise ValueError(f"{fn}: 'idx' must have shape [S // group_size, topk] = "
-                         f"[{S // group_size}, topk >= 1] "
-                         f"(got {list(idx.shape) if isinstance(idx, Tensor) else idx!r})")
+    if (
+        not isinstance(idx, Tensor)
+        or idx.dim() != 2
+        or idx.shape[0] != S // group_size
+        or idx.shape[1] < 1
+    ):
+        raise ValueError(
+            f"{fn}: 'idx' must have shape [S // group_size, topk] = "
+            f"[{S // group_size}, topk >= 1] "
+            f"(got {list(idx.shape) if isinstance(idx, Tensor) else idx!r})"
+        )
     check_dtype(fn, "idx", idx, "int")
     check_scale(fn, scale)
     check_device(fn, q, ("k", k), ("v", v), ("mask", mask), ("idx", idx))

@@ -1,4 +1,5 @@
 """Cheap, shape-only input validation for the public ops (no host synchronisation)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -41,7 +42,8 @@ def check_shape(fn: str, name: str, t: Tensor, shape: Sequence[int], what: str) 
         raise TypeError(f"{fn}: '{name}' must be a tensor (got {type(t).__name__})")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(
-            f"{fn}: '{name}' must have shape {what} = {list(shape)} (got {list(t.shape)})")
+            f"{fn}: '{name}' must have shape {what} = {list(shape)} (got {list(t.shape)})"
+        )
 
 
 def check_dtype(fn: str, name: str, t: Tensor, kind: str) -> None:
@@ -59,7 +61,8 @@ def check_device(fn: str, q: Tensor, *others) -> None:
         if t.device != q.device:
             raise ValueError(
                 f"{fn}: '{name}' is on {t.device} but 'q' is on {q.device}; "
-                "all tensors must be on the same device")
+                "all tensors must be on the same device"
+            )
 
 
 def check_ptr(fn: str, ptr: Tensor) -> None:
@@ -70,4 +73,6 @@ def check_ptr(fn: str, ptr: Tensor) -> None:
 
 def check_scale(fn: str, scale: Optional[float]) -> None:
     if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"{fn}: 'scale' must be a Python number or None (got {type(scale).__name__})")
+        raise TypeError(
+            f"{fn}: 'scale' must be a Python number or None (got {type(scale).__name__})"
+        )

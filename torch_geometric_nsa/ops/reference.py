@@ -22,6 +22,7 @@ Conventions shared by all functions (``S`` slots, ``H`` heads, ``D`` head dim, t
   ``upcast=True`` they are computed in ``float32`` (``float64`` inputs stay ``float64``). The
   output is returned in the dtype of ``q``.
 """
+
 from __future__ import annotations
 
 import math
@@ -168,8 +169,7 @@ def _cloud_ranges(ptr: Tensor, q: Tensor):
     CPU calls on several clouds (reading ``ptr`` costs no device sync there).
     The masked all-clouds form costs O(S^2 / c) over the whole batch instead of
     per cloud; both give the same numbers."""
-    if (q.is_cuda or ptr.numel() <= 2 or torch.compiler.is_compiling()
-            or torch.jit.is_tracing()):
+    if q.is_cuda or ptr.numel() <= 2 or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
     return ptr.tolist()
 
@@ -202,8 +202,7 @@ def compressed_attention(
     """
     ranges = _cloud_ranges(ptr, q)
     if ranges is None:
-        return _compressed_attention(q, kc, vc, block_mask, ptr, block_size, scale,
-                                     upcast=upcast)
+        return _compressed_attention(q, kc, vc, block_mask, ptr, block_size, scale, upcast=upcast)
     c = block_size
     o = torch.zeros_like(q)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=_stat_dtype(q.dtype), device=q.device)
@@ -211,8 +210,15 @@ def compressed_attention(
         if b > a:
             local = torch.tensor([0, b - a], device=ptr.device)
             o[a:b], lse[a:b] = _compressed_attention(
-                q[a:b], kc[a // c:b // c], vc[a // c:b // c], block_mask[a // c:b // c], local,
-                c, scale, upcast=upcast)
+                q[a:b],
+                kc[a // c : b // c],
+                vc[a // c : b // c],
+                block_mask[a // c : b // c],
+                local,
+                c,
+                scale,
+                upcast=upcast,
+            )
     return o, lse
 
 
@@ -303,9 +309,16 @@ def select_blocks(
     for a, b in zip(ranges[:-1], ranges[1:]):
         if b > a:
             local = torch.tensor([0, b - a], device=ptr.device)
-            part = _select_blocks(q[a:b], kc[a // c:b // c], lse[a:b], block_mask[a // c:b // c],
-                                  mask[a:b], local, *args)
-            idx[a // g:b // g] = torch.where(part >= 0, part + a // s, part)
+            part = _select_blocks(
+                q[a:b],
+                kc[a // c : b // c],
+                lse[a:b],
+                block_mask[a // c : b // c],
+                mask[a:b],
+                local,
+                *args,
+            )
+            idx[a // g : b // g] = torch.where(part >= 0, part + a // s, part)
     return idx
 
 

@@ -5,8 +5,7 @@ import torch
 from torch import Tensor
 
 
-def padded_slots(sizes: Sequence[int], ball_size: int,
-                 tail: int = 0) -> Tuple[Tensor, Tensor]:
+def padded_slots(sizes: Sequence[int], ball_size: int, tail: int = 0) -> Tuple[Tensor, Tensor]:
     r"""The slot offsets and real-slot mask of clouds laid out the way the
     ball tree lays them out: each cloud of :math:`n` points gets
     :math:`\lceil n / m \rceil \cdot m` slots, real points first and pads
@@ -31,5 +30,5 @@ def padded_slots(sizes: Sequence[int], ball_size: int,
     ptr = torch.tensor([0] + slots, dtype=torch.long).cumsum(0)
     mask = torch.zeros(int(ptr[-1]) + tail, dtype=torch.bool)
     for b, n in enumerate(sizes):
-        mask[int(ptr[b]):int(ptr[b]) + n] = True
+        mask[int(ptr[b]) : int(ptr[b]) + n] = True
     return ptr, mask

@@ -1,4 +1,4 @@
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -9,10 +9,15 @@ def _split(batch: Tensor):
     return [(batch == b).nonzero().view(-1) for b in ids.tolist()]
 
 
-def assert_no_leakage(module: Callable[..., Tensor], x: Tensor, pos: Tensor,
-                      batch: Tensor, atol: float = 1e-5,
-                      check_grad: bool = True,
-                      **kwargs) -> None:
+def assert_no_leakage(
+    module: Callable[..., Tensor],
+    x: Tensor,
+    pos: Tensor,
+    batch: Tensor,
+    atol: float = 1e-5,
+    check_grad: bool = True,
+    **kwargs,
+) -> None:
     r"""Asserts that a point-cloud module treats the clouds of a mixed batch
     independently: its output on the batch equals its outputs on every cloud
     alone (up to :obj:`atol`), and the gradient of one cloud's output with
@@ -37,17 +42,20 @@ def assert_no_leakage(module: Callable[..., Tensor], x: Tensor, pos: Tensor,
         alone = module(x[idx], pos[idx], None, **kwargs)
         err = (full[idx] - alone).abs().max().item()
         if not err <= atol:
-            raise AssertionError(f'cloud {b}: output in the batch differs from '
-                                 f'the output alone by {err:.3e} > {atol}')
+            raise AssertionError(
+                f"cloud {b}: output in the batch differs from "
+                f"the output alone by {err:.3e} > {atol}"
+            )
     if not check_grad or len(clouds) < 2:
         return
     x = x.detach().requires_grad_(True)
     out = module(x, pos, batch, **kwargs)
     for b, idx in enumerate(clouds):
-        grad, = torch.autograd.grad(out[idx].sum(), x, retain_graph=True)
+        (grad,) = torch.autograd.grad(out[idx].sum(), x, retain_graph=True)
         others = torch.ones(x.size(0), dtype=torch.bool, device=x.device)
         others[idx] = False
         leak = grad[others].abs().max().item() if others.any() else 0.0
         if leak != 0.0:
-            raise AssertionError(f'cloud {b}: its output has a gradient of '
-                                 f'{leak:.3e} w.r.t. other clouds\' inputs')
+            raise AssertionError(
+                f"cloud {b}: its output has a gradient of {leak:.3e} w.r.t. other clouds' inputs"
+            )

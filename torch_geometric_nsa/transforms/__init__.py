@@ -1,4 +1,5 @@
 """PyG transforms."""
+
 from .ball_tree import BallTree
 
-__all__ = ['BallTree']
+__all__ = ["BallTree"]

@@ -27,19 +27,19 @@ read-back), one for the per-cloud offsets, the sort keys, ``D // 2 + D`` torch
 sorts (canonical order, axis lists), a prologue kernel and one kernel that
 assembles the layout: about 40 launches for any batch.
 """
+
 import math
 import os
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
-
 import triton
 import triton.language as tl
+from torch import Tensor
 
 #: ``TORCH_GEOMETRIC_NSA_TREE_TRITON=0`` turns this path off (the torch level
 #: loop, one sort per level, then runs on CUDA too)
-ENABLED = os.environ.get('TORCH_GEOMETRIC_NSA_TREE_TRITON', '1') != '0'
+ENABLED = os.environ.get("TORCH_GEOMETRIC_NSA_TREE_TRITON", "1") != "0"
 
 _BLOCK = 1024
 
@@ -58,8 +58,7 @@ def _half(length):
 
 
 @triton.jit
-def _flags(lists, where, coord, flag, offs, mask, node, length, last, N,
-           D: tl.constexpr):
+def _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D: tl.constexpr):
     """flag[d, where[d, p]] = 1 if point p goes to the left child."""
     # split axis: the largest spread, the lowest axis on ties; a NaN spread
     # counts as the largest (torch.argmax)
@@ -67,12 +66,16 @@ def _flags(lists, where, coord, flag, offs, mask, node, length, last, N,
     axis = tl.zeros(offs.shape, dtype=tl.int32)
     for d in tl.static_range(D):
         row = lists + d * N
-        lo = tl.load(coord + d * N + tl.load(row + node, mask=mask, other=0,
-                                             cache_modifier='.cg'),
-                     mask=mask, other=0.0)
-        hi = tl.load(coord + d * N + tl.load(row + last, mask=mask, other=0,
-                                             cache_modifier='.cg'),
-                     mask=mask, other=0.0)
+        lo = tl.load(
+            coord + d * N + tl.load(row + node, mask=mask, other=0, cache_modifier=".cg"),
+            mask=mask,
+            other=0.0,
+        )
+        hi = tl.load(
+            coord + d * N + tl.load(row + last, mask=mask, other=0, cache_modifier=".cg"),
+            mask=mask,
+            other=0.0,
+        )
         s = hi - lo
         if d == 0:
             best = s
@@ -80,64 +83,72 @@ def _flags(lists, where, coord, flag, offs, mask, node, length, last, N,
             take = (s > best) | ((s != s) & (best == best))
             best = tl.where(take, s, best)
             axis = tl.where(take, d, axis)
-    p = tl.load(lists + axis * N + offs, mask=mask, other=0,
-                cache_modifier='.cg')
+    p = tl.load(lists + axis * N + offs, mask=mask, other=0, cache_modifier=".cg")
     f = ((offs - node < _half(length)) | (length <= 1)).to(tl.int32)
     for d in tl.static_range(D):
-        w = tl.load(where + d * N + p, mask=mask, other=0,
-                    cache_modifier='.cg')
+        w = tl.load(where + d * N + p, mask=mask, other=0, cache_modifier=".cg")
         tl.store(flag + d * N + w, f, mask=mask)
 
 
 @triton.jit
-def _partition(lists_in, lists_out, where, flag, csum, offs, mask, node,
-               length, N, D: tl.constexpr):
+def _partition(
+    lists_in, lists_out, where, flag, csum, offs, mask, node, length, N, D: tl.constexpr
+):
     """Moves every entry of every list to its child's run (stable); ``csum``
     holds inclusive prefix sums of ``flag`` that restart at most at node
     boundaries.  Returns the next level's node and slot count."""
     half = _half(length)
     rel = offs - node
     for d in tl.static_range(D):
-        p = tl.load(lists_in + d * N + offs, mask=mask, other=0,
-                    cache_modifier='.cg')
-        f = tl.load(flag + d * N + offs, mask=mask, other=0,
-                    cache_modifier='.cg')
-        c = tl.load(csum + d * N + offs, mask=mask, other=0,
-                    cache_modifier='.cg')
-        c0 = (tl.load(csum + d * N + node, mask=mask, other=0,
-                      cache_modifier='.cg')
-              - tl.load(flag + d * N + node, mask=mask, other=0,
-                        cache_modifier='.cg'))
-        before = c - f - c0           # entries of the node before, going left
+        p = tl.load(lists_in + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
+        f = tl.load(flag + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
+        c = tl.load(csum + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
+        c0 = tl.load(csum + d * N + node, mask=mask, other=0, cache_modifier=".cg") - tl.load(
+            flag + d * N + node, mask=mask, other=0, cache_modifier=".cg"
+        )
+        before = c - f - c0  # entries of the node before, going left
         dest = tl.where(f != 0, node + before, node + half + rel - before)
         tl.store(lists_out + d * N + dest, p, mask=mask)
         tl.store(where + d * N + p, dest, mask=mask)
     right = (rel >= half) & (length > 1)
-    return (tl.where(right, node + half, node),
-            tl.where(right, length - half, tl.minimum(length, half)))
+    return (
+        tl.where(right, node + half, node),
+        tl.where(right, length - half, tl.minimum(length, half)),
+    )
 
 
 @triton.jit
-def _flag_kernel(lists, where, coord, flag, node_ptr, len_ptr, end_ptr, N,
-                 D: tl.constexpr, BLOCK: tl.constexpr):
+def _flag_kernel(
+    lists, where, coord, flag, node_ptr, len_ptr, end_ptr, N, D: tl.constexpr, BLOCK: tl.constexpr
+):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
-    last = tl.minimum(node + length,
-                      tl.load(end_ptr + offs, mask=mask, other=1)) - 1
+    last = tl.minimum(node + length, tl.load(end_ptr + offs, mask=mask, other=1)) - 1
     _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D)
 
 
 @triton.jit
-def _partition_kernel(lists_in, lists_out, where, flag, csum, node_ptr,
-                      len_ptr, N, D: tl.constexpr, BLOCK: tl.constexpr):
+def _partition_kernel(
+    lists_in,
+    lists_out,
+    where,
+    flag,
+    csum,
+    node_ptr,
+    len_ptr,
+    N,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
-    node, length = _partition(lists_in, lists_out, where, flag, csum, offs,
-                              mask, node, length, N, D)
+    node, length = _partition(
+        lists_in, lists_out, where, flag, csum, offs, mask, node, length, N, D
+    )
     tl.store(node_ptr + offs, node, mask=mask)
     tl.store(len_ptr + offs, length, mask=mask)
 
@@ -159,10 +170,24 @@ def _lower_bound(arr, value, n, mask, STEPS: tl.constexpr):
 
 
 @triton.jit
-def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
-                    len_ptr, unit_ptr, cloud_ptr, N, B, LEVELS: tl.constexpr,
-                    SEARCH: tl.constexpr, D: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def _subtree_kernel(
+    lists_a,
+    lists_b,
+    where,
+    coord,
+    flag,
+    csum,
+    node_ptr,
+    len_ptr,
+    unit_ptr,
+    cloud_ptr,
+    N,
+    B,
+    LEVELS: tl.constexpr,
+    SEARCH: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """All remaining levels of one aligned ``BLOCK``-slot block of a cloud
     (every node already fits in one block); the lists ping-pong between
     ``lists_a`` and ``lists_b``.  Blocks are numbered cloud by cloud
@@ -170,8 +195,7 @@ def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
     pid = tl.program_id(0).to(tl.int64)
     b = _lower_bound(unit_ptr, pid + 1, B, pid >= 0, SEARCH) - 1
     first = tl.load(cloud_ptr + b)
-    end = tl.where(pid < tl.load(unit_ptr + b + 1),
-                   tl.load(cloud_ptr + b + 1), first)
+    end = tl.where(pid < tl.load(unit_ptr + b + 1), tl.load(cloud_ptr + b + 1), first)
     offs = first + (pid - tl.load(unit_ptr + b)) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < end
     node = tl.load(node_ptr + offs, mask=mask, other=0)
@@ -183,19 +207,16 @@ def _subtree_kernel(lists_a, lists_b, where, coord, flag, csum, node_ptr,
         _flags(cur, where, coord, flag, offs, mask, node, length, last, N, D)
         tl.debug_barrier()
         for d in tl.static_range(D):
-            f = tl.load(flag + d * N + offs, mask=mask, other=0,
-                        cache_modifier='.cg')
+            f = tl.load(flag + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
             tl.store(csum + d * N + offs, tl.cumsum(f, 0), mask=mask)
         tl.debug_barrier()
-        node, length = _partition(cur, nxt, where, flag, csum, offs, mask,
-                                  node, length, N, D)
+        node, length = _partition(cur, nxt, where, flag, csum, offs, mask, node, length, N, D)
         tl.debug_barrier()
         cur, nxt = nxt, cur
 
 
 @triton.jit
-def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr,
-                 BLOCK: tl.constexpr):
+def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr):
     """The input checks and the layout's size in one pass: out = [any
     non-finite position, batch unsorted, any negative id, last id + 1, total
     slots, largest cloud's slots]."""
@@ -204,12 +225,11 @@ def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr,
     bad = tl.zeros([BLOCK], dtype=tl.int1)
     for d in tl.static_range(D):
         x = tl.load(pos + offs * D + d, mask=mask, other=0.0)
-        bad = bad | (x != x) | (tl.abs(x) == float('inf'))
+        bad = bad | (x != x) | (tl.abs(x) == float("inf"))
     b = tl.load(batch + offs, mask=mask, other=0)
     prev = tl.load(batch + offs - 1, mask=mask & (offs > 0), other=-1)
     tl.atomic_max(out, tl.max(bad.to(tl.int64), 0))
-    tl.atomic_max(out + 1, tl.max((mask & (offs > 0) & (b < prev)).to(tl.int64),
-                                  0))
+    tl.atomic_max(out + 1, tl.max((mask & (offs > 0) & (b < prev)).to(tl.int64), 0))
     tl.atomic_max(out + 2, tl.max((mask & (b < 0)).to(tl.int64), 0))
     tl.atomic_max(out + 3, tl.max(tl.where(mask, b + 1, 0), 0))
     # every cloud's first point finds the cloud's end
@@ -221,9 +241,20 @@ def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr,
 
 
 @triton.jit
-def _cloud_kernel(batch, node_ptr, ptr, unit_ptr, slots, N, B, m,
-                  UNIT: tl.constexpr, STEPS: tl.constexpr,
-                  CHUNKS: tl.constexpr, CB: tl.constexpr):
+def _cloud_kernel(
+    batch,
+    node_ptr,
+    ptr,
+    unit_ptr,
+    slots,
+    N,
+    B,
+    m,
+    UNIT: tl.constexpr,
+    STEPS: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    CB: tl.constexpr,
+):
     """Per cloud (one program): offsets of its points (node_ptr) and slots
     (ptr), its slot count and the numbering of its UNIT-slot blocks."""
     carry_slots = tl.sum(tl.zeros([CB], dtype=tl.int64), 0)
@@ -232,8 +263,7 @@ def _cloud_kernel(batch, node_ptr, ptr, unit_ptr, slots, N, B, m,
         b = chunk * CB + tl.arange(0, CB).to(tl.int64)
         valid = b <= B
         start = _lower_bound(batch, b, N, valid, STEPS)
-        count = tl.where(b < B, _lower_bound(batch, b + 1, N, valid, STEPS)
-                         - start, 0)
+        count = tl.where(b < B, _lower_bound(batch, b + 1, N, valid, STEPS) - start, 0)
         s = (count + m - 1) // m * m
         u = (count + UNIT - 1) // UNIT
         tl.store(node_ptr + b, start, mask=valid)
@@ -245,8 +275,7 @@ def _cloud_kernel(batch, node_ptr, ptr, unit_ptr, slots, N, B, m,
 
 
 @triton.jit
-def _keys_kernel(posf, batch, keys, lsd, N, D: tl.constexpr,
-                 NP: tl.constexpr, BLOCK: tl.constexpr):
+def _keys_kernel(posf, batch, keys, lsd, N, D: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr):
     """Sort keys: keys[d] = (cloud << 32) | ordered bits of coordinate d, and
     the least significant keys of the canonical order, two coordinates per
     int64 (axes D-2, D-1 first)."""
@@ -254,8 +283,7 @@ def _keys_kernel(posf, batch, keys, lsd, N, D: tl.constexpr,
     mask = offs < N
     b = tl.load(batch + offs, mask=mask, other=0)
     for d in tl.static_range(D):
-        tl.store(keys + d * N + offs,
-                 (b << 32) | _ordered(posf + offs * D + d, mask), mask=mask)
+        tl.store(keys + d * N + offs, (b << 32) | _ordered(posf + offs * D + d, mask), mask=mask)
     for j in tl.static_range(NP):
         lo = _ordered(posf + offs * D + (D - 1 - 2 * j), mask)
         if D - 2 - 2 * j >= 1:
@@ -274,9 +302,23 @@ def _ordered(ptr, mask):
 
 
 @triton.jit
-def _prologue_kernel(rows, order, posf, batch, node_ptr, slots, lists, where,
-                     coord, node, length, end, N, D: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def _prologue_kernel(
+    rows,
+    order,
+    posf,
+    batch,
+    node_ptr,
+    slots,
+    lists,
+    where,
+    coord,
+    node,
+    length,
+    end,
+    N,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """int32 lists (row 0: the canonical order itself) and their inverse,
     coordinates by canonical rank, and the root node of every position."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -289,8 +331,7 @@ def _prologue_kernel(rows, order, posf, batch, node_ptr, slots, lists, where,
             q = tl.load(rows + (d - 1) * N + offs, mask=mask, other=0)
         tl.store(lists + d * N + offs, q, mask=mask)
         tl.store(where + d * N + q, offs, mask=mask)
-        tl.store(coord + d * N + offs, tl.load(posf + src * D + d, mask=mask),
-                 mask=mask)
+        tl.store(coord + d * N + offs, tl.load(posf + src * D + d, mask=mask), mask=mask)
     b = tl.load(batch + offs, mask=mask, other=0)
     tl.store(node + offs, tl.load(node_ptr + b, mask=mask), mask=mask)
     tl.store(length + offs, tl.load(slots + b, mask=mask), mask=mask)
@@ -298,9 +339,21 @@ def _prologue_kernel(rows, order, posf, batch, node_ptr, slots, lists, where,
 
 
 @triton.jit
-def _layout_kernel(final, order, ptr, node_ptr, perm, mask_out, slot_batch,
-                   inverse, S, N, B, SEARCH: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _layout_kernel(
+    final,
+    order,
+    ptr,
+    node_ptr,
+    perm,
+    mask_out,
+    slot_batch,
+    inverse,
+    S,
+    N,
+    B,
+    SEARCH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """The slots of the layout (build._assemble and TreeLayout.from_slots):
     cloud of every slot, real slots in tree order, pads repeating the
     cloud's last real point, and the inverse map."""
@@ -315,8 +368,7 @@ def _layout_kernel(final, order, ptr, node_ptr, perm, mask_out, slot_batch,
     real = valid & (local < count)
     src = first + tl.minimum(local, count - 1)
     src = tl.minimum(tl.maximum(src, 0), N - 1)
-    p = tl.load(order + tl.load(final + src, mask=valid, other=0),
-                mask=valid, other=0)
+    p = tl.load(order + tl.load(final + src, mask=valid, other=0), mask=valid, other=0)
     tl.store(perm + slot, p, mask=valid)
     tl.store(mask_out + slot, real.to(tl.int8), mask=valid)
     tl.store(slot_batch + slot, b, mask=valid)
@@ -327,8 +379,9 @@ def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
-def build_layout_triton(posf: Tensor, batch: Tensor, ball_size: int,
-                        batch_size: Optional[int], num_slots: Optional[int]):
+def build_layout_triton(
+    posf: Tensor, batch: Tensor, ball_size: int, batch_size: Optional[int], num_slots: Optional[int]
+):
     """:func:`build.build_ball_tree` on CUDA after the argument checks: the
     same layout, bitwise, in about 40 launches for any batch, with one
     read-back (none in capacity mode)."""
@@ -344,9 +397,17 @@ def build_layout_triton(posf: Tensor, batch: Tensor, ball_size: int,
     capacity = num_slots is not None
     if not capacity:  # checks and sizes: the one read-back
         out = torch.zeros(6, **i64)
-        _scan_kernel[grid](posf, batch, out, num_points,
-                           ball_size, D=dim, STEPS=lb_steps, BLOCK=_BLOCK,
-                           num_warps=4)
+        _scan_kernel[grid](
+            posf,
+            batch,
+            out,
+            num_points,
+            ball_size,
+            D=dim,
+            STEPS=lb_steps,
+            BLOCK=_BLOCK,
+            num_warps=4,
+        )
         flags = out.tolist()
         batch_size = _check_flags(flags[:4], batch_size)
         num_slots, max_slots = flags[4], flags[5]
@@ -354,37 +415,58 @@ def build_layout_triton(posf: Tensor, batch: Tensor, ball_size: int,
         max_slots = num_slots
     clouds = torch.empty(4, batch_size + 1, **i64)
     node_ptr, ptr, unit_ptr, slots = clouds
-    _cloud_kernel[(1,)](batch, node_ptr, ptr, unit_ptr, slots, num_points,
-                        batch_size, ball_size, UNIT=_BLOCK, STEPS=lb_steps,
-                        CHUNKS=triton.cdiv(batch_size + 1, 1024), CB=1024,
-                        num_warps=4)
+    _cloud_kernel[(1,)](
+        batch,
+        node_ptr,
+        ptr,
+        unit_ptr,
+        slots,
+        num_points,
+        batch_size,
+        ball_size,
+        UNIT=_BLOCK,
+        STEPS=lb_steps,
+        CHUNKS=triton.cdiv(batch_size + 1, 1024),
+        CB=1024,
+        num_warps=4,
+    )
     if capacity:
-        torch._assert_async(ptr[-1] <= num_slots,
-                            "num_slots is smaller than the layout needs")
+        torch._assert_async(ptr[-1] <= num_slots, "num_slots is smaller than the layout needs")
     slots = slots[:-1]
-    order, final = _tree_lists(posf, batch, slots, node_ptr, unit_ptr,
-                               max_slots)
+    order, final = _tree_lists(posf, batch, slots, node_ptr, unit_ptr, max_slots)
     perm = torch.empty(num_slots, **i64)
     mask = torch.empty(num_slots, dtype=torch.bool, device=device)
     slot_batch = torch.empty_like(perm)
     inverse = torch.empty(num_points, **i64)
     _layout_kernel[(triton.cdiv(num_slots, _BLOCK),)](
-        final, order, ptr, node_ptr, perm, mask.view(torch.int8), slot_batch,
-        inverse, num_slots, num_points, batch_size,
-        SEARCH=_bits(batch_size) + 1, BLOCK=_BLOCK, num_warps=4)
-    return TreeLayout(perm=perm, mask=mask, ptr=ptr, inverse=inverse,
-                      slot_batch=slot_batch, ball_size=ball_size)
+        final,
+        order,
+        ptr,
+        node_ptr,
+        perm,
+        mask.view(torch.int8),
+        slot_batch,
+        inverse,
+        num_slots,
+        num_points,
+        batch_size,
+        SEARCH=_bits(batch_size) + 1,
+        BLOCK=_BLOCK,
+        num_warps=4,
+    )
+    return TreeLayout(
+        perm=perm, mask=mask, ptr=ptr, inverse=inverse, slot_batch=slot_batch, ball_size=ball_size
+    )
 
 
 def _canonical(posf: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
     """:func:`build._canonical_order` and :func:`build._axis_lists` rows 1.."""
     num_points, dim = posf.shape
     keys = torch.empty(dim, num_points, dtype=torch.long, device=posf.device)
-    lsd = torch.empty(max(dim // 2, 1), num_points, dtype=torch.long,
-                      device=posf.device)
+    lsd = torch.empty(max(dim // 2, 1), num_points, dtype=torch.long, device=posf.device)
     _keys_kernel[(triton.cdiv(num_points, _BLOCK),)](
-        posf, batch, keys, lsd, num_points, D=dim, NP=dim // 2,
-        BLOCK=_BLOCK, num_warps=4)
+        posf, batch, keys, lsd, num_points, D=dim, NP=dim // 2, BLOCK=_BLOCK, num_warps=4
+    )
     order = None
     for j in range(dim // 2):  # least significant coordinates first
         key = lsd[j] if order is None else lsd[j][order]
@@ -400,8 +482,9 @@ def _canonical(posf: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
     return order, rows
 
 
-def _tree_lists(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
-                unit_ptr: Tensor, max_slots: int) -> Tuple[Tensor, Tensor]:
+def _tree_lists(
+    posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor, unit_ptr: Tensor, max_slots: int
+) -> Tuple[Tensor, Tensor]:
     """The canonical order and the final list (canonical ranks in tree
     order, int32)."""
     num_points, dim = posf.shape
@@ -411,28 +494,78 @@ def _tree_lists(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
     where, lists_buf = torch.empty_like(lists), torch.empty_like(lists)
     flag, csum = torch.empty_like(lists), torch.empty_like(lists)
     coord = torch.empty(dim, num_points, dtype=torch.float32, device=device)
-    node, length, end = torch.empty(3, num_points, dtype=torch.int32,
-                                    device=device)
+    node, length, end = torch.empty(3, num_points, dtype=torch.int32, device=device)
     grid = (triton.cdiv(num_points, _BLOCK),)
-    _prologue_kernel[grid](rows, order, posf, batch, node_ptr, slots, lists,
-                           where, coord, node, length, end, num_points,
-                           D=dim, BLOCK=_BLOCK, num_warps=4)
+    _prologue_kernel[grid](
+        rows,
+        order,
+        posf,
+        batch,
+        node_ptr,
+        slots,
+        lists,
+        where,
+        coord,
+        node,
+        length,
+        end,
+        num_points,
+        D=dim,
+        BLOCK=_BLOCK,
+        num_warps=4,
+    )
 
     num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
     fused = min(num_levels, int(math.log2(_BLOCK)))
-    for _ in range(num_levels - fused):   # nodes of more than _BLOCK slots
-        _flag_kernel[grid](lists, where, coord, flag, node, length, end,
-                           num_points, D=dim, BLOCK=_BLOCK, num_warps=8)
+    for _ in range(num_levels - fused):  # nodes of more than _BLOCK slots
+        _flag_kernel[grid](
+            lists,
+            where,
+            coord,
+            flag,
+            node,
+            length,
+            end,
+            num_points,
+            D=dim,
+            BLOCK=_BLOCK,
+            num_warps=8,
+        )
         # one flat scan: row offsets cancel in the partition
         torch.cumsum(flag.view(-1), 0, dtype=torch.int32, out=csum.view(-1))
-        _partition_kernel[grid](lists, lists_buf, where, flag, csum, node,
-                                length, num_points, D=dim, BLOCK=_BLOCK,
-                                num_warps=8)
+        _partition_kernel[grid](
+            lists,
+            lists_buf,
+            where,
+            flag,
+            csum,
+            node,
+            length,
+            num_points,
+            D=dim,
+            BLOCK=_BLOCK,
+            num_warps=8,
+        )
         lists, lists_buf = lists_buf, lists
 
     batch_size = node_ptr.numel() - 1
     _subtree_kernel[(triton.cdiv(num_points, _BLOCK) + batch_size,)](
-        lists, lists_buf, where, coord, flag, csum, node, length, unit_ptr,
-        node_ptr, num_points, batch_size, LEVELS=fused,
-        SEARCH=_bits(batch_size) + 1, D=dim, BLOCK=_BLOCK, num_warps=8)
+        lists,
+        lists_buf,
+        where,
+        coord,
+        flag,
+        csum,
+        node,
+        length,
+        unit_ptr,
+        node_ptr,
+        num_points,
+        batch_size,
+        LEVELS=fused,
+        SEARCH=_bits(batch_size) + 1,
+        D=dim,
+        BLOCK=_BLOCK,
+        num_warps=8,
+    )
     return order, (lists_buf if fused % 2 else lists)[0]

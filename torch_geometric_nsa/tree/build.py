@@ -1,4 +1,5 @@
 """Ball-tree construction on the device the points live on, all clouds at once."""
+
 import math
 from typing import Optional, Tuple
 
@@ -8,8 +9,7 @@ from torch import Tensor
 from .layout import TreeLayout, _check_pow2
 
 
-def rotation_matrix(dim: int, angle: float, dtype=torch.float32,
-                    device=None) -> Tensor:
+def rotation_matrix(dim: int, angle: float, dtype=torch.float32, device=None) -> Tensor:
     r"""The fixed rotation used for the rotated tree: the product of plane
     rotations by :obj:`angle` degrees in the planes :math:`(0, 1), (1, 2),
     \dots, (D - 2, D - 1)`.  For :math:`D = 1` it is the identity.
@@ -42,43 +42,44 @@ def _split_size(length: Tensor) -> Tensor:
     return torch.ones_like(length) << (exp.long() - 1)
 
 
-def _check_inputs(pos: Tensor, batch: Optional[Tensor], ball_size: int,
-                  batch_size: Optional[int], num_slots: Optional[int]) -> None:
+def _check_inputs(
+    pos: Tensor,
+    batch: Optional[Tensor],
+    ball_size: int,
+    batch_size: Optional[int],
+    num_slots: Optional[int],
+) -> None:
     if not isinstance(pos, Tensor):
         raise TypeError(f"'pos' must be a tensor (got {type(pos).__name__})")
     if pos.dim() != 2:
-        raise ValueError(f"'pos' must have shape [num_points, dim] "
-                         f"(got shape {tuple(pos.shape)})")
+        raise ValueError(f"'pos' must have shape [num_points, dim] (got shape {tuple(pos.shape)})")
     if pos.size(0) == 0:
         raise ValueError("'pos' is empty: a ball tree needs at least one point")
     if pos.size(1) == 0:
         raise ValueError("'pos' has zero spatial dimensions")
     if not pos.is_floating_point():
         raise TypeError(f"'pos' must be floating point (got {pos.dtype})")
-    _check_pow2(ball_size, 'ball_size')
+    _check_pow2(ball_size, "ball_size")
     if batch is not None:
         if not isinstance(batch, Tensor):
             raise TypeError("'batch' must be a tensor")
         if batch.dim() != 1 or batch.numel() != pos.size(0):
-            raise ValueError(f"'batch' must have shape [{pos.size(0)}] to "
-                             f"match 'pos' (got {tuple(batch.shape)})")
-        if batch.dtype not in (torch.int64, torch.int32, torch.int16,
-                               torch.uint8, torch.int8):
-            raise TypeError(f"'batch' must be an integer tensor "
-                            f"(got {batch.dtype})")
+            raise ValueError(
+                f"'batch' must have shape [{pos.size(0)}] to match 'pos' (got {tuple(batch.shape)})"
+            )
+        if batch.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"'batch' must be an integer tensor (got {batch.dtype})")
         if batch.device != pos.device:
-            raise ValueError(f"'batch' is on {batch.device} but 'pos' is on "
-                             f"{pos.device}")
-    if batch_size is not None and (not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ValueError(f"'batch_size' must be a positive int "
-                         f"(got {batch_size!r})")
+            raise ValueError(f"'batch' is on {batch.device} but 'pos' is on {pos.device}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"'batch_size' must be a positive int (got {batch_size!r})")
     if num_slots is not None:
         if batch_size is None and batch is not None:
             raise ValueError("'num_slots' (capacity mode) needs 'batch_size'")
         if not isinstance(num_slots, int) or num_slots % ball_size:
-            raise ValueError(f"'num_slots' must be a multiple of ball_size="
-                             f"{ball_size} (got {num_slots!r})")
+            raise ValueError(
+                f"'num_slots' must be a multiple of ball_size={ball_size} (got {num_slots!r})"
+            )
 
 
 def slot_capacity(num_points: int, batch_size: int, ball_size: int) -> int:
@@ -89,10 +90,15 @@ def slot_capacity(num_points: int, batch_size: int, ball_size: int) -> int:
     return -(-(num_points + batch_size * (ball_size - 1)) // ball_size) * ball_size
 
 
-def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
-                    ball_size: int = 128, rotate: Optional[float] = None,
-                    batch_size: Optional[int] = None,
-                    num_slots: Optional[int] = None) -> TreeLayout:
+def build_ball_tree(
+    pos: Tensor,
+    batch: Optional[Tensor] = None,
+    *,
+    ball_size: int = 128,
+    rotate: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    num_slots: Optional[int] = None,
+) -> TreeLayout:
     r"""Builds the ball tree of every cloud of a batch at once and returns its
     :class:`TreeLayout`.
 
@@ -149,8 +155,7 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
     device, num_points = pos.device, pos.size(0)
     posf = pos.detach().float()
     if rotate is not None:
-        posf = posf @ rotation_matrix(pos.size(1), float(rotate),
-                                      device=device).T
+        posf = posf @ rotation_matrix(pos.size(1), float(rotate), device=device).T
     if batch is None:
         batch = torch.zeros(num_points, dtype=torch.long, device=device)
         batch_size = 1
@@ -158,20 +163,24 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
 
     if _use_triton(posf):  # the level loop without sorts, ~40 launches
         from ._triton import build_layout_triton
-        return build_layout_triton(posf, batch, ball_size, batch_size,
-                                   num_slots)
+
+        return build_layout_triton(posf, batch, ball_size, batch_size, num_slots)
     if num_slots is None:
         # One read-back carries the input checks (and the cloud count).
-        batch_size = _check_flags(torch.stack([
-            (~torch.isfinite(posf)).any().long(),
-            (batch[1:] < batch[:-1]).any().long(),
-            (batch[0] < 0).long(),
-            batch[-1] + 1,
-        ]).tolist(), batch_size)
+        batch_size = _check_flags(
+            torch.stack(
+                [
+                    (~torch.isfinite(posf)).any().long(),
+                    (batch[1:] < batch[:-1]).any().long(),
+                    (batch[0] < 0).long(),
+                    batch[-1] + 1,
+                ]
+            ).tolist(),
+            batch_size,
+        )
 
     # offsets of every cloud's real points (batch is sorted; no atomics)
-    node_ptr = torch.searchsorted(
-        batch, torch.arange(batch_size + 1, device=device))
+    node_ptr = torch.searchsorted(batch, torch.arange(batch_size + 1, device=device))
     counts = node_ptr.diff()
     slots = (counts + ball_size - 1) // ball_size * ball_size
     ptr = torch.cat([counts.new_zeros(1), slots.cumsum(0)])
@@ -180,8 +189,7 @@ def build_ball_tree(pos: Tensor, batch: Optional[Tensor] = None, *,
         # the layout's size and the depth of the tree: the second read-back
         num_slots, max_slots = torch.stack([ptr[-1], slots.max()]).tolist()
     else:
-        torch._assert_async(ptr[-1] <= num_slots,
-                            "num_slots is smaller than the layout needs")
+        torch._assert_async(ptr[-1] <= num_slots, "num_slots is smaller than the layout needs")
         max_slots = num_slots
 
     order = _tree_order(posf, batch, slots, node_ptr, max_slots=max_slots)
@@ -196,15 +204,15 @@ def _check_flags(flags, batch_size: Optional[int]) -> int:
     if nonfinite:
         raise ValueError("'pos' contains NaN or infinite values (in float32)")
     if unsorted:
-        raise ValueError("'batch' must be sorted (points of one cloud "
-                         "contiguous, clouds in increasing order)")
+        raise ValueError(
+            "'batch' must be sorted (points of one cloud contiguous, clouds in increasing order)"
+        )
     if negative:
         raise ValueError("'batch' contains negative cloud indices")
     if batch_size is None:
         return num_clouds
     if num_clouds > batch_size:
-        raise ValueError(f"'batch' holds cloud index {num_clouds - 1} but "
-                         f"batch_size={batch_size}")
+        raise ValueError(f"'batch' holds cloud index {num_clouds - 1} but batch_size={batch_size}")
     return batch_size
 
 
@@ -244,8 +252,9 @@ def _axis_lists(bits: Tensor, batch: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
-def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
-                max_slots: int) -> Tensor:
+def _tree_order(
+    posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor, max_slots: int
+) -> Tensor:
     r"""Real points in tree order (cloud by cloud); see :func:`build_ball_tree`.
 
     Every point carries its rank along each axis within its cloud (from
@@ -259,35 +268,38 @@ def _tree_order(posf: Tensor, batch: Tensor, slots: Tensor, node_ptr: Tensor,
     device = posf.device
     order, bits = _canonical_order(posf, batch)
     lists = _axis_lists(bits, batch)
-    rank = torch.empty_like(lists).scatter_(
-        1, lists, torch.arange(num_points, device=device).expand(dim, -1)).T
-    x = posf[order]                           # kept in the current order
+    rank = (
+        torch.empty_like(lists)
+        .scatter_(1, lists, torch.arange(num_points, device=device).expand(dim, -1))
+        .T
+    )
+    x = posf[order]  # kept in the current order
 
     # After the canonical sort position p holds a point of cloud batch[p].
-    first = node_ptr[batch]                   # first position of the cloud
+    first = node_ptr[batch]  # first position of the cloud
     local = torch.arange(num_points, device=device) - first
-    start = torch.zeros_like(local)           # node's first slot (cloud-local)
-    length = slots[batch]                     # node's slot count
+    start = torch.zeros_like(local)  # node's first slot (cloud-local)
+    length = slots[batch]  # node's slot count
     lo, hi = torch.empty_like(x), torch.empty_like(x)
     num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
     for _ in range(num_levels):
-        node = first + start                  # node id: its first position
+        node = first + start  # node id: its first position
         idx = node.unsqueeze(1).expand(-1, dim)
-        lo.fill_(math.inf).scatter_reduce_(0, idx, x, 'amin')
-        hi.fill_(-math.inf).scatter_reduce_(0, idx, x, 'amax')
+        lo.fill_(math.inf).scatter_reduce_(0, idx, x, "amin")
+        hi.fill_(-math.inf).scatter_reduce_(0, idx, x, "amax")
         axis = (hi - lo).index_select(0, node).argmax(dim=1, keepdim=True)
         perm = torch.argsort((node << 32) | rank.gather(1, axis).squeeze(1))
         order, x, rank = order[perm], x[perm], rank[perm]
         half = _split_size(length)
         right = (local - start >= half) & (length > 1)
         start = start + half * right
-        length = torch.where(right, length - half,
-                             torch.minimum(length, half))
+        length = torch.where(right, length - half, torch.minimum(length, half))
     return order
 
 
-def _assemble(order: Tensor, counts: Tensor, ptr: Tensor,
-              node_ptr: Tensor, num_slots: int, ball_size: int) -> TreeLayout:
+def _assemble(
+    order: Tensor, counts: Tensor, ptr: Tensor, node_ptr: Tensor, num_slots: int, ball_size: int
+) -> TreeLayout:
     device = order.device
     num_points, batch_size = order.numel(), counts.numel()
     slot = torch.arange(num_slots, device=device)
@@ -298,12 +310,10 @@ def _assemble(order: Tensor, counts: Tensor, ptr: Tensor,
     # Pads repeat the last real point of their cloud.
     src = node_ptr[slot_batch] + torch.minimum(local, counts[slot_batch] - 1)
     perm = order[src.clamp_(0, num_points - 1)]
-    return TreeLayout.from_slots(perm, mask, ptr, num_points, ball_size,
-                                 slot_batch=slot_batch)
+    return TreeLayout.from_slots(perm, mask, ptr, num_points, ball_size, slot_batch=slot_batch)
 
 
-def ball_radius(layout: TreeLayout, pos: Tensor, size: int) -> Tuple[Tensor,
-                                                                      Tensor]:
+def ball_radius(layout: TreeLayout, pos: Tensor, size: int) -> Tuple[Tensor, Tensor]:
     r"""Radius of every ball of :obj:`size` slots: the largest distance of its
     real points from their centroid.
 
@@ -316,5 +326,5 @@ def ball_radius(layout: TreeLayout, pos: Tensor, size: int) -> Tuple[Tensor,
     m = layout.mask.view(-1, size, 1).double()
     cnt = m.sum(1)
     centre = (p * m).sum(1) / cnt.clamp(min=1)
-    dist = ((p - centre.unsqueeze(1)).norm(dim=-1) * m.squeeze(-1))
+    dist = (p - centre.unsqueeze(1)).norm(dim=-1) * m.squeeze(-1)
     return dist.amax(1), cnt.squeeze(-1) > 0

@@ -1,4 +1,5 @@
 """The packed batch layout that every attention branch reads: :class:`TreeLayout`."""
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,9 +46,15 @@ class TreeLayout:
     ball_size: int
 
     @classmethod
-    def from_slots(cls, perm: Tensor, mask: Tensor, ptr: Tensor,
-                   num_points: int, ball_size: int,
-                   slot_batch: Optional[Tensor] = None) -> 'TreeLayout':
+    def from_slots(
+        cls,
+        perm: Tensor,
+        mask: Tensor,
+        ptr: Tensor,
+        num_points: int,
+        ball_size: int,
+        slot_batch: Optional[Tensor] = None,
+    ) -> "TreeLayout":
         """Completes a layout from its slots: derives :attr:`inverse` (and
         :attr:`slot_batch` unless given) from ``perm``, ``mask`` and ``ptr``,
         without host synchronisation."""
@@ -57,10 +64,17 @@ class TreeLayout:
             slot_batch = slot_batch.clamp_(max=ptr.numel() - 2)
         # Real slots hold distinct points; pads write into a dropped entry.
         target = torch.where(mask, perm, torch.full_like(perm, num_points))
-        inverse = torch.zeros(num_points + 1, dtype=torch.long,
-                              device=perm.device).scatter_(0, target, slot)
-        return cls(perm=perm, mask=mask, ptr=ptr, inverse=inverse[:-1],
-                   slot_batch=slot_batch, ball_size=ball_size)
+        inverse = torch.zeros(num_points + 1, dtype=torch.long, device=perm.device).scatter_(
+            0, target, slot
+        )
+        return cls(
+            perm=perm,
+            mask=mask,
+            ptr=ptr,
+            inverse=inverse[:-1],
+            slot_batch=slot_batch,
+            ball_size=ball_size,
+        )
 
     @property
     def num_slots(self) -> int:
@@ -82,12 +96,16 @@ class TreeLayout:
         """The device of the layout's tensors."""
         return self.perm.device
 
-    def to(self, device) -> 'TreeLayout':
+    def to(self, device) -> "TreeLayout":
         """Moves every tensor of the layout to :obj:`device`."""
         return TreeLayout(
-            perm=self.perm.to(device), mask=self.mask.to(device),
-            ptr=self.ptr.to(device), inverse=self.inverse.to(device),
-            slot_batch=self.slot_batch.to(device), ball_size=self.ball_size)
+            perm=self.perm.to(device),
+            mask=self.mask.to(device),
+            ptr=self.ptr.to(device),
+            inverse=self.inverse.to(device),
+            slot_batch=self.slot_batch.to(device),
+            ball_size=self.ball_size,
+        )
 
     def gather(self, src: Tensor) -> Tensor:
         """Reads per-point values ``[N, ...]`` into slot order ``[S, ...]``."""
@@ -108,19 +126,18 @@ class TreeLayout:
     def check_ball_size(self, size: int) -> None:
         """Raises unless balls of :obj:`size` slots can be read off this
         layout (a power of two, at most :attr:`ball_size`)."""
-        _check_pow2(size, 'size')
+        _check_pow2(size, "size")
         if size > self.ball_size:
-            raise ValueError(f"size={size} exceeds the layout's ball_size="
-                             f"{self.ball_size}")
+            raise ValueError(f"size={size} exceeds the layout's ball_size={self.ball_size}")
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(num_points={self.num_points}, '
-                f'num_slots={self.num_slots}, num_clouds={self.num_clouds}, '
-                f'ball_size={self.ball_size})')
+        return (
+            f"{self.__class__.__name__}(num_points={self.num_points}, "
+            f"num_slots={self.num_slots}, num_clouds={self.num_clouds}, "
+            f"ball_size={self.ball_size})"
+        )
 
 
 def _check_pow2(value: int, name: str) -> None:
-    if (not isinstance(value, int) or isinstance(value, bool) or value < 1
-            or value & (value - 1)):
-        raise ValueError(f"'{name}' must be a positive power of two "
-                         f"(got {value!r})")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
+        raise ValueError(f"'{name}' must be a positive power of two (got {value!r})")
