@@ -29,9 +29,12 @@ class _SourceKernelsFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Registers the finder (after the regular ones) if a checkout's
-    ``kernels/`` folder sits next to the package."""
+    """Registers the finder if a checkout's ``kernels/`` folder sits next to the package.
+
+    It goes first in ``sys.meta_path``: the kernels next to the imported package are the ones
+    that belong to it, even where an editable install of another checkout would map the name
+    elsewhere."""
     if os.path.isfile(os.path.join(SOURCE, "__init__.py")) and not any(
         isinstance(f, _SourceKernelsFinder) for f in sys.meta_path
     ):
-        sys.meta_path.append(_SourceKernelsFinder())
+        sys.meta_path.insert(0, _SourceKernelsFinder())
