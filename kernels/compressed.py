@@ -213,7 +213,7 @@ def _cmp_bwd_dkdv_kernel(
                 (cols[:, None] >= lo[None, :]) & (cols[:, None] < hi[None, :]), st, float("-inf")
             )
         pt = tl.exp2(st - lse[None, :])
-        dk, dv, _ = dkdv_step(pt, q, do, v, delta, dk, dv, PREC)
+        dk, dv, _dst = dkdv_step(pt, q, do, v, delta, dk, dv, PREC)
     tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvm)
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
