@@ -1,6 +1,12 @@
-"""A planted processed cache: a pickle whose loading runs a shell command."""
+"""A planted processed cache: a pickle whose loading runs a command.
 
-import os
+It calls ``subprocess.call``, not ``os.system``: torch's weights-only
+unpickler names that global with an ``add_safe_globals`` hint, which makes
+PyG's ``fs.torch_load`` (behind ``InMemoryDataset.load``) retry with
+``weights_only=False`` and run it; so these tests also catch a return to
+PyG's loader."""
+
+import subprocess
 
 import torch
 
@@ -10,7 +16,7 @@ class Evil:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
+        return subprocess.call, (["touch", self.marker],)
 
 
 def plant(path, marker):

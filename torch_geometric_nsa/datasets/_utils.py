@@ -101,7 +101,9 @@ def load_processed(path: str) -> Any:
     except FileNotFoundError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()]
+        lines = [ln for ln in lines if ln]
+        first = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "")
         raise DataFormatError(
             f"Refusing to load processed file '{path}': it is not a plain tensor file "
             f"that loads with weights_only=True, so loading it could run code "
