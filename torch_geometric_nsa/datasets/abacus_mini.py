@@ -164,8 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument(
         "--dir",
         default=default_cache_dir(),
-        help=f"cache folder; the run goes to DIR/{MINI}, where CosmologyHalos looks by default "
-        "only for the default DIR (else pass abacus_dir=DIR/" + MINI + ")",
+        help=f"cache folder; the run goes to DIR/{MINI}.  CosmologyHalos finds the default "
+        f"one by itself; for another, pass abacus_dir='DIR/{MINI}' or set ${{ABACUS_MINI_N64_L32}}",
     )
     parser.add_argument("--version", default=ABACUS_VERSION, help="abacusutils release")
     parser.add_argument(
