@@ -78,19 +78,176 @@ def test_tfrecord_malformed(tmp_path):
 
 
 def test_abacus_missing(tmp_path, monkeypatch):
+    from torch_geometric_nsa.datasets.abacus_mini import FETCH_COMMAND
+
     monkeypatch.delenv("ABACUS_MINI_N64_L32", raising=False)
-    monkeypatch.setenv("TORCH_GEOMETRIC_NSA_DATA", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="abacusutils"):
+    monkeypatch.setenv("TORCH_GEOMETRIC_NSA_DATA", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError) as err:
         CosmologyHalos(str(tmp_path / "c"), source="abacus")
+    msg = str(err.value)
+    assert "$ABACUS_MINI_N64_L32=unset" in msg and FETCH_COMMAND in msg
+    assert str(tmp_path / "data" / "abacus_mini" / "Mini_N64_L32") in msg  # the default cache
+    assert str(tmp_path / "data" / "abacusutils") in msg  # hand-extracted sdists
+    assert "looked in nothing" not in msg
+    monkeypatch.setenv("ABACUS_MINI_N64_L32", str(tmp_path / "envdir"))
+    with pytest.raises(FileNotFoundError, match=r"envdir"):
+        CosmologyHalos(str(tmp_path / "c"))  # "auto" without tfrecord files: abacus
+    with pytest.raises(FileNotFoundError, match=r"not in any place looked at.*\n.*mydir\n"):
+        CosmologyHalos(str(tmp_path / "c"), source="abacus", abacus_dir=str(tmp_path / "mydir"))
+    assert not (tmp_path / "c").exists()  # no empty processed folder left behind
+
+
+def _fake_sdist(path, top="abacusutils-2.1.2", extra=()):
+    """A tiny sdist in the layout of abacusutils': tests/Mini_N64_L32 among
+    other test folders."""
+    import io
+    import tarfile
+
+    files = {
+        f"{top}/setup.py": b"# not ours",
+        f"{top}/tests/Mini_N64_L32/abacus.par": b"BoxSize = 32",
+        f"{top}/tests/Mini_N64_L32/slices/z0.000/field_pack9/slab000.field.pack9.asdf": b"A" * 10,
+        f"{top}/tests/Mini_N64_L32/slices/z0.000/L0_pack9/slab000.L0.pack9.asdf": b"B" * 7,
+        f"{top}/tests/ref_hod/Mini_N64_L32/z0.000/x.h5": b"not this one",
+        f"{top}/tests/other/file.txt": b"nor this",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return str(path)
+
+
+def test_abacus_extract_only_the_run(tmp_path):
+    import os
+
+    from torch_geometric_nsa.datasets.abacus_mini import extract_mini
+
+    out = extract_mini(_fake_sdist(tmp_path / "a.tar.gz"), str(tmp_path / "cache"))
+    assert out == str(tmp_path / "cache" / "Mini_N64_L32")
+    found = sorted(
+        os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+    )
+    assert found == [
+        "abacus.par",
+        "slices/z0.000/L0_pack9/slab000.L0.pack9.asdf",
+        "slices/z0.000/field_pack9/slab000.field.pack9.asdf",
+    ]
+    assert open(os.path.join(out, found[2]), "rb").read() == b"A" * 10
+    assert os.listdir(tmp_path / "cache") == ["Mini_N64_L32"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "symlink", "none"])
+def test_abacus_extract_refuses_bad_archives(tmp_path, kind):
+    import tarfile
+
+    from torch_geometric_nsa.datasets.abacus_mini import extract_mini
+
+    top = "abacusutils-2.1.2/tests/Mini_N64_L32"
+    if kind == "dotdot":
+        info = tarfile.TarInfo(f"{top}/../../../../escape.txt")
+        info.size = 1
+        extra, match = [info], "unsafe member path"
+    elif kind == "symlink":
+        info = tarfile.TarInfo(f"{top}/slices/link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        extra, match = [info], "is a link"
+    else:
+        extra, match = [], "no 'tests/Mini_N64_L32' folder"
+    if kind == "none":  # the run under another layout only
+        sdist = _fake_sdist(tmp_path / "b.tar.gz", top="abacusutils-2.1.2/extra")
+    else:
+        sdist = _fake_sdist(tmp_path / "a.tar.gz", extra=extra)
+    with pytest.raises(ValueError, match=match):
+        extract_mini(sdist, str(tmp_path / "cache"))
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "cache").exists()  # nothing written
+
+
+def test_abacus_fetch_command(tmp_path, monkeypatch):
+    """The one command: pip download of the pinned sdist, then extraction (pip
+    is replaced by a stand-in that writes a fake sdist: no network)."""
+    import subprocess
+
+    from torch_geometric_nsa.datasets import abacus_mini
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        _fake_sdist(f"{cmd[cmd.index('-d') + 1]}/abacusutils-2.1.2.tar.gz")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(abacus_mini.subprocess, "run", fake_run)
+    monkeypatch.setenv("TORCH_GEOMETRIC_NSA_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("ABACUS_MINI_N64_L32", raising=False)
+    out = abacus_mini.main([])
+    (cmd,) = calls
+    assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"]
+    assert "--no-binary" in cmd and ":all:" in cmd and "abacusutils==2.1.2" in cmd
+    assert out == str(tmp_path / "data" / "abacus_mini" / "Mini_N64_L32")
+    # the dataset finds that cache by default
+    from torch_geometric_nsa.datasets.cosmology_halos import _find_abacus_dir
+
+    assert _find_abacus_dir(None) == out
+    # a failing pip names the command and the offline alternative
+    monkeypatch.setattr(
+        abacus_mini.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"),
+    )
+    with pytest.raises(RuntimeError, match=r"pip download.*exit code 1.*--sdist"):
+        abacus_mini.fetch(str(tmp_path / "other"), quiet=True)
+    # --sdist: offline extraction
+    out2 = abacus_mini.main(
+        ["--sdist", _fake_sdist(tmp_path / "s.tar.gz"), "--dir", str(tmp_path / "d2")]
+    )
+    assert out2 == str(tmp_path / "d2" / "Mini_N64_L32")
+
+
+def test_planted_pickle_is_refused(tmp_path):
+    from _evil import plant
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        pos, vel = _halos(20, rng)
+        write_tfrecord(
+            str(raw / f"halos_{split}_000.tfrecord"),
+            [encode_example({"h": encode_tensor_proto(np.c_[pos, vel])})],
+        )
+    ds = CosmologyHalos(str(tmp_path))
+    marker = tmp_path / "pwned"
+    for split, path in zip(("train", "val", "test", "test"), ds.processed_paths):
+        plant(path, marker)  # each split's samples, then the statistics
+        with pytest.raises(ValueError, match=rf"Refusing to load processed file '{path}'"):
+            CosmologyHalos(str(tmp_path), split=split)
+        assert not marker.exists()
+        CosmologyHalos(str(tmp_path), force_reload=True)
+    # a rewritten source file is processed again
+    pos, vel = _halos(30, rng)
+    write_tfrecord(
+        str(raw / "halos_train_000.tfrecord"),
+        [encode_example({"h": encode_tensor_proto(np.c_[pos, vel])})],
+    )
+    ds2 = CosmologyHalos(str(tmp_path))
+    assert ds2[0].num_nodes == 30 and np.allclose(ds2[0].pos.numpy(), pos)
 
 
 def test_abacus_default(tmp_path):
-    """Runs where the abacusutils sdist is extracted ($ABACUS_MINI_N64_L32)."""
+    """Runs where the Abacus run was fetched (python -m
+    torch_geometric_nsa.datasets.abacus_mini) and abacusutils is installed."""
     pytest.importorskip("abacusnbody")
-    import os
+    from torch_geometric_nsa.datasets.cosmology_halos import _find_abacus_dir
 
-    if not os.environ.get("ABACUS_MINI_N64_L32"):
-        pytest.skip("set ABACUS_MINI_N64_L32 to the sdist tests/Mini_N64_L32 folder")
+    try:
+        _find_abacus_dir(None)
+    except FileNotFoundError:
+        pytest.skip("fetch the run first: python -m torch_geometric_nsa.datasets.abacus_mini")
     ds = CosmologyHalos(str(tmp_path), source="abacus", subdivisions=2)
     te = CosmologyHalos(str(tmp_path), source="abacus", subdivisions=2, split="test")
     n = sum(d.num_nodes for d in ds) + sum(d.num_nodes for d in te)

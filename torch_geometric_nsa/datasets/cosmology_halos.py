@@ -8,21 +8,30 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from ._tfrecord import TFRecordError, parse_example, parse_tensor_proto, read_tfrecord
-from ._utils import DataFormatError, default_root
+from ._utils import (
+    DataFormatError,
+    SafeProcessing,
+    cache_key,
+    default_root,
+    file_stamp,
+    load_processed,
+    save_processed,
+    transform_repr,
+)
+from ._windows import store_windows
+from .abacus_mini import ABACUS_VERSION, FETCH_COMMAND, MINI, mini_dir
 
 _POS_KEYS = ("x", "y", "z")
 _VEL_KEYS = ("v_x", "v_y", "v_z")
 ABACUS_ENV = "ABACUS_MINI_N64_L32"
 ABACUS_HELP = (
-    "The default data is the small Abacus N-body run 'tests/Mini_N64_L32' "
-    "shipped in the source distribution of the PyPI package 'abacusutils' "
-    "(GPL; read with its 'abacusnbody' readers, never copied).  Once, with "
-    "network access:\n"
-    "    pip install abacusutils\n"
-    "    pip download --no-deps --no-binary :all: abacusutils==2.1.2 -d DIR\n"
-    "    tar xzf DIR/abacusutils-2.1.2.tar.gz -C DIR\n"
-    f"then pass abacus_dir='DIR/abacusutils-2.1.2/tests/Mini_N64_L32' or set "
-    f"${ABACUS_ENV} to that folder."
+    f"The default data is the small Abacus N-body run 'tests/{MINI}' shipped in the "
+    f"source distribution of the PyPI package 'abacusutils' (GPL; read with its "
+    f"'abacusnbody' readers, never copied).  Fetch it once, with access to PyPI:\n"
+    f"    {FETCH_COMMAND}\n"
+    f"(it runs 'pip download --no-deps --no-binary :all: abacusutils=={ABACUS_VERSION}' "
+    f"into a temporary folder and extracts only that folder to '{mini_dir()}'), and "
+    "install the readers: pip install abacusutils."
 )
 
 
@@ -52,7 +61,12 @@ def read_halo_records(path: str, verify: bool = True) -> List[np.ndarray]:
     clouds = []
     try:
         for i, rec in enumerate(read_tfrecord(path, verify=verify)):
-            ex = parse_example(rec)
+            try:
+                ex = parse_example(rec)
+            except (TFRecordError, ValueError) as e:
+                raise DataFormatError(
+                    f"Malformed data file '{path}': record {i} is not a tf.train.Example ({e})"
+                ) from e
             cols = {}
             for k, v in ex.items():
                 cols[k] = (
@@ -84,22 +98,34 @@ def read_halo_records(path: str, verify: bool = True) -> List[np.ndarray]:
     return clouds
 
 
+def abacus_candidates(abacus_dir: Optional[str] = None) -> List[str]:
+    """The folders searched for the Abacus run, in order: :obj:`abacus_dir`
+    alone when given; else ``$ABACUS_MINI_N64_L32``, the cache of
+    ``python -m torch_geometric_nsa.datasets.abacus_mini``, and sdists
+    extracted by hand under ``<data>/abacusutils/abacusutils-*``."""
+    if abacus_dir:
+        return [abacus_dir]
+    cands = []
+    if os.environ.get(ABACUS_ENV):
+        cands.append(os.environ[ABACUS_ENV])
+    cands.append(mini_dir())
+    legacy = osp.join(default_root("abacusutils"), "abacusutils-*", "tests", MINI)
+    cands += sorted(glob.glob(legacy)) or [legacy]
+    return cands
+
+
 def _find_abacus_dir(abacus_dir: Optional[str]) -> str:
-    cands = [abacus_dir] if abacus_dir else []
-    if not abacus_dir:
-        if os.environ.get(ABACUS_ENV):
-            cands.append(os.environ[ABACUS_ENV])
-        cands += sorted(
-            glob.glob(
-                osp.join(default_root("abacusutils"), "abacusutils-*", "tests", "Mini_N64_L32")
-            )
-        )
+    cands = abacus_candidates(abacus_dir)
     for c in cands:
         if c and osp.isdir(osp.join(c, "slices")):
             return c
+    env = f"${ABACUS_ENV}=" + (
+        repr(os.environ[ABACUS_ENV]) if os.environ.get(ABACUS_ENV) else "unset"
+    )
+    looked = "\n".join(f"    {c}" for c in cands)
     raise FileNotFoundError(
-        f"CosmologyHalos: Abacus folder not found (looked in {cands or 'nothing'}; "
-        f"${ABACUS_ENV} unset).  " + ABACUS_HELP
+        f"CosmologyHalos: the Abacus run {MINI} (a folder with 'slices/') is not in any "
+        f"place looked at ({env}):\n{looked}\n" + ABACUS_HELP
     )
 
 
@@ -132,7 +158,7 @@ def read_abacus_particles(abacus_dir: str):
     return np.concatenate(pos), np.concatenate(vel), box
 
 
-class CosmologyHalos(InMemoryDataset):
+class CosmologyHalos(SafeProcessing, InMemoryDataset):
     r"""Predict velocities from positions in cosmological N-body data, as in
     the cosmology benchmark of Balla et al. (2024), "A Cosmology Benchmark for
     Geometric Deep Learning", used by `Erwin <https://arxiv.org/abs/2502.17019>`_.
@@ -148,7 +174,10 @@ class CosmologyHalos(InMemoryDataset):
       found): the real small Abacus run ``Mini_N64_L32`` (262,144 particles,
       32 Mpc/h periodic box, z = 0) from the ``abacusutils`` sdist (see
       :meth:`download`), cut into :obj:`subdivisions`\ :sup:`3` cubic sub-boxes,
-      each a sample; sub-boxes with the highest x index form the test split,
+      each a sample (fetch it once with
+      ``python -m torch_geometric_nsa.datasets.abacus_mini``; it is looked
+      for in :obj:`abacus_dir`, else ``$ABACUS_MINI_N64_L32``, else that
+      command's cache); sub-boxes with the highest x index form the test split,
       the next ones the validation split.  :obj:`subdivisions=1` gives the
       whole box as one 262k-point cloud (train = val = test), for scale runs.
 
@@ -169,6 +198,15 @@ class CosmologyHalos(InMemoryDataset):
         box_size (float, optional): box size of the tfrecord data.
             (default: :obj:`1000.`)
         verify_crc (bool): check the TFRecord CRCs.  (default: :obj:`True`)
+        transform (callable, optional): applied to every sample on access.
+        pre_transform (callable, optional): applied once to every sample in
+            :meth:`process`; part of the cache key (its ``repr``).
+        force_reload (bool): reprocess.  (default: :obj:`False`)
+
+    The processed files hold tensors only and load with
+    ``weights_only=True``; they are keyed on the source, the arguments,
+    ``repr(pre_transform)`` and each source file's path, size and
+    modification time.
     """
 
     def __init__(
@@ -196,13 +234,22 @@ class CosmologyHalos(InMemoryDataset):
         if subdivisions < 1:
             raise ValueError("subdivisions must be positive")
         self.source, self.split = source, split
-        self.abacus_dir, self.subdivisions = abacus_dir, int(subdivisions)
+        self.subdivisions = int(subdivisions)
+        # found before anything is written: a missing run leaves no folders behind
+        self.abacus_dir = _find_abacus_dir(abacus_dir) if source == "abacus" else abacus_dir
         self.box_size = box_size
         self.verify_crc = verify_crc
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
         idx = ("train", "val", "test").index(split)
-        self.load(self.processed_paths[idx])
-        self.stats: Dict[str, torch.Tensor] = torch.load(self.processed_paths[3])
+        path = self.processed_paths[idx]
+        out = load_processed(path)
+        if not isinstance(out, dict) or "data" not in out or "slices" not in out:
+            raise DataFormatError(
+                f"Malformed processed file '{path}': not a CosmologyHalos cache; delete it or "
+                "pass force_reload=True"
+            )
+        self.data, self.slices = Data.from_dict(out["data"]), out["slices"]
+        self.stats: Dict[str, torch.Tensor] = load_processed(self.processed_paths[3])
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -228,9 +275,26 @@ class CosmologyHalos(InMemoryDataset):
             "source='abacus'.  " + ABACUS_HELP
         )
 
+    def _source_files(self) -> List[str]:
+        if self.source == "abacus":
+            return sorted(glob.glob(osp.join(self.abacus_dir, "slices", "z*", "*", "*.asdf")))
+        return sorted(glob.glob(osp.join(self.raw_dir, "halos_*.tfrecord")))
+
     @property
     def processed_file_names(self) -> List[str]:
-        tag = f"abacus_s{self.subdivisions}" if self.source == "abacus" else "tfrecord"
+        config = dict(
+            version=2,
+            source=self.source,
+            pre_transform=transform_repr(self.pre_transform),
+            files=[file_stamp(p) for p in self._source_files()],
+        )
+        if self.source == "abacus":
+            config.update(subdivisions=self.subdivisions, abacus_dir=osp.abspath(self.abacus_dir))
+            tag = f"abacus_s{self.subdivisions}"
+        else:
+            config.update(box_size=self.box_size)
+            tag = "tfrecord"
+        tag = f"{tag}_{cache_key(config)}"
         return [f"{tag}_{s}.pt" for s in ("train", "val", "test")] + [f"{tag}_stats.pt"]
 
     # -- processing ---------------------------------------------------------
@@ -248,7 +312,7 @@ class CosmologyHalos(InMemoryDataset):
         return out
 
     def _abacus_clouds(self):
-        pos, vel, box = read_abacus_particles(_find_abacus_dir(self.abacus_dir))
+        pos, vel, box = read_abacus_particles(self.abacus_dir)
         k = self.subdivisions
         if k == 1:
             c = [(pos + box / 2, vel, box)]
@@ -287,8 +351,11 @@ class CosmologyHalos(InMemoryDataset):
                 if self.pre_transform is not None:
                     d = self.pre_transform(d)
                 data_list.append(d)
-            self.save(data_list, self.processed_paths[i])
-        torch.save(stats, self.processed_paths[3])
+            stored = store_windows(data_list)
+            save_processed(
+                dict(data=stored["data"], slices=stored["slices"]), self.processed_paths[i]
+            )
+        save_processed(stats, self.processed_paths[3])
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.stats["vel_std"].to(y) + self.stats["vel_mean"].to(y)

@@ -1,5 +1,3 @@
-import hashlib
-import json
 import os.path as osp
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -8,7 +6,18 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
-from ._utils import DataFormatError, default_root, mean_std
+from ._utils import (
+    DataFormatError,
+    SafeProcessing,
+    cache_key,
+    default_root,
+    file_stamp,
+    load_processed,
+    mean_std,
+    save_processed,
+    transform_repr,
+)
+from ._windows import load_windows, store_windows
 
 PathList = Union[str, Sequence[str]]
 
@@ -40,10 +49,37 @@ class _NpzAtoms:
         self.atoms = self
         self.types = [str(t) for t in arch["types"]]
         self.bonds = self
-        self.indices = arch["bonds"]
+        self.indices = arch["bonds"].reshape(-1, 2)  # checked by _read_npz
 
     def __len__(self):
         return len(self.types)
+
+
+def _check_dcd(path: str) -> None:
+    """Raises if a DCD file's size is not its header plus whole frames (a
+    truncated copy).  The header's own frame count cannot serve: real files
+    (AdK's ``adk_dims.dcd``: 500 claimed, 98 present) often leave it stale."""
+    try:
+        from MDAnalysis.lib.formats.libdcd import DCDFile
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        with DCDFile(path) as f:
+            header = getattr(f, "_header_size", None)
+            first = getattr(f, "_firstframesize", None)
+            frame = getattr(f, "_framesize", None)
+            n = f.n_frames
+    except Exception:  # unreadable: MDAnalysis names the problem when reading
+        return
+    if None in (header, first, frame) or n < 1:
+        return
+    expected, actual = header + first + (n - 1) * frame, osp.getsize(path)
+    if actual != expected:
+        raise DataFormatError(
+            f"Malformed trajectory file '{path}': {actual} bytes, but its header and "
+            f"{n} whole frames of {frame} bytes end at byte {expected} (a truncated "
+            "or damaged copy?)"
+        )
 
 
 def _read_npz(paths: List[str], stride: int, window: int):
@@ -64,6 +100,11 @@ def _read_npz(paths: List[str], stride: int, window: int):
         for key in ("positions", "displacements", "types", "bonds"):
             if key not in a:
                 raise DataFormatError(f"Malformed data file '{p}': no array '{key}'")
+        for key in ("positions", "displacements"):
+            if a[key].dtype.kind not in "fiu" or not np.isfinite(a[key]).all():
+                raise DataFormatError(
+                    f"Malformed data file '{p}': '{key}' is not all finite numbers"
+                )
         P, D = a["positions"][::stride], a["displacements"]
         if stride > 1:  # displacement over `stride` frames, minimum image kept
             D = np.add.reduceat(D, np.arange(0, len(D), stride))[: len(P) - 1]
@@ -71,6 +112,22 @@ def _read_npz(paths: List[str], stride: int, window: int):
             raise DataFormatError(
                 f"Malformed data file '{p}': positions {P.shape} and "
                 f"displacements {D.shape} do not match"
+            )
+        N, B = P.shape[1], a["bonds"]
+        if a["types"].shape != (N,):
+            raise DataFormatError(
+                f"Malformed data file '{p}': 'types' has shape {a['types'].shape}, "
+                f"expected [{N}] (one per atom)"
+            )
+        if (
+            B.dtype.kind not in "iu"
+            or B.ndim != 2
+            or (B.shape[1] != 2 and B.size)
+            or (B.size and (B.min() < 0 or B.max() >= N))
+        ):
+            raise DataFormatError(
+                f"Malformed data file '{p}': 'bonds' has shape {B.shape} and dtype "
+                f"{B.dtype}, expected [B, 2] integer atom indices below {N}"
             )
         pos.append(torch.from_numpy(P).float())
         disp.append(torch.from_numpy(D).float())
@@ -112,7 +169,11 @@ def trajectory_to_npz(
     return path
 
 
-class MDTrajectory(Dataset):
+def _normalize(stats: Dict[str, Tensor], disp: Tensor) -> Tensor:
+    return (disp - stats["disp_mean"].to(disp)) / stats["disp_std"].to(disp)
+
+
+class MDTrajectory(SafeProcessing, Dataset):
     r"""Windows of a molecular-dynamics trajectory as point clouds: predict
     every atom's next displacement from its last few displacements and its
     atom type.
@@ -163,9 +224,19 @@ class MDTrajectory(Dataset):
         test_fraction (float): fraction of frames held out when there is no
             :obj:`test_trajectory`.  (default: :obj:`0.2`)
         transform (callable, optional): applied to every sample on access.
-        pre_transform (callable, optional): also applied to every sample on
-            access (windows are built on the fly, never stored).
+        pre_transform (callable, optional): applied once to every window in
+            :meth:`process`, as in PyG; the transformed windows of both splits
+            are cached.  Without it, windows are built on access and only the
+            frames are cached.
         force_reload (bool): reprocess the trajectory.  (default: :obj:`False`)
+
+    The processed file (tensors only, loaded with ``weights_only=True``) is
+    keyed on every argument above but :obj:`split` and :obj:`transform`, on
+    ``repr(pre_transform)``, and on the path, size and modification time of
+    each source file: a rewritten trajectory is processed again.  A file that
+    does not load as plain tensors is refused, never executed.  Positions must
+    be finite, DCD files whole (not truncated) and ``.npz`` bond lists
+    :math:`[B, 2]`; otherwise :class:`ValueError` names the file.
 
     Shapes:
         - **x**: :math:`[N, 3K + T]` with :math:`T` atom types,
@@ -213,20 +284,34 @@ class MDTrajectory(Dataset):
         if root is None:
             root = default_root("MDTrajectory")
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
-        self._store = torch.load(self.processed_paths[0], weights_only=False)
+        path = self.processed_paths[0]
+        self._store = load_processed(path)
+        keys = ("train", "test", "atom_type", "type_names", "edge_index", "stats")
+        if not isinstance(self._store, dict) or any(k not in self._store for k in keys):
+            raise DataFormatError(
+                f"Malformed processed file '{path}': not an MDTrajectory cache; delete it "
+                "or pass force_reload=True"
+            )
         self._data = self._store[split]
         T = self._data["disp"].size(0)
         self._frames = list(range(self.window, T))
+        self._windows = None
+        if self._store.get("windows") is not None:
+            self._windows = load_windows(self._store["windows"][split], path)
 
     # -- PyG plumbing -------------------------------------------------------
     def _config(self) -> Dict:
+        files = self.raw_file_names
         return dict(
+            version=2,
             topology=self.topology,
             trajectory=self.trajectory,
             test_trajectory=self.test_trajectory,
             window=self.window,
             stride=self.stride,
             test_fraction=self.test_fraction,
+            pre_transform=transform_repr(self.pre_transform),
+            files=[file_stamp(p) for p in files],
         )
 
     @property
@@ -237,8 +322,7 @@ class MDTrajectory(Dataset):
 
     @property
     def processed_file_names(self) -> List[str]:
-        key = hashlib.sha1(json.dumps(self._config(), sort_keys=True).encode())
-        return [f"md_{key.hexdigest()[:12]}.pt"]
+        return [f"md_{cache_key(self._config())}.pt"]
 
     def download(self):
         missing = [p for p in self.raw_file_names if not osp.isfile(p)]
@@ -261,6 +345,9 @@ class MDTrajectory(Dataset):
                 "MDTrajectory reads trajectories with MDAnalysis: pip install MDAnalysis"
             ) from e
         files = [self.topology] + trajectory
+        for path in trajectory:
+            if path.lower().endswith(".dcd"):
+                _check_dcd(path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -274,6 +361,12 @@ class MDTrajectory(Dataset):
             raise DataFormatError(
                 f"Malformed trajectory: MDAnalysis could not read {files}: {type(e).__name__}: {e}"
             ) from e
+        expected = len(range(0, u.trajectory.n_frames, self.stride))
+        if len(frames) != expected:
+            raise DataFormatError(
+                f"Malformed trajectory {trajectory}: read {len(frames)} frames, the "
+                f"reader announced {expected} (a truncated file?)"
+            )
         if len(frames) < self.window + 2:
             raise DataFormatError(
                 f"Malformed trajectory {trajectory}: {len(frames)} frames, but a "
@@ -281,8 +374,10 @@ class MDTrajectory(Dataset):
             )
         pos = torch.stack(frames).float()  # [T, N, 3]
         if not torch.isfinite(pos).all():
+            t = int((~torch.isfinite(pos)).flatten(1).any(1).nonzero()[0])
             raise DataFormatError(
-                f"Malformed trajectory {trajectory}: positions are not all finite"
+                f"Malformed trajectory {trajectory}: positions are not all finite "
+                f"(first in frame {t * self.stride})"
             )
         disp = (pos[1:] - pos[:-1]).double()
         for t in range(disp.size(0)):
@@ -307,10 +402,11 @@ class MDTrajectory(Dataset):
         lookup = {n: i for i, n in enumerate(names)}
         atom_type = torch.tensor([lookup[n] for n in labels], dtype=torch.long)
         try:
-            bonds = torch.as_tensor(u.bonds.indices, dtype=torch.long).view(-1, 2)
-            edge_index = torch.cat([bonds.t(), bonds.t().flip(0)], dim=1)
-        except Exception:
-            edge_index = torch.empty(2, 0, dtype=torch.long)
+            indices = u.bonds.indices
+        except AttributeError:  # a topology without bonds (MDAnalysis.NoDataError)
+            return atom_type, names, torch.empty(2, 0, dtype=torch.long)
+        bonds = torch.as_tensor(indices, dtype=torch.long).reshape(-1, 2)
+        edge_index = torch.cat([bonds.t(), bonds.t().flip(0)], dim=1)
         return atom_type, names, edge_index
 
     def process(self):
@@ -322,6 +418,17 @@ class MDTrajectory(Dataset):
                     f"Malformed trajectory {self.test_trajectory}: "
                     f"{pos_te.size(1)} atoms, the training run has {pos.size(1)}"
                 )
+            if isinstance(u, dict) and isinstance(u2, dict):
+                t1, t2 = (_NpzAtoms(a).types for a in (u, u2))
+                if t1 != t2:
+                    i = next(i for i in range(len(t1)) if t1[i] != t2[i])
+                    unseen = sorted(set(t2) - set(t1))
+                    raise DataFormatError(
+                        f"Malformed data file '{self.test_trajectory[0]}': atom types differ "
+                        f"from the training archive's (atom {i}: '{t2[i]}' vs '{t1[i]}'"
+                        + (f"; types unseen in training: {unseen}" if unseen else "")
+                        + ")"
+                    )
             train = dict(pos=pos, disp=disp)
             test = dict(pos=pos_te, disp=disp_te)
         else:
@@ -340,18 +447,27 @@ class MDTrajectory(Dataset):
         mean, _ = mean_std(train["disp"].reshape(-1, 3))
         std = (train["disp"] - mean).double().pow(2).mean().sqrt().float()
         stats = dict(disp_mean=mean, disp_std=std.clamp_min(1e-8))
-        torch.save(
-            dict(
-                train=train,
-                test=test,
-                atom_type=atom_type,
-                type_names=names,
-                edge_index=edge_index,
-                stats=stats,
-                config=self._config(),
-            ),
-            self.processed_paths[0],
+        store = dict(
+            train=train,
+            test=test,
+            atom_type=atom_type,
+            type_names=names,
+            edge_index=edge_index,
+            stats=stats,
+            config=self._config(),
+            windows=None,
         )
+        if self.pre_transform is not None:  # PyG's meaning: once, here, cached
+            store["windows"] = {
+                split: store_windows(
+                    [
+                        self.pre_transform(self._window(store, split, t))
+                        for t in range(self.window, store[split]["disp"].size(0))
+                    ]
+                )
+                for split in ("train", "test")
+            }
+        save_processed(store, self.processed_paths[0])
 
     # -- samples ------------------------------------------------------------
     @property
@@ -372,8 +488,7 @@ class MDTrajectory(Dataset):
         return 3 * self.window + self.num_atom_types
 
     def normalize(self, disp: Tensor) -> Tensor:
-        s = self.stats
-        return (disp - s["disp_mean"].to(disp)) / s["disp_std"].to(disp)
+        return _normalize(self.stats, disp)
 
     def denormalize(self, y: Tensor) -> Tensor:
         """Maps normalised displacements back to Ångström per frame."""
@@ -383,26 +498,28 @@ class MDTrajectory(Dataset):
     def len(self) -> int:
         return len(self._frames)
 
-    def get(self, idx: int) -> Data:
-        t = self._frames[idx]
-        d = self._data["disp"]
+    def _window(self, store: Dict, split: str, t: int) -> Data:
+        d = store[split]["disp"]
         past = d[t - self.window : t].flip(0)  # [K, N, 3], most recent first
         K, N = past.shape[:2]
-        onehot = torch.nn.functional.one_hot(self._store["atom_type"], self.num_atom_types).float()
-        x = torch.cat([self.normalize(past).permute(1, 0, 2).reshape(N, 3 * K), onehot], dim=1)
-        data = Data(
+        onehot = torch.nn.functional.one_hot(store["atom_type"], len(store["type_names"])).float()
+        norm = _normalize(store["stats"], past)
+        x = torch.cat([norm.permute(1, 0, 2).reshape(N, 3 * K), onehot], dim=1)
+        return Data(
             x=x,
-            pos=self._data["pos"][t],
-            y=self.normalize(d[t]),
+            pos=store[split]["pos"][t],
+            y=_normalize(store["stats"], d[t]),
             disp=d[t],
             last_disp=d[t - 1],
-            atom_type=self._store["atom_type"],
-            edge_index=self._store["edge_index"],
+            atom_type=store["atom_type"],
+            edge_index=store["edge_index"],
             frame=torch.tensor([t]),
         )
-        if self.pre_transform is not None:
-            data = self.pre_transform(data)
-        return data
+
+    def get(self, idx: int) -> Data:
+        if self._windows is not None:
+            return self._windows.get(idx)
+        return self._window(self._store, self.split, self._frames[idx])
 
     def __repr__(self) -> str:
         name = "AdK" if self.is_default else osp.basename(self.topology or self.trajectory[0])
