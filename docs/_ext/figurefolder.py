@@ -22,6 +22,9 @@ class FigureFolder(Directive):
 
     def run(self):
         env = self.state.document.settings.env
+        if not hasattr(env, "figure_folder_docs"):
+            env.figure_folder_docs = set()
+        env.figure_folder_docs.add(env.docname)
         rel, folder = env.relfn2path(self.arguments[0])
         names = (
             sorted(f for f in os.listdir(folder) if f.endswith(".png"))
@@ -58,6 +61,25 @@ class FigureFolder(Directive):
         return [container]
 
 
+def _always_reread(app, env, added, changed, removed):
+    # a PNG added to the folder is no dependency Sphinx knows about: read the pages that
+    # list a folder again on every build
+    return sorted(getattr(env, "figure_folder_docs", set()) - set(removed))
+
+
+def _purge(app, env, docname):
+    getattr(env, "figure_folder_docs", set()).discard(docname)
+
+
+def _merge(app, env, docnames, other):
+    env.figure_folder_docs = getattr(env, "figure_folder_docs", set()) | getattr(
+        other, "figure_folder_docs", set()
+    )
+
+
 def setup(app):
     app.add_directive("figure-folder", FigureFolder)
+    app.connect("env-get-outdated", _always_reread)
+    app.connect("env-purge-doc", _purge)
+    app.connect("env-merge-info", _merge)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
