@@ -7,6 +7,7 @@ Build (offline; no intersphinx inventories are fetched)::
 """
 
 import datetime
+import importlib.util
 import os
 import sys
 
@@ -26,7 +27,10 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
     "mdinclude",  # docs/_ext/mdinclude.py: Markdown READMEs and changelog
+    "figurefolder",  # docs/_ext/figurefolder.py: the benchmark figures
+    "wordbreaks",  # docs/_ext/wordbreaks.py: dotted names wrap after a dot
 ]
 
 templates_path = ["_templates"]
@@ -38,10 +42,33 @@ root_doc = "index"
 html_theme = "furo"
 html_title = f"torch_geometric_nsa {release}"
 html_static_path = ["_static"]
+# names never break inside a word; wide tables scroll (docs/_static/custom.css)
+html_css_files = ["custom.css"]
 html_theme_options = {
     "sidebar_hide_name": False,
     "navigation_with_keys": True,
 }
+
+# --- math: MathJax is served from the site itself ---------------------------
+# The package sphinx-mathjax-offline (the ``docs`` extra) ships MathJax 3.2.2, the
+# version Sphinx would otherwise load from a CDN; its ``static`` folder is copied
+# into ``_static`` so that formulas render with no network, from ``file://`` too.
+# MathJax's SVG output needs no web fonts (browsers refuse fonts from file://).
+_mathjax = importlib.util.find_spec("sphinx-mathjax-offline")
+if _mathjax is None:
+    raise RuntimeError(
+        "the documentation serves MathJax itself: install the docs extra "
+        '(pip install -e ".[docs]" or pip install -r docs/requirements.txt)'
+    )
+html_static_path.append(os.path.join(os.path.dirname(_mathjax.origin), "static"))
+mathjax_path = "mathjax/tex-svg.js"
+
+# --- copy buttons -------------------------------------------------------------
+# Copy only the code of a doctest block: no ``>>>``/``...`` prompts, no output.
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+copybutton_exclude = ".linenos, .gp, .go"
 
 # --- autodoc / autosummary / napoleon --------------------------------------
 autosummary_generate = True
@@ -109,33 +136,9 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(.*\.)?_[A-Za-z0-9][^.]*"),
 ]
 
-# Public names that pages already mention but that have not landed in the
-# package yet (their doctests are skipped through ``pending()`` below).  This
-# list must be empty at a release.
-_PENDING = []
-nitpick_ignore = [(role, name) for name in _PENDING for role in ("py:class", "py:func", "py:obj")]
-
 # --- doctest ---------------------------------------------------------------
-doctest_global_setup = '''
-import importlib
-import torch
-torch.manual_seed(0)
-torch.set_num_threads(1)
-import torch_geometric_nsa
-
-
-def pending(*names):
-    """True while one of the dotted names does not exist yet (a snippet
-    written for an API that has not landed is skipped until it does)."""
-    for name in names:
-        module, _, attr = name.rpartition('.')
-        try:
-            if not hasattr(importlib.import_module(module), attr):
-                return True
-        except ImportError:
-            return True
-    return False
-'''
+# No hidden setup: every page imports what it uses, so the doctest build proves
+# that its snippets run as pasted (in page order, each page in a fresh namespace).
 doctest_test_doctest_blocks = "default"
 
 

@@ -3,13 +3,14 @@
 # package with its extras.  Idempotent; safe to run again.
 #   TORCH_SPEC   torch requirement to install (default: torch==2.13.0, the CPU wheel
 #                here; e.g. TORCH_SPEC="torch --index-url .../cu128" for CUDA)
-#   NSA_EXTRAS   extras to install (default: test,examples,docs)
+#   NSA_EXTRAS   extras to install (default: test,triton,examples,docs; the tests run the
+#                Triton kernels on the CPU through TRITON_INTERPRET=1, so they need `triton`)
 #   NSA_WHEEL_CACHE  where source-built wheels (torch-cluster) are kept between runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${NSA_VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${NSA_EXTRAS:-test,examples,docs}
+EXTRAS=${NSA_EXTRAS:-test,triton,examples,docs}
 CACHE=${NSA_WHEEL_CACHE:-$HOME/.cache/torch_geometric_nsa/wheels}
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -15,6 +15,14 @@ Options:
                         1 = the page's sections, ...); headings deeper than
                         four levels become rubrics.  Default: rubrics only.
 ``:optional:``          a missing file gives a short note instead of an error.
+``:newest-first:``      in a log whose dated sections (a ``YYYY-MM-DD`` in the heading)
+                        were appended oldest first, show each run of sibling dated
+                        sections newest first; a run already newest first stays (a
+                        run whose dates are all equal is taken as appended).
+
+Tables whose cells are all short (numbers, labels) get the class ``md-table-compact``:
+their cells do not wrap, and the table scrolls sideways when it is wider than the page
+(docs/_static/custom.css).
 """
 
 import os
@@ -24,6 +32,76 @@ from docutils import nodes
 from docutils.parsers.rst import Directive, directives
 
 _UNDERLINES = ["=", "-", "~", "^", '"']
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+# a table whose longest cell is at most this long does not wrap its cells
+_COMPACT_CELL = 40
+
+
+def _sections(lines):
+    """Split Markdown lines into ``(depth, heading_line, body_lines)`` blocks; the text
+    before the first heading is a block of depth 0.  Fenced code is never a heading."""
+    blocks = [[0, None, []]]
+    fenced = False
+    for line in lines:
+        if line.strip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else _HEADING.match(line)
+        if m:
+            blocks.append([len(m.group(1)), line, []])
+        else:
+            blocks[-1][2].append(line)
+    return blocks
+
+
+def newest_first(md: str) -> str:
+    """Reverse each run of consecutive sibling sections that carry a date in their
+    heading, if the run is in ascending date order (a log appended oldest first).
+    A section's subsections move with it."""
+
+    def flatten(tree):
+        out = []
+        for node in tree:
+            if node["heading"] is not None:
+                out.append(node["heading"])
+            out += node["body"]
+            out += flatten(node["children"])
+        return out
+
+    # build a tree of sections
+    root = {"depth": 0, "heading": None, "body": [], "children": []}
+    stack = [root]
+    for depth, heading, body in _sections(md.splitlines()):
+        if heading is None:
+            root["body"] = body
+            continue
+        node = {"depth": depth, "heading": heading, "body": body, "children": []}
+        while stack[-1]["depth"] >= depth:
+            stack.pop()
+        stack[-1]["children"].append(node)
+        stack.append(node)
+
+    def reorder(node):
+        kids = node["children"]
+        for kid in kids:
+            reorder(kid)
+        out, i = [], 0
+        while i < len(kids):
+            j = i
+            while j < len(kids) and _DATE.search(kids[j]["heading"]):
+                j += 1
+            if j == i:
+                out.append(kids[i])
+                i += 1
+                continue
+            run = kids[i:j]
+            dates = [_DATE.search(k["heading"]).group(1) for k in run]
+            out += run[::-1] if dates[0] <= dates[-1] and len(run) > 1 else run
+            i = j
+        node["children"] = out
+
+    reorder(root)
+    return "\n".join(root["body"] + flatten(root["children"])) + "\n"
 
 
 def _inline(text: str) -> str:
@@ -94,7 +172,7 @@ def markdown_to_rst(md: str, heading_level=None) -> list:
             out += ["   " + b if b.strip() else "" for b in block]
             out.append("")
             continue
-        m = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        m = _HEADING.match(line)
         if m:
             title = _inline(m.group(2))
             depth = len(m.group(1))
@@ -118,7 +196,11 @@ def markdown_to_rst(md: str, heading_level=None) -> list:
                 rows.append(_cells(lines[i]))
                 i += 1
             width = len(header)
-            out += [".. list-table::", "   :header-rows: 1", ""]
+            longest = max(len(cell) for row in [header] + rows for cell in row)
+            out += [".. list-table::", "   :header-rows: 1"]
+            if longest <= _COMPACT_CELL:
+                out.append("   :class: md-table-compact")
+            out.append("")
             for row in [header] + rows:
                 row = (row + [""] * width)[:width]
                 out.append("   * - " + (_block(row[0]) or r"\ "))
@@ -171,6 +253,7 @@ class MarkdownInclude(Directive):
         "end-before": directives.unchanged_required,
         "heading-level": directives.nonnegative_int,
         "optional": directives.flag,
+        "newest-first": directives.flag,
     }
 
     def run(self):
@@ -200,6 +283,8 @@ class MarkdownInclude(Directive):
             if pos < 0:
                 raise self.error(f"mdinclude: {marker!r} not found in {path}")
             text = text[: text.rfind("\n", 0, pos) + 1]
+        if "newest-first" in self.options:
+            text = newest_first(text)
         rst = markdown_to_rst(text, self.options.get("heading-level"))
         # like docutils' own ``include``: the translated text is read as if it
         # stood in the including file (so headings become real sections)

@@ -7,7 +7,9 @@ from torch_geometric.nn import MessagePassing
 
 
 class MPNNEmbedding(MessagePassing):
-    r"""Point embedding by message passing, as Erwin's first layer:
+    r"""Point embedding by message passing over relative positions, as in Erwin's first layer.
+
+    It computes
 
     .. math::
         \mathbf{h}_i = \mathbf{W}\mathbf{x}_i, \qquad
