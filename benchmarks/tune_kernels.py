@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "kernels"))
 import attention  # noqa: E402
 from attention import SEL, TOPK, C, D, G, H, M  # noqa: E402  (the same problem)
 from torch_geometric_nsa.kernels import _config  # noqa: E402
-from torch_geometric_nsa.kernels.compressed import cloud_block_ranges  # noqa: E402
+from torch_geometric_nsa.kernels._common import cloud_block_ranges  # noqa: E402
 
 from torch_geometric_nsa import kernels as K  # noqa: E402
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -31,7 +32,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def check_dtype(*ts: torch.Tensor) -> None:
+def check_float_inputs(*ts: torch.Tensor) -> None:
+    """The kernels' float inputs share one dtype the kernels support (float32, float16 or
+    bfloat16).  Not :func:`torch_geometric_nsa.ops._checks.check_dtype`, which checks one
+    tensor's kind for the public ops."""
     dt = ts[0].dtype
     if dt not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"unsupported dtype {dt}: use float32, float16 or bfloat16")
@@ -48,3 +52,46 @@ def as_u8(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool and not torch.compiler.is_compiling():
         return mask.view(torch.uint8)
     return mask.to(torch.uint8)
+
+
+#: eager-mode memo of :func:`cloud_block_ranges`: ``ptr`` tensor (by identity, while alive) ->
+#: ``{(S, unit, ptr._version): (lo, hi)}``; every block of a model asks for the same ranges of
+#: the same tree, and each computation is about a dozen small ops
+_RANGES = WeakIdKeyDictionary()
+
+
+def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
+    """Per slot ``i``: ``[lo, hi)`` of its cloud in units of ``unit`` slots (int32, no host sync).
+
+    Slots of no cloud (``i >= ptr[-1]``) get the empty range ``lo = S // unit, hi = 0``.
+    Eager calls with the same ``ptr`` tensor (unmodified) reuse the result; traced calls
+    (``torch.compile``) compute it.
+    """
+    if torch.compiler.is_compiling():
+        return _cloud_block_ranges(ptr, S, unit)
+    memo = _RANGES.setdefault(ptr, {})
+    key = (S, unit, ptr._version)
+    if key not in memo:
+        for stale in [k for k in memo if k[2] != ptr._version]:
+            del memo[stale]
+        memo[key] = _cloud_block_ranges(ptr, S, unit)
+    return memo[key]
+
+
+def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
+    n = S // unit
+    B = ptr.numel() - 1
+    dev = ptr.device
+    if B <= 0:
+        return (
+            torch.full((S,), n, dtype=torch.int32, device=dev),
+            torch.zeros((S,), dtype=torch.int32, device=dev),
+        )
+    ptr = ptr.to(torch.int64)
+    slots = torch.arange(S, device=dev, dtype=torch.int64)
+    b = torch.searchsorted(ptr, slots, right=True) - 1
+    valid = (b >= 0) & (b < B)
+    bc = b.clamp(0, B - 1)
+    lo = torch.where(valid, ptr[bc] // unit, n).to(torch.int32)
+    hi = torch.where(valid, ptr[bc + 1] // unit, 0).to(torch.int32)
+    return lo, hi

@@ -122,6 +122,18 @@ def get(
     return cfg
 
 
+def for_tensor(
+    kernel: str,
+    q: torch.Tensor,
+    block_m: int = 0,
+    block_n: int = 0,
+    num_warps: int = 0,
+    num_stages: int = 0,
+) -> dict[str, int]:
+    """:func:`get` for a launch on ``q``'s head dim, dtype and device (``q`` is ``[..., D]``)."""
+    return get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages)
+
+
 def launch_meta(cfg: dict[str, int]) -> dict[str, int]:
     """The launch keywords of a config (``num_warps``, ``num_stages``)."""
     return dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

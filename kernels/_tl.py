@@ -5,8 +5,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from . import _common
+
+#: the launchers' constants as Triton constexprs (defined once, in ``_common``)
+LOG2E = tl.constexpr(_common.LOG2E)
+LN2 = tl.constexpr(_common.LN2)
 
 
 @triton.jit

@@ -16,10 +16,8 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_dtype, dot_precision, head_block
-from ._tl import M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
-
-LOG2E = tl.constexpr(1.4426950408889634)
+from ._common import as_u8, check_float_inputs, dot_precision, head_block
+from ._tl import LOG2E, M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
 @triton.jit
@@ -232,18 +230,9 @@ def _ball_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _cfg(
-    kernel: str,
-    m: int,
-    q: torch.Tensor,
-    block_m: int,
-    block_n: int,
-    num_warps: int,
-    num_stages: int,
-):
-    cfg = _config.get(
-        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages
-    )
+def _tiles(kernel: str, m: int, q: torch.Tensor, *launch: int):
+    """``(BM, BN, launch keywords)`` of a ball kernel: the config's tiles, at most a ball."""
+    cfg = _config.for_tensor(kernel, q, *launch)
     return min(m, cfg["BM"]), min(m, cfg["BN"]), _config.launch_meta(cfg)
 
 
@@ -267,7 +256,7 @@ def ball_attention_fwd(
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    BM, BN, launch = _cfg("ball_fwd", ball_size, q, block_m, block_n, num_warps, num_stages)
+    BM, BN, launch = _tiles("ball_fwd", ball_size, q, block_m, block_n, num_warps, num_stages)
     grid = (triton.cdiv(S, BM), H)
     _ball_fwd_kernel[grid](
         q,
@@ -323,7 +312,7 @@ def ball_attention_bwd(
         return dq, dk, dv, torch.zeros_like(sigma)
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(P=pos.shape[1], BD=head_block(D), PREC=dot_precision(q.dtype))
-    BM, BN, launch = _cfg("ball_bwd_dq", ball_size, q, block_m, block_n, num_warps, num_stages)
+    BM, BN, launch = _tiles("ball_bwd_dq", ball_size, q, block_m, block_n, num_warps, num_stages)
     _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](
         q,
         k,
@@ -346,7 +335,7 @@ def ball_attention_bwd(
         **common,
         **launch,
     )
-    BM, BN, launch = _cfg("ball_bwd_dkdv", ball_size, q, block_m, block_n, num_warps, num_stages)
+    BM, BN, launch = _tiles("ball_bwd_dkdv", ball_size, q, block_m, block_n, num_warps, num_stages)
     nkt = triton.cdiv(S, BN)
     dsig_part = torch.empty((nkt, H), device=q.device, dtype=torch.float32)
     _ball_bwd_dkdv_kernel[(nkt, H)](
@@ -432,7 +421,7 @@ def ball_attention(
     Returns:
         ``o`` ``[S, H, D]`` (0 for rows with no real key in their ball).
     """
-    check_dtype(q, k, v)
+    check_float_inputs(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     o, _ = ball_attention_fwd(

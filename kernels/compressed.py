@@ -16,11 +16,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_dtype, dot_precision, head_block
+from ._common import as_u8, check_float_inputs, cloud_block_ranges, dot_precision, head_block
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -73,6 +72,7 @@ def _cmp_fwd_kernel(
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
+    bad = tl.zeros([BM], dtype=tl.int32)  # rows that attend to a non-finite value (mixed tiles)
     for bstart in range(blo, bhi, BN):
         cols = bstart + tl.arange(0, BN)
         cmask = cols < bhi
@@ -84,10 +84,17 @@ def _cmp_fwd_kernel(
         cbias = key_bias(BMASK, cols, cmask)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
         if mixed:
-            s = tl.where(
-                (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf")
-            )
+            own = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+            s = tl.where(own, s, float("-inf"))
+            # A probability of 0 times a non-finite value of another cloud is still NaN: such
+            # values enter as 0, and only the rows that really attend to them are marked.
+            vf = v.to(tl.float32)
+            vbad = tl.max(((vf != vf) | (tl.abs(vf) == float("inf"))).to(tl.int32), 1)  # [BN]
+            v = tl.where(vbad[:, None] != 0, tl.zeros_like(v), v)
+            hit = own & (cbias[None, :] == 0) & (vbad[None, :] != 0)
+            bad = tl.maximum(bad, tl.max(hit.to(tl.int32), 1))
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
+    acc = tl.where(bad[:, None] != 0, float("nan"), acc)
     store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
@@ -218,55 +225,6 @@ def _cmp_bwd_dkdv_kernel(
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
-#: eager-mode memo of :func:`cloud_block_ranges`: ``ptr`` tensor (by identity, while alive) ->
-#: ``{(S, unit, ptr._version): (lo, hi)}``; every block of a model asks for the same ranges of
-#: the same tree, and each computation is about a dozen small ops
-_RANGES = WeakIdKeyDictionary()
-
-
-def cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
-    """Per slot ``i``: ``[lo, hi)`` of its cloud in units of ``unit`` slots (int32, no host sync).
-
-    Slots of no cloud (``i >= ptr[-1]``) get the empty range ``lo = S // unit, hi = 0``.
-    Eager calls with the same ``ptr`` tensor (unmodified) reuse the result; traced calls
-    (``torch.compile``) compute it.
-    """
-    if torch.compiler.is_compiling():
-        return _cloud_block_ranges(ptr, S, unit)
-    memo = _RANGES.setdefault(ptr, {})
-    key = (S, unit, ptr._version)
-    if key not in memo:
-        for stale in [k for k in memo if k[2] != ptr._version]:
-            del memo[stale]
-        memo[key] = _cloud_block_ranges(ptr, S, unit)
-    return memo[key]
-
-
-def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
-    n = S // unit
-    B = ptr.numel() - 1
-    dev = ptr.device
-    if B <= 0:
-        return (
-            torch.full((S,), n, dtype=torch.int32, device=dev),
-            torch.zeros((S,), dtype=torch.int32, device=dev),
-        )
-    ptr = ptr.to(torch.int64)
-    slots = torch.arange(S, device=dev, dtype=torch.int64)
-    b = torch.searchsorted(ptr, slots, right=True) - 1
-    valid = (b >= 0) & (b < B)
-    bc = b.clamp(0, B - 1)
-    lo = torch.where(valid, ptr[bc] // unit, n).to(torch.int32)
-    hi = torch.where(valid, ptr[bc + 1] // unit, 0).to(torch.int32)
-    return lo, hi
-
-
-def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int, num_stages: int):
-    return _config.get(
-        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages
-    )
-
-
 @torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
 def compressed_attention_fwd(
     q: torch.Tensor,
@@ -287,7 +245,7 @@ def compressed_attention_fwd(
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    cfg = _cfg("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
     _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
         q,
         kc,
@@ -343,7 +301,7 @@ def compressed_attention_bwd(
     C = S // NC
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
-    cfg = _cfg("cmp_bwd_dq", q, block_m, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("cmp_bwd_dq", q, block_m, block_n, num_warps, num_stages)
     _cmp_bwd_dq_kernel[(triton.cdiv(S, cfg["BM"]), H)](
         q,
         kc,
@@ -367,7 +325,7 @@ def compressed_attention_bwd(
         **common,
         **_config.launch_meta(cfg),
     )
-    cfg = _cfg("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
     dk, dv = torch.empty_like(kc), torch.empty_like(vc)
     _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H)](
         q,
@@ -447,7 +405,7 @@ def compressed_attention(
     Returns:
         ``(o [S, H, D], lse [S, H] float32)``; ``lse`` is not differentiable.
     """
-    check_dtype(q, kc, vc)
+    check_float_inputs(q, kc, vc)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     S = q.shape[0]

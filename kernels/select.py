@@ -17,7 +17,7 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, dot_precision, head_block, next_pow2
+from ._common import as_u8, cloud_block_ranges, dot_precision, head_block, next_pow2
 from ._tl import key_bias, lse2
 
 
@@ -140,7 +140,7 @@ def select_blocks_op(
         return torch.full((NG, topk), -1, dtype=torch.int64, device=q.device)
     R = select_size // block_size
     BM = max(16, next_pow2(group_size))
-    cfg = _config.get("select", D, q.dtype, q.device, 0, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("select", q, 0, block_n, num_warps, num_stages)
     BN = max(cfg["BN"], R)
     selvalid = as_u8(mask.view(-1, select_size).any(1))
     keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
@@ -234,8 +234,6 @@ def select_blocks(
         ``idx`` ``[S // g, topk]`` int64 global selection-block indices, ascending, ``-1``-padded
         (no gradient).
     """
-    from .compressed import cloud_block_ranges
-
     if scale is None:
         scale = q.shape[-1] ** -0.5
     lo, hi = cloud_block_ranges(ptr, q.shape[0], int(block_size))

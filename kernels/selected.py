@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_dtype, dot_precision, head_block, next_pow2
+from ._common import as_u8, check_float_inputs, dot_precision, head_block, next_pow2
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -214,12 +214,6 @@ def inverse_map(idx: torch.Tensor, num_blocks: int):
     return off, grp
 
 
-def _cfg(kernel: str, q: torch.Tensor, block_m: int, block_n: int, num_warps: int, num_stages: int):
-    return _config.get(
-        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages
-    )
-
-
 def _key_tile(block_n: int, s: int, topk: int) -> int:
     """Gathered key rows per step of the forward / dQ kernels (whole blocks when it exceeds s)."""
     return min(block_n, max(16, next_pow2(topk) * s))
@@ -246,7 +240,7 @@ def selected_attention_fwd(
     NG, TOPK = idx.shape
     if S == 0 or NG == 0:
         return o, lse
-    cfg = _cfg("sel_fwd", q, 0, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages)
     _sel_fwd_kernel[(NG, H)](
         q,
         k,
@@ -304,7 +298,7 @@ def selected_attention_bwd(
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     BMG = max(16, next_pow2(group_size))
-    cfg = _cfg("sel_bwd_dq", q, 0, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages)
     _sel_bwd_dq_kernel[(NG, H)](
         q,
         k,
@@ -331,7 +325,7 @@ def selected_attention_bwd(
     )
     off, grp = inverse_map(idx, S // select_size)
     # dK/dV: the key tile divides the selection block; the M tile gathers whole groups
-    cfg = _cfg("sel_bwd_dkdv", q, block_m, 0, num_warps, num_stages)
+    cfg = _config.for_tensor("sel_bwd_dkdv", q, block_m, 0, num_warps, num_stages)
     BNK = max(16, min(select_size, cfg["BN"]))
     BMK = max(BMG, cfg["BM"])
     _sel_bwd_dkdv_kernel[(S // BNK, H)](
@@ -444,7 +438,7 @@ def selected_attention(
     Returns:
         ``o`` ``[S, H, D]`` (0 for queries with no valid key).  Backward is deterministic, no atomics.
     """
-    check_dtype(q, k, v)
+    check_float_inputs(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return selected_attention_fwd(

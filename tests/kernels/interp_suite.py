@@ -120,7 +120,7 @@ def test_compile_fullgraph():
 
 
 def test_opcheck():
-    from torch_geometric_nsa.kernels.compressed import cloud_block_ranges
+    from torch_geometric_nsa.kernels._common import cloud_block_ranges
 
     S, H, D, m, c = 64, 1, 16, 32, 16
     case = kc.make_case([40], m, H, D, c)
@@ -174,3 +174,13 @@ def test_config_table(table, monkeypatch):
     kc.run_all([100, 33], 64, 16, 32, 32, 3, 1, 32, torch.float16)
     # many chunks of selection candidates (the running top-k merges and skips)
     kc.run_all([1000], 64, 8, 16, 64, 3, 2, 16, torch.float32)
+
+
+def test_nonfinite_isolation():
+    """NaN / inf in one cloud never reaches another cloud's outputs, also in tiles that span
+    clouds (issue 11: the compressed kernel leaked through 0 * NaN there)."""
+    from torch_geometric_nsa import kernels as K
+
+    # the last cloud of each case shares a compressed tile with the cloud before it
+    poisons = [("q", float("nan")), ("v", float("inf")), ("vc", float("nan"))]
+    kc.check_nonfinite_isolation(K, torch.float32, poisons=poisons, last_only=True)

@@ -215,3 +215,67 @@ def run_all(
         errors,
     )
     return errors
+
+
+#: mixed batches where one cloud's non-finite values used to reach the others (issue 11):
+#: (sizes, m, c); s = 2c, g = c, topk = 2
+NONFINITE_CASES = [([5, 7, 3], 8, 4), ([20, 50, 9], 16, 8), ([300, 1000, 40], 32, 8)]
+
+
+def _pipeline(ops, t, ptr, mask, bm, m, c, s, g, topk):
+    """All four ops on one batch (selection chained on the compressed LSE)."""
+    ob = ops.ball_attention(t["q"], t["k"], t["v"], t["pos"], mask, t["sigma"], m)
+    oc, lse = ops.compressed_attention(t["q"], t["kc"], t["vc"], bm, ptr, c)
+    idx = ops.select_blocks(t["q"], t["kc"], lse, bm, mask, ptr, c, s, g, topk)
+    os_ = ops.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g)
+    return dict(ball=ob, compressed=oc, lse=lse, select=idx, selected=os_)
+
+
+#: (tensor, value) poisoned by :func:`check_nonfinite_isolation`
+POISONS = (
+    ("q", float("nan")),
+    ("k", float("nan")),
+    ("v", float("inf")),
+    ("kc", float("nan")),
+    ("vc", float("nan")),
+    ("vc", float("-inf")),
+)
+
+
+def check_nonfinite_isolation(
+    ops, dtype, device="cpu", cases=NONFINITE_CASES, H=2, D=16, poisons=POISONS, last_only=False
+):
+    """Non-finite values in one cloud (a row of q, k, v, or one compressed block of kc, vc) leave
+    every other cloud's outputs of all four ops bit-identical to the clean run's.  ``ops`` holds
+    the four functions (``torch_geometric_nsa.kernels`` or ``ops.reference``).  ``last_only``
+    poisons only the last cloud of each case (the interpreter's budget)."""
+    for sizes, m, c in cases:
+        s, g, topk = 2 * c, c, 2
+        case = make_case(sizes, m, H, D, c, seed=len(sizes) + m, device=device)
+        ptr, mask, bm = case["ptr"], case["mask"], case["block_mask"]
+        clean = {n: case[n].to(dtype) for n in ("q", "k", "v", "kc", "vc", "sigma")}
+        clean["pos"] = case["pos"].float()
+        want = _pipeline(ops, clean, ptr, mask, bm, m, c, s, g, topk)
+        bounds = ptr.tolist()
+        for b in range(len(sizes) - 1 if last_only else 0, len(sizes)):
+            a, e = bounds[b], bounds[b + 1]
+            others = torch.ones(case["S"], dtype=torch.bool, device=device)
+            others[a:e] = False
+            for name, value in poisons:
+                t = dict(clean)
+                t[name] = clean[name].clone()
+                row = (a + sizes[b] // 2) // (c if name in ("kc", "vc") else 1)
+                t[name][row] = value
+                got = _pipeline(ops, t, ptr, mask, bm, m, c, s, g, topk)
+                where = f"sizes {sizes}, m={m}, c={c}: {name}={value} in cloud {b}"
+                for out in ("ball", "compressed", "lse", "selected"):
+                    x, y = got[out][others], want[out][others]
+                    assert torch.equal(x, y), f"{where} changed {out} of other clouds"
+                gsel = others.view(-1, g)[:, 0]
+                assert torch.equal(got["select"][gsel], want["select"][gsel]), (
+                    f"{where} changed the selection of other clouds' groups"
+                )
+                own = torch.cat(
+                    [got[o][~others & mask].flatten() for o in ("ball", "compressed", "selected")]
+                )
+                assert not torch.isfinite(own).all(), f"{where}: the poison had no effect"

@@ -99,3 +99,10 @@ def test_compile_fullgraph_cuda():
     out = torch.autograd.grad(torch.compile(f, fullgraph=True)(*args), args)
     for x, y in zip(out, ref):
         torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nonfinite_isolation(dtype):
+    from torch_geometric_nsa import kernels as K
+
+    kc.check_nonfinite_isolation(K, dtype, device="cuda")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_ranges_values_and_memo():
-    from torch_geometric_nsa.kernels.compressed import cloud_block_ranges
+    from torch_geometric_nsa.kernels._common import cloud_block_ranges
 
     ptr = torch.tensor([0, 64, 64, 192])
     lo, hi = cloud_block_ranges(ptr, 256, 32)
@@ -28,7 +28,7 @@ def test_ranges_values_and_memo():
 
 
 def test_ranges_under_compile():
-    from torch_geometric_nsa.kernels.compressed import cloud_block_ranges
+    from torch_geometric_nsa.kernels._common import cloud_block_ranges
 
     ptr = torch.tensor([0, 32, 96])
     f = torch.compile(lambda p: cloud_block_ranges(p, 128, 32), fullgraph=True)

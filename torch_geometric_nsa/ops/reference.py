@@ -244,7 +244,11 @@ def _compressed_attention(
     beta = torch.arange(nc, device=q.device)
     qc = q.to(cdt)
     kcc = kc.to(cdt)
-    vcc = vc.to(cdt)
+    # Non-finite values stay in their cloud: a masked probability is exactly 0, but 0 * NaN is
+    # NaN, so every other cloud's row would pick them up in the weighted sum.  They enter the sum
+    # as 0 and mark, instead, the rows that really attend to them (output NaN).
+    v_bad = ~torch.isfinite(vc).all(-1)  # [nc, H]
+    vcc = torch.where(v_bad[..., None], torch.zeros((), dtype=cdt, device=q.device), vc.to(cdt))
 
     cq = _chunk(H * nc + H * D, S)
     outs, lses = [], []
@@ -258,7 +262,9 @@ def _compressed_attention(
         )  # [cq, nc]
         scores = torch.einsum("ihd,jhd->ihj", qc[sl], kcc) * scale  # [cq, H, nc]
         probs, lse = _masked_softmax(scores, valid[:, None, :])
-        outs.append(torch.einsum("ihj,jhd->ihd", probs, vcc))
+        o = torch.einsum("ihj,jhd->ihd", probs, vcc)
+        attends_bad = (valid.float() @ v_bad.float()) > 0  # [cq, H]
+        outs.append(torch.where(attends_bad[..., None], float("nan"), o))
         lses.append(lse)
     o = torch.cat(outs, dim=0).to(q.dtype)
     lse = torch.cat(lses, dim=0).to(_stat_dtype(q.dtype)).detach()
@@ -447,7 +453,11 @@ def selected_attention(
         sl = slice(g0, g0 + cg)
         sel = slots[sl]  # [Gc, kk * s]
         ks = kcd[sel]  # [Gc, kk * s, H, D]
-        vs = vcd[sel]
+        # the -1 padding gathers some other block, maybe of another cloud: its values enter as 0
+        # (a probability of exactly 0 times a non-finite value would still be NaN)
+        vs = torch.where(
+            key_valid[sl][:, :, None, None], vcd[sel], torch.zeros((), dtype=cdt, device=dev)
+        )
         scores = torch.einsum("gqhd,gkhd->ghqk", qg[sl], ks) * scale  # [Gc, H, g, kk * s]
         probs, _ = _masked_softmax(scores, key_valid[sl][:, None, None, :])
         outs.append(torch.einsum("ghqk,gkhd->gqhd", probs, vs))  # [Gc, g, H, D]

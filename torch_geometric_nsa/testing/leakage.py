@@ -16,12 +16,15 @@ def assert_no_leakage(
     batch: Tensor,
     atol: float = 1e-5,
     check_grad: bool = True,
+    check_nonfinite: bool = True,
     **kwargs,
 ) -> None:
     r"""Asserts that a point-cloud module treats the clouds of a mixed batch
     independently: its output on the batch equals its outputs on every cloud
-    alone (up to :obj:`atol`), and the gradient of one cloud's output with
-    respect to every other cloud's input is exactly zero.
+    alone (up to :obj:`atol`), the gradient of one cloud's output with
+    respect to every other cloud's input is exactly zero, and non-finite
+    features in one cloud (a NaN, an inf) leave every other cloud's output
+    bit-identical to the clean batch's.
 
     The module is called as ``module(x, pos, batch, **kwargs)`` on the batch
     and ``module(x_b, pos_b, None, **kwargs)`` on each cloud.  Ship it in your
@@ -35,6 +38,8 @@ def assert_no_leakage(
         batch (torch.Tensor): ``[N]`` sorted cloud index.
         atol (float): tolerance of the per-cloud comparison.
         check_grad (bool): also check the cross-cloud gradients.
+        check_nonfinite (bool): also poison one point of each cloud with NaN,
+            then inf, and compare the other clouds bit for bit.
     """
     clouds = _split(batch)
     full = module(x, pos, batch, **kwargs)
@@ -46,6 +51,8 @@ def assert_no_leakage(
                 f"cloud {b}: output in the batch differs from "
                 f"the output alone by {err:.3e} > {atol}"
             )
+    if check_nonfinite and len(clouds) > 1:
+        _check_nonfinite(module, x, pos, batch, clouds, full, kwargs)
     if not check_grad or len(clouds) < 2:
         return
     x = x.detach().requires_grad_(True)
@@ -59,3 +66,20 @@ def assert_no_leakage(
             raise AssertionError(
                 f"cloud {b}: its output has a gradient of {leak:.3e} w.r.t. other clouds' inputs"
             )
+
+
+def _check_nonfinite(module, x, pos, batch, clouds, full, kwargs):
+    with torch.no_grad():
+        for b, idx in enumerate(clouds):
+            others = torch.ones(x.size(0), dtype=torch.bool, device=x.device)
+            others[idx] = False
+            for value in (float("nan"), float("inf")):
+                poisoned = x.detach().clone()
+                poisoned[idx[idx.numel() // 2]] = value
+                out = module(poisoned, pos, batch, **kwargs)
+                if not torch.equal(out[others], full[others].detach()):
+                    diff = (out[others] - full[others]).abs()
+                    raise AssertionError(
+                        f"a {value} in cloud {b}'s features changed other clouds' outputs "
+                        f"(max change {diff.nan_to_num(float('inf')).max().item():.3e})"
+                    )
