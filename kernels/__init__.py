@@ -11,15 +11,26 @@ traces them:
 - :func:`select_blocks` -- fused scoring + streaming top-k per query group.
 - :func:`selected_attention` -- block-sparse attention over the selected blocks.
 
-All backward passes are deterministic and use no atomics.  Accumulation is float32 for
+Sizes: ``ball_size`` and ``select_size`` of at least 16 (:func:`unsupported_sizes`; the ops
+of :mod:`torch_geometric_nsa.ops` run smaller ones on the reference).  All backward passes are
+deterministic and use no atomics.  Accumulation is float32 for
 float32/float16/bfloat16 inputs; float32 ``tl.dot`` runs in IEEE precision unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set.  Offsets are int64.  CPU tensors work under
 ``TRITON_INTERPRET=1`` (set before importing this package).
 """
 
+from ._common import MIN_BALL_SIZE, MIN_SELECT_SIZE, unsupported_sizes
 from .ball import ball_attention
 from .compressed import compressed_attention
 from .select import select_blocks
 from .selected import selected_attention
 
-__all__ = ["ball_attention", "compressed_attention", "select_blocks", "selected_attention"]
+__all__ = [
+    "ball_attention",
+    "compressed_attention",
+    "select_blocks",
+    "selected_attention",
+    "unsupported_sizes",
+    "MIN_BALL_SIZE",
+    "MIN_SELECT_SIZE",
+]

@@ -32,6 +32,29 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+#: smallest ball and selection block the kernels take: ``tl.dot`` needs tiles of at least 16
+#: along its reduction, and a tile never spans two balls (or two selection blocks)
+MIN_BALL_SIZE = 16
+MIN_SELECT_SIZE = 16
+
+
+def unsupported_sizes(ball_size: int | None = None, select_size: int | None = None) -> str | None:
+    """Why the kernels cannot run these sizes (``None`` when they can)."""
+    if ball_size is not None and ball_size < MIN_BALL_SIZE:
+        return f"ball_size >= {MIN_BALL_SIZE} (got {ball_size})"
+    if select_size is not None and select_size < MIN_SELECT_SIZE:
+        return f"select_size >= {MIN_SELECT_SIZE} (got {select_size})"
+    return None
+
+
+def check_sizes(ball_size: int | None = None, select_size: int | None = None) -> None:
+    reason = unsupported_sizes(ball_size, select_size)
+    if reason is not None:
+        raise ValueError(
+            f"the Triton kernels need {reason}; smaller sizes run on the reference backend"
+        )
+
+
 def check_float_inputs(*ts: torch.Tensor) -> None:
     """The kernels' float inputs share one dtype the kernels support (float32, float16 or
     bfloat16).  Not :func:`torch_geometric_nsa.ops._checks.check_dtype`, which checks one

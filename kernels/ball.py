@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_float_inputs, dot_precision, head_block
+from ._common import as_u8, check_float_inputs, check_sizes, dot_precision, head_block
 from ._tl import LOG2E, M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -422,6 +422,7 @@ def ball_attention(
         ``o`` ``[S, H, D]`` (0 for rows with no real key in their ball).
     """
     check_float_inputs(q, k, v)
+    check_sizes(ball_size=int(ball_size))
     if scale is None:
         scale = q.shape[-1] ** -0.5
     o, _ = ball_attention_fwd(

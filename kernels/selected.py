@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_float_inputs, dot_precision, head_block, next_pow2
+from ._common import as_u8, check_float_inputs, check_sizes, dot_precision, head_block, next_pow2
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -439,6 +439,7 @@ def selected_attention(
         ``o`` ``[S, H, D]`` (0 for queries with no valid key).  Backward is deterministic, no atomics.
     """
     check_float_inputs(q, k, v)
+    check_sizes(select_size=int(select_size))
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return selected_attention_fwd(

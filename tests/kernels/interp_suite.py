@@ -183,4 +183,18 @@ def test_nonfinite_isolation():
 
     # the last cloud of each case shares a compressed tile with the cloud before it
     poisons = [("q", float("nan")), ("v", float("inf")), ("vc", float("nan"))]
-    kc.check_nonfinite_isolation(K, torch.float32, poisons=poisons, last_only=True)
+    kc.check_nonfinite_isolation(
+        K, torch.float32, cases=kc.KERNEL_NONFINITE_CASES, poisons=poisons, last_only=True
+    )
+
+
+def test_sizes_below_the_kernels_limits_raise():
+    from torch_geometric_nsa import kernels as K
+
+    case = kc.make_case([9], 8, 1, 16, 4)
+    f = {n: case[n].float() for n in ("q", "k", "v", "pos", "sigma")}
+    with pytest.raises(ValueError, match="ball_size >= 16"):
+        K.ball_attention(f["q"], f["k"], f["v"], f["pos"], case["mask"], f["sigma"], 8)
+    idx = torch.zeros(case["S"] // 4, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="select_size >= 16"):
+        K.selected_attention(f["q"], f["k"], f["v"], case["mask"], idx, 8, 4)

@@ -220,6 +220,8 @@ def run_all(
 #: mixed batches where one cloud's non-finite values used to reach the others (issue 11):
 #: (sizes, m, c); s = 2c, g = c, topk = 2
 NONFINITE_CASES = [([5, 7, 3], 8, 4), ([20, 50, 9], 16, 8), ([300, 1000, 40], 32, 8)]
+#: the same batches at sizes the kernels take (ball and selection block >= 16)
+KERNEL_NONFINITE_CASES = [([5, 7, 3], 16, 8), ([20, 50, 9], 16, 8), ([300, 1000, 40], 32, 8)]
 
 
 def _pipeline(ops, t, ptr, mask, bm, m, c, s, g, topk):

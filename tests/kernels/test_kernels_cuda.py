@@ -105,4 +105,21 @@ def test_compile_fullgraph_cuda():
 def test_nonfinite_isolation(dtype):
     from torch_geometric_nsa import kernels as K
 
-    kc.check_nonfinite_isolation(K, dtype, device="cuda")
+    kc.check_nonfinite_isolation(K, dtype, device="cuda", cases=kc.KERNEL_NONFINITE_CASES)
+
+
+def test_small_sizes_fall_back_to_the_reference():
+    """ball_size / select_size below 16: "auto" warns once and runs the reference on CUDA."""
+    from torch_geometric_nsa import ops
+    from torch_geometric_nsa.ops import reference as R
+
+    case = kc.make_case([5, 7, 3], 8, 2, 16, 4, device="cuda")
+    t = {n: case[n].float() for n in ("q", "k", "v", "pos", "sigma")}
+    with pytest.warns(RuntimeWarning, match="ball_size >= 16"):
+        o = ops.ball_attention(t["q"], t["k"], t["v"], t["pos"], case["mask"], t["sigma"], 8)
+    ref = R.ball_attention(t["q"], t["k"], t["v"], t["pos"], case["mask"], t["sigma"], 8)
+    assert torch.equal(o, ref)
+    idx = torch.zeros(case["S"] // 4, 1, dtype=torch.long, device="cuda")
+    with pytest.warns(RuntimeWarning, match="select_size >= 16"):
+        o = ops.selected_attention(t["q"], t["k"], t["v"], case["mask"], idx, 8, 4)
+    assert torch.equal(o, R.selected_attention(t["q"], t["k"], t["v"], case["mask"], idx, 8, 4))

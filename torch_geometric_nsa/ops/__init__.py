@@ -108,7 +108,9 @@ def _kernel(name: str) -> Optional[Callable]:
     return _kernel_cache[name]
 
 
-def _impl(name: str, q: Tensor) -> Callable:
+def _impl(name: str, q: Tensor, **sizes: int) -> Callable:
+    """The implementation of op ``name`` for ``q`` under the current backend; ``sizes``
+    (``ball_size``, ``select_size``) are checked against what the kernels take."""
     if _backend == "reference":
         return getattr(reference, name)
     if _backend == "triton":
@@ -118,9 +120,22 @@ def _impl(name: str, q: Tensor) -> Callable:
                 f"ops backend 'triton' was requested but torch_geometric_nsa.kernels.{name} is "
                 f"unavailable ({_kernel_error.get(name, 'unknown error')})"
             )
-        return fn
+        return fn  # it raises for sizes it does not take
     if q.is_cuda:  # "auto"
         fn = _kernel(name)
+        limits = _kernel("unsupported_sizes")
+        reason = limits(**sizes) if (fn is not None and limits is not None) else None
+        if reason is not None:
+            key = (name, reason)
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(
+                    f"{name}: the Triton kernels need {reason}; these CUDA tensors run on the "
+                    f"pure-PyTorch reference",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return getattr(reference, name)
         if fn is not None:
             return fn
         if name not in _warned:
@@ -192,7 +207,7 @@ def ball_attention(
     check_divides("ball_size", ball_size, "S", S)
     check_scale(fn, scale)
     check_device(fn, q, ("k", k), ("v", v), ("pos", pos), ("mask", mask), ("sigma", sigma))
-    return _impl(fn, q)(q, k, v, pos, mask, sigma, ball_size, scale)
+    return _impl(fn, q, ball_size=ball_size)(q, k, v, pos, mask, sigma, ball_size, scale)
 
 
 def compressed_attention(
@@ -389,4 +404,4 @@ def selected_attention(
     check_dtype(fn, "idx", idx, "int")
     check_scale(fn, scale)
     check_device(fn, q, ("k", k), ("v", v), ("mask", mask), ("idx", idx))
-    return _impl(fn, q)(q, k, v, mask, idx, select_size, group_size, scale)
+    return _impl(fn, q, select_size=select_size)(q, k, v, mask, idx, select_size, group_size, scale)
