@@ -6,12 +6,13 @@ from torch_geometric_nsa.nn.models import ErwinNSA
 from torch_geometric_nsa.testing import assert_no_leakage
 from torch_geometric_nsa.transforms import BallTree
 
-KW = dict(num_layers=2, heads=2, ball_size=32, compress_size=8, topk=2)
+KW = dict(heads=2, ball_size=32, compress_size=8, topk=2)
 
 
 def make_model(**kwargs):
     torch.manual_seed(0)
-    return ErwinNSA(4, 16, 3, **{**KW, **kwargs})
+    num_layers = kwargs.pop("num_layers", 2)
+    return ErwinNSA(4, 16, num_layers, 3, **{**KW, **kwargs})
 
 
 def test_model_mixed_batch_no_leakage(batch_maker):
@@ -42,7 +43,7 @@ def test_trees_from_transform_give_same_output(batch_maker):
     data = [t(Data(x=torch.randn(n, 4), pos=torch.randn(n, 3))) for n in (10, 70, 33)]
     b = Batch.from_data_list(data)
     tree = BallTree.layout(b, 32)
-    tree_rot = BallTree.layout(b, 32, rotated=True)
+    tree_rot = BallTree.layout(b, 32, rotate=45.0)
     out = model(b.x, b.pos, b.batch, tree=tree, tree_rot=tree_rot)
     assert torch.allclose(out, model(b.x, b.pos, b.batch), atol=1e-6)
     tree2, rot2 = model.trees_from_data(b)
