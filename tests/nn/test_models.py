@@ -101,3 +101,23 @@ def test_whole_model_compiles_fullgraph_with_precomputed_trees(batch_maker):
     assert torch.allclose(out, eager, atol=1e-6)
     out.square().sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_translation_invariance_far_from_the_origin(batch_maker):
+    """The tree of a float64 cloud is built on float64-centred coordinates: far from the
+    origin the output equals the output at the origin (it moved by 0.36 at 1e6 when the
+    tree was built on float32-rounded coordinates)."""
+    x, pos, batch = batch_maker([200, 31], 4, seed=1, dtype=torch.float64)
+    model = make_model(radius=0.7).double()
+    ref = model(x, pos, batch)
+    for offset in (1e4, 1e5, 1e6):
+        shift = torch.tensor([offset, -offset, 0.5 * offset], dtype=torch.float64)
+        out = model(x, pos + shift, batch)
+        torch.testing.assert_close(out, ref, atol=1e-9, rtol=0)
+    # float32 up to 1e3 (the input itself is rounded to ~6e-5 there)
+    x, pos, batch = batch_maker([200, 31], 4, seed=1)
+    model = make_model(radius=0.7)
+    ref = model(x, pos, batch)
+    for offset in (1e1, 1e2, 1e3):
+        shift = torch.tensor([offset, -offset, 0.5 * offset])
+        torch.testing.assert_close(model(x, pos + shift, batch), ref, atol=5e-4, rtol=0)
