@@ -164,3 +164,9 @@ def test_unsorted_batch_is_sorted_for_torch_cluster(monkeypatch):
     assert torch.equal(got_r, expect_r)
     assert as_set(knn_graph(pos, 4, batch, use_cluster=True)) == as_set(expect_k)
     assert (batch[got_r[0]] == batch[got_r[1]]).all()
+
+
+def test_zero_radius_finds_duplicates():
+    pos = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.1, 0.2]])
+    ei = radius_graph(pos, 0.0, use_cluster=False)
+    assert as_set(ei) == {(0, 1), (1, 0)}

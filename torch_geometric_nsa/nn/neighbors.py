@@ -165,7 +165,8 @@ def _radius_cells(
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty
     p = pos.double()
-    cell = torch.floor((p - p.min(0).values) / r).long()
+    side = r if r > 0 else 1.0  # any side >= r works; r = 0 finds exact duplicates
+    cell = torch.floor((p - p.min(0).values) / side).long()
     extent = cell.max(0).values + 3  # room for the -1/+1 neighbour offsets
     cell = cell + 1
     # exact (collision-free) key; fall back to brute force if it overflows
