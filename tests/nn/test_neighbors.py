@@ -170,3 +170,9 @@ def test_zero_radius_finds_duplicates():
     pos = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.1, 0.2]])
     ei = radius_graph(pos, 0.0, use_cluster=False)
     assert as_set(ei) == {(0, 1), (1, 0)}
+
+
+@pytest.mark.skipif(neighbors.torch_cluster is None, reason="torch-cluster not installed")
+def test_zero_radius_with_torch_cluster_installed():
+    pos = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.1, 0.2]])
+    assert as_set(radius_graph(pos, 0.0)) == {(0, 1), (1, 0)}

@@ -137,7 +137,7 @@ def radius_graph(
     batch, use_cluster = _prepare(pos, batch, use_cluster)
     if pos.size(0) == 0:
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
-    if use_cluster:
+    if use_cluster and r > 0:  # torch-cluster finds no pair at r = 0 (it compares d < r)
         k = pos.size(0) if max_num_neighbors is None else max_num_neighbors
         ei = _cluster_call(torch_cluster.radius_graph, pos, batch, r, loop, k)
         return _sort_edges(ei, pos.size(0))
