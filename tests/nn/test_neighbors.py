@@ -176,3 +176,10 @@ def test_zero_radius_finds_duplicates():
 def test_zero_radius_with_torch_cluster_installed():
     pos = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.1, 0.2]])
     assert as_set(radius_graph(pos, 0.0)) == {(0, 1), (1, 0)}
+
+
+def test_knn_keeps_k_neighbours_when_points_coincide():
+    pos = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    for use_cluster in [False] + ([True] if neighbors.torch_cluster is not None else []):
+        ei = knn_graph(pos, 1, use_cluster=use_cluster)
+        assert torch.bincount(ei[1], minlength=5).tolist() == [1] * 5

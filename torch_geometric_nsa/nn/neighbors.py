@@ -260,6 +260,9 @@ def knn_graph(
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     if use_cluster:
         ei = _cluster_call(torch_cluster.knn_graph, pos, batch, k, loop)
+        # torch-cluster can return k + 1 neighbours when points coincide: keep k
+        dist = (pos[ei[0]].double() - pos[ei[1]].double()).norm(dim=1)
+        ei = ei[:, _keep_nearest(ei[1], ei[0], dist, pos.size(0), k)]
         return _sort_edges(ei, pos.size(0))
     n = pos.size(0)
     rows, cols = [], []
