@@ -21,6 +21,7 @@ from torch_geometric_nsa import build_ball_tree
 from torch_geometric_nsa.nn import ErwinNSAConv, knn_graph, radius_graph
 from torch_geometric_nsa.nn.models import ErwinNSA
 from torch_geometric_nsa.transforms import BallTree
+from torch_geometric_nsa.tree import rotation_matrix
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -163,13 +164,8 @@ def test_ball_tree_transform(data, ball_size, rotate, stale):
     t = BallTree(ball_size, rotate=rotate)
     items = [t(Data(pos=p.clone())) for p in torch.split(pos, sizes)]
     b = Batch.from_data_list(items)
-    if stale == "rotate" and pos.size(1) >= 2:
-        b.pos = (
-            b.pos
-            @ torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=b.pos.dtype)
-            .repeat(pos.size(1) // 2 + 1, pos.size(1) // 2 + 1)[: pos.size(1), : pos.size(1)]
-            .triu()
-        )
+    if stale == "rotate":  # a RandomRotate after the transform (the identity in 1-D)
+        b.pos = b.pos @ rotation_matrix(pos.size(1), 90.0, dtype=b.pos.dtype).T
     elif stale == "jitter":
         b.pos = b.pos + 1e-3 * (1 + b.pos.abs())
     elif stale == "drop" and b.num_nodes > 1:

@@ -183,3 +183,14 @@ def test_stored_tree_has_no_per_node_shape():
         data = BallTree(16, rotate=10.0)(clouds([n])[0])
         for key in ("ball_tree_index", "ball_tree_key", "ball_tree_rot_index"):
             assert not data.is_node_attr(key), (n, key)
+
+
+def test_fixed_points_upsampling_after_the_transform_is_caught():
+    data = BallTree(16)(clouds([10])[0])
+    data = T.FixedPoints(100)(data)  # 10 points drawn up to 100 (with repeats)
+    with pytest.raises(ValueError, match=MISMATCH + ".*16 slots in 1 clouds for 100 points"):
+        BallTree.layout(data, 16)
+    data = BallTree(16)(clouds([10])[0])
+    data = T.FixedPoints(12, allow_duplicates=True)(data)
+    with pytest.raises(RuntimeError, match=MISMATCH):
+        BallTree.layout(data, 16)

@@ -52,6 +52,12 @@ def test_errors():
         BallTree.layout(d, 64)
     with pytest.raises(ValueError, match="rotate=45"):
         BallTree.layout(d, 16, rotate=45)
+    with pytest.raises(TypeError, match="not a flag"):
+        BallTree.layout(d, 16, True)
+    with pytest.raises(ValueError, match="rotate"):
+        BallTree(16, rotate=float("nan"))
+    with pytest.raises(TypeError, match="first"):
+        BallTree(16, first=3)
 
 
 class Clouds(InMemoryDataset):

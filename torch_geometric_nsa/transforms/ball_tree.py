@@ -119,6 +119,8 @@ class BallTree(BaseTransform):
                 :class:`BallTree` changed the points, or the stored ``ball_size`` or
                 ``rotate`` differs.
         """
+        if isinstance(rotate, bool):
+            raise TypeError("'rotate' is the angle the rotated tree was built with, not a flag")
         if getattr(data, PERM_KEY, None) is None or getattr(data, KEY_KEY, None) is None:
             raise ValueError(f"data has no '{PERM_KEY}': apply the BallTree transform first")
         if rotate is not None and getattr(data, ROT_PERM_KEY, None) is None:
