@@ -18,13 +18,13 @@ def test_mixed_batch_equals_clouds_alone(batch_maker, seed):
     sizes = torch.randint(1, 3001, (num,), generator=gen).tolist()
     sizes = [min(s, 3000 // num + 1) if num > 3 else s for s in sizes] + [1]
     torch.manual_seed(seed)
-    conv = ErwinNSAConv(32, 4, ball_size=64, compress_size=16, topk=2)
+    conv = ErwinNSAConv(32, heads=4, ball_size=64, compress_size=16, topk=2)
     x, pos, batch = batch_maker(sizes, 32, seed=seed)
     assert_no_leakage(conv, x, pos, batch, atol=1e-5)
 
 
 def test_reordering_clouds_reorders_outputs(batch_maker):
-    conv = ErwinNSAConv(16, 2, **SMALL)
+    conv = ErwinNSAConv(16, heads=2, **SMALL)
     x, pos, batch = batch_maker([50, 7, 90], 16)
     out = conv(x, pos, batch)
     order = [2, 0, 1]
@@ -37,7 +37,7 @@ def test_reordering_clouds_reorders_outputs(batch_maker):
 
 @pytest.mark.parametrize("heads, channels", [(1, 8), (3, 24), (5, 80)])
 def test_any_head_count(batch_maker, heads, channels):
-    conv = ErwinNSAConv(channels, heads, **SMALL)
+    conv = ErwinNSAConv(channels, heads=heads, **SMALL)
     x, pos, batch = batch_maker([40, 3], channels)
     out = conv(x, pos, batch)
     assert out.shape == (43, channels) and torch.isfinite(out).all()
@@ -46,7 +46,7 @@ def test_any_head_count(batch_maker, heads, channels):
 def test_local_only_one_ball_is_dense_attention_with_distance_bias():
     torch.manual_seed(0)
     n, C, H = 50, 32, 4
-    conv = ErwinNSAConv(C, H, ball_size=64, compress_size=16, branches=("local",))
+    conv = ErwinNSAConv(C, heads=H, ball_size=64, compress_size=16, branches=("local",))
     with torch.no_grad():
         conv.sigma.copy_(torch.tensor([-1.0, -0.5, 0.0, 0.7]))
     x, pos = torch.randn(n, C), torch.randn(n, 3)
@@ -65,10 +65,10 @@ def test_local_only_one_ball_is_dense_attention_with_distance_bias():
 def test_branches_ablation_changes_parameters_and_output(batch_maker):
     x, pos, batch = batch_maker([70, 30], 16)
     torch.manual_seed(0)
-    full = ErwinNSAConv(16, 2, **SMALL)
-    local = ErwinNSAConv(16, 2, branches=("local",), **SMALL)
+    full = ErwinNSAConv(16, heads=2, **SMALL)
+    local = ErwinNSAConv(16, heads=2, branches=("local",), **SMALL)
     assert not hasattr(local, "phi_in") and full.sigma is not None
-    nolocal = ErwinNSAConv(16, 2, branches=("compressed", "selected"), **SMALL)
+    nolocal = ErwinNSAConv(16, heads=2, branches=("compressed", "selected"), **SMALL)
     assert nolocal.sigma is None
     for conv in (full, local, nolocal):
         assert conv(x, pos, batch).shape == (100, 16)
@@ -77,7 +77,7 @@ def test_branches_ablation_changes_parameters_and_output(batch_maker):
 
 def test_precomputed_tree_and_larger_tree_ball(batch_maker):
     x, pos, batch = batch_maker([70, 30], 16)
-    conv = ErwinNSAConv(16, 2, **SMALL)
+    conv = ErwinNSAConv(16, heads=2, **SMALL)
     tree = build_ball_tree(pos, batch, ball_size=32)
     assert torch.equal(conv(x, pos, batch, tree=tree), conv(x, pos, batch))
     big = build_ball_tree(pos, batch, ball_size=128)
@@ -86,7 +86,7 @@ def test_precomputed_tree_and_larger_tree_ball(batch_maker):
 
 def test_gradcheck_float64():
     torch.manual_seed(0)
-    conv = ErwinNSAConv(16, 2, ball_size=16, compress_size=4, topk=2).double()
+    conv = ErwinNSAConv(16, heads=2, ball_size=16, compress_size=4, topk=2).double()
     x = torch.randn(21, 16, dtype=torch.float64, requires_grad=True)
     pos = torch.randn(21, 3, dtype=torch.float64)
     batch = torch.tensor([0] * 18 + [1] * 3)
@@ -105,7 +105,7 @@ def test_pyg_sequential_state_dict_and_repr(batch_maker, tmp_path):
         "x, pos, batch, edge_index",
         [
             (GCNConv(16, 32), "x, edge_index -> x"),
-            (ErwinNSAConv(32, 4, **SMALL), "x, pos, batch -> x"),
+            (ErwinNSAConv(32, heads=4, **SMALL), "x, pos, batch -> x"),
             (GCNConv(32, 8), "x, edge_index -> x"),
         ],
     )
@@ -116,15 +116,15 @@ def test_pyg_sequential_state_dict_and_repr(batch_maker, tmp_path):
         "x, pos, batch, edge_index",
         [
             (GCNConv(16, 32), "x, edge_index -> x"),
-            (ErwinNSAConv(32, 4, **SMALL), "x, pos, batch -> x"),
+            (ErwinNSAConv(32, heads=4, **SMALL), "x, pos, batch -> x"),
             (GCNConv(32, 8), "x, edge_index -> x"),
         ],
     )
     model2.load_state_dict(torch.load(tmp_path / "m.pt"))
     assert torch.equal(model2(x, pos, batch, edge_index), out)
-    conv = ErwinNSAConv(32, 4, **SMALL)
-    assert repr(conv).startswith("ErwinNSAConv(32, heads=4, ball_size=32")
-    conv2 = ErwinNSAConv(32, 4, **SMALL)
+    conv = ErwinNSAConv(32, heads=4, **SMALL)
+    assert repr(conv).startswith("ErwinNSAConv(32, 32, heads=4, ball_size=32")
+    conv2 = ErwinNSAConv(32, heads=4, **SMALL)
     conv2.load_state_dict(conv.state_dict())
     conv.reset_parameters()
     assert not torch.equal(conv.qkv.weight, conv2.qkv.weight)
@@ -133,7 +133,7 @@ def test_pyg_sequential_state_dict_and_repr(batch_maker, tmp_path):
 def test_torch_compile_fullgraph_with_precomputed_tree(batch_maker):
     torch._dynamo.reset()
     x, pos, batch = batch_maker([40, 9], 16)
-    conv = ErwinNSAConv(16, 2, **SMALL)
+    conv = ErwinNSAConv(16, heads=2, **SMALL)
     tree = build_ball_tree(pos, batch, ball_size=32)
     eager = conv(x, pos, batch, tree)
     compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
@@ -145,7 +145,7 @@ def test_torch_compile_fullgraph_with_precomputed_tree(batch_maker):
 
 
 def test_tiny_clouds(batch_maker):
-    conv = ErwinNSAConv(16, 2, **SMALL)
+    conv = ErwinNSAConv(16, heads=2, **SMALL)
     for sizes in ([1], [1, 1, 1], [2, 31, 33]):
         x, pos, batch = batch_maker(sizes, 16)
         out = conv(x, pos, batch)
@@ -155,14 +155,20 @@ def test_tiny_clouds(batch_maker):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(channels=30, heads=4), "divisible"),
-        (dict(channels=28, heads=4), "minimum of 8"),
-        (dict(channels=32, heads=4, ball_size=48), "power of two"),
-        (dict(channels=32, heads=4, ball_size=32, compress_size=64), "exceed"),
-        (dict(channels=32, heads=4, compress_size=16, select_size=8), "multiple of"),
-        (dict(channels=32, heads=4, branches=("global",)), "subset"),
-        (dict(channels=32, heads=4, branches=()), "subset"),
-        (dict(channels=32, heads=4, topk=0), "topk"),
+        (dict(in_channels=30, heads=4), "divisible"),
+        (dict(in_channels=28, heads=4), "minimum of 8"),
+        (dict(in_channels=32, out_channels=4), "minimum of 8"),
+        (dict(in_channels=-1), "out_channels' must be given"),
+        (dict(in_channels=0), "in_channels"),
+        (dict(in_channels=32, out_channels=-1), "out_channels"),
+        (dict(in_channels=32, heads=0), "heads"),
+        (dict(in_channels=32, heads=4, ball_size=48), "power of two"),
+        (dict(in_channels=32, heads=4, ball_size=2**30), "at most"),
+        (dict(in_channels=32, heads=4, ball_size=32, compress_size=64), "exceed"),
+        (dict(in_channels=32, heads=4, compress_size=16, select_size=8), "multiple of"),
+        (dict(in_channels=32, heads=4, branches=("global",)), "subset"),
+        (dict(in_channels=32, heads=4, branches=()), "subset"),
+        (dict(in_channels=32, heads=4, topk=0), "topk"),
     ],
 )
 def test_bad_construction(kwargs, match):
@@ -171,7 +177,7 @@ def test_bad_construction(kwargs, match):
 
 
 def test_bad_forward_input(batch_maker):
-    conv = ErwinNSAConv(16, 2, **SMALL)
+    conv = ErwinNSAConv(16, heads=2, **SMALL)
     x, pos, batch = batch_maker([20, 5], 16)
     with pytest.raises(ValueError, match="'x' must have shape"):
         conv(x[:, :8], pos, batch)

@@ -6,12 +6,13 @@ from torch_geometric_nsa.nn.models import ErwinNSA
 from torch_geometric_nsa.testing import assert_no_leakage
 from torch_geometric_nsa.transforms import BallTree
 
-KW = dict(num_layers=2, heads=2, ball_size=32, compress_size=8, topk=2)
+KW = dict(heads=2, ball_size=32, compress_size=8, topk=2)
 
 
 def make_model(**kwargs):
     torch.manual_seed(0)
-    return ErwinNSA(4, 16, 3, **{**KW, **kwargs})
+    num_layers = kwargs.pop("num_layers", 2)
+    return ErwinNSA(4, 16, num_layers, 3, **{**KW, **kwargs})
 
 
 def test_model_mixed_batch_no_leakage(batch_maker):
@@ -42,7 +43,7 @@ def test_trees_from_transform_give_same_output(batch_maker):
     data = [t(Data(x=torch.randn(n, 4), pos=torch.randn(n, 3))) for n in (10, 70, 33)]
     b = Batch.from_data_list(data)
     tree = BallTree.layout(b, 32)
-    tree_rot = BallTree.layout(b, 32, rotated=True)
+    tree_rot = BallTree.layout(b, 32, rotate=45.0)
     out = model(b.x, b.pos, b.batch, tree=tree, tree_rot=tree_rot)
     assert torch.allclose(out, model(b.x, b.pos, b.batch), atol=1e-6)
     tree2, rot2 = model.trees_from_data(b)
@@ -100,3 +101,23 @@ def test_whole_model_compiles_fullgraph_with_precomputed_trees(batch_maker):
     assert torch.allclose(out, eager, atol=1e-6)
     out.square().sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_translation_invariance_far_from_the_origin(batch_maker):
+    """The tree of a float64 cloud is built on float64-centred coordinates: far from the
+    origin the output equals the output at the origin (it moved by 0.36 at 1e6 when the
+    tree was built on float32-rounded coordinates)."""
+    x, pos, batch = batch_maker([200, 31], 4, seed=1, dtype=torch.float64)
+    model = make_model(radius=0.7).double()
+    ref = model(x, pos, batch)
+    for offset in (1e4, 1e5, 1e6):
+        shift = torch.tensor([offset, -offset, 0.5 * offset], dtype=torch.float64)
+        out = model(x, pos + shift, batch)
+        torch.testing.assert_close(out, ref, atol=1e-9, rtol=0)
+    # float32 up to 1e3 (the input itself is rounded to ~6e-5 there)
+    x, pos, batch = batch_maker([200, 31], 4, seed=1)
+    model = make_model(radius=0.7)
+    ref = model(x, pos, batch)
+    for offset in (1e1, 1e2, 1e3):
+        shift = torch.tensor([offset, -offset, 0.5 * offset])
+        torch.testing.assert_close(model(x, pos + shift, batch), ref, atol=5e-4, rtol=0)

@@ -100,7 +100,7 @@ MAX_FWD_OPS_PER_BLOCK = 42
 @pytest.mark.parametrize("autocast", [False, True])
 def test_model_forward_backward_no_sync_and_few_ops_per_block(batch_maker, counter, autocast):
     torch.manual_seed(0)
-    model = ErwinNSA(4, 32, 3, num_layers=4, heads=2, ball_size=32, compress_size=8, topk=2)
+    model = ErwinNSA(4, 32, 4, 3, heads=2, ball_size=32, compress_size=8, topk=2)
     x, pos, batch, ei = _model_inputs(batch_maker)
     tree, rot = model.build_trees(pos, batch)
     counts, blocks = {}, model.blocks
@@ -120,7 +120,7 @@ def test_model_forward_backward_no_sync_and_few_ops_per_block(batch_maker, count
 
 def test_layer_geometry_is_shared_and_checked(batch_maker):
     torch.manual_seed(0)
-    conv = ErwinNSAConv(16, 2, ball_size=32, compress_size=8, topk=3)
+    conv = ErwinNSAConv(16, heads=2, ball_size=32, compress_size=8, topk=3)
     x, pos, batch = batch_maker([70, 30], 16)
     from torch_geometric_nsa import build_ball_tree
 
@@ -131,14 +131,14 @@ def test_layer_geometry_is_shared_and_checked(batch_maker):
     # the slot path computes the same geometry itself
     slots = conv.forward_slots(tree.gather(x), tree.gather(pos), tree)
     assert torch.equal(tree.scatter(slots), out)
-    other = ErwinNSAConv(16, 2, ball_size=32, compress_size=16)
+    other = ErwinNSAConv(16, heads=2, ball_size=32, compress_size=16)
     with pytest.raises(ValueError, match="geometry"):
         conv(x, pos, batch, tree, geometry=other.geometry(pos, tree))
     with pytest.raises(ValueError, match="geometry"):
         conv(x, pos, batch, geometry=geo)
     # the model computes one geometry per tree and gives the same numbers as
     # blocks computing their own
-    model = ErwinNSA(16, 16, 3, num_layers=2, heads=2, ball_size=32, compress_size=8, topk=2)
+    model = ErwinNSA(16, 16, 2, 3, heads=2, ball_size=32, compress_size=8, topk=2)
     t, r = model.build_trees(pos, batch)
     h = model.embedding(x, pos, None)
     for i, block in enumerate(model.blocks):
@@ -153,7 +153,7 @@ SCRIPT = textwrap.dedent("""
     from torch_geometric_nsa.nn import radius_graph
     from torch_geometric_nsa.nn.models import ErwinNSA
     torch.manual_seed(0)
-    model = ErwinNSA(4, 16, 3, num_layers=2, heads=2, ball_size=32,
+    model = ErwinNSA(4, 16, 2, 3, heads=2, ball_size=32,
                      compress_size=8, topk=2)
     sizes = [50, 20]
     pos = torch.randn(sum(sizes), 3)

@@ -29,7 +29,7 @@ def test_batch_of_transformed_equals_tree_on_batch(rotate):
     for f in FIELDS:
         assert torch.equal(getattr(layout, f), getattr(ref, f)), f
     if rotate is not None:
-        rot = BallTree.layout(batch, ball_size=32, rotated=True)
+        rot = BallTree.layout(batch, ball_size=32, rotate=rotate)
         ref = build_ball_tree(batch.pos, batch.batch, ball_size=32, rotate=rotate)
         for f in FIELDS:
             assert torch.equal(getattr(rot, f), getattr(ref, f)), f
@@ -48,10 +48,16 @@ def test_errors():
     with pytest.raises(ValueError, match="apply the BallTree"):
         BallTree.layout(Data(pos=torch.randn(3, 3)), 16)
     d = BallTree(16)(make_clouds([20])[0])
-    with pytest.raises(ValueError, match="another ball size"):
+    with pytest.raises(RuntimeError, match="another ball_size than 64"):
         BallTree.layout(d, 64)
-    with pytest.raises(ValueError, match="rotate="):
-        BallTree.layout(d, 16, rotated=True)
+    with pytest.raises(ValueError, match="rotate=45"):
+        BallTree.layout(d, 16, rotate=45)
+    with pytest.raises(TypeError, match="not a flag"):
+        BallTree.layout(d, 16, True)
+    with pytest.raises(ValueError, match="rotate"):
+        BallTree(16, rotate=float("nan"))
+    with pytest.raises(TypeError, match="first"):
+        BallTree(16, first=3)
 
 
 class Clouds(InMemoryDataset):

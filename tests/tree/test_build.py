@@ -67,11 +67,13 @@ def check_nesting(layout, pos, dim_levels=(1, 2, 4, 8, 16, 32, 64, 128)):
 
 
 def reference_order(pos, m):
-    """The documented rule, recursively for one cloud: a node of L slots and
+    """The documented rule, recursively for one cloud: coordinates relative to the
+    cloud's bounding-box corner (in float64), rounded to float32; a node of L slots and
     r points splits along its axis of largest float32 spread (lowest axis on
     ties); the left child gets P slots and the min(P, r) points of smallest
     coordinate, ties broken by the lexicographic order of the points."""
-    x = pos.float() + 0.0  # -0.0 -> +0.0
+    p = pos.double()
+    x = (p - p.amin(0)).float() + 0.0  # -0.0 -> +0.0
     canon = sorted(range(x.size(0)), key=lambda i: (x[i].tolist(), i))
     rank = {p: r for r, p in enumerate(canon)}
 
@@ -238,8 +240,18 @@ def test_layout_helpers():
         (dict(pos=torch.tensor([[0.0, float("nan")]])), "NaN"),
         (dict(pos=torch.tensor([[0.0, float("inf")]])), "NaN or infinite"),
         (
-            dict(pos=torch.tensor([[0.0, 1e300]], dtype=torch.float64)),
-            r"infinite values \(in float32\)",
+            dict(pos=torch.tensor([[0.0, -1e300], [0.0, 1e300]], dtype=torch.float64)),
+            r"infinite values \(or a cloud spans more than float32's range\)",
+        ),
+        (dict(pos=torch.zeros(3, 3), ball_size=2**30), "at most"),
+        (dict(pos=torch.zeros(3, 3), rotate=float("nan")), "rotate"),
+        (
+            dict(pos=torch.zeros(20, 3), ball_size=2**20, batch=torch.arange(20)),
+            "smaller ball_size",
+        ),
+        (
+            dict(pos=torch.zeros(10, 3), batch=torch.tensor([0] * 9 + [10**8])),
+            "cloud index far too large",
         ),
         (dict(pos=torch.zeros(3)), r"shape \[num_points, dim\]"),
         (dict(pos=torch.zeros(0, 3)), "empty"),

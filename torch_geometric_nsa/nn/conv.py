@@ -4,10 +4,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Parameter
+from torch_geometric.nn import Linear as LazyLinear
 
 from .. import ops
+from .._checks import (
+    MAX_BALL_SIZE,
+    check_channels,
+    check_no_pos_grad,
+    check_pow2,
+    check_tree,
+    pos_dtype,
+)
 from ..tree import TreeLayout, build_ball_tree
-from ..tree.layout import _check_pow2
 
 BRANCHES = ("compressed", "selected", "local")
 
@@ -96,8 +104,34 @@ def slot_geometry_of_slots(
     )
 
 
-def _pos_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def default_heads(channels: int) -> int:
+    """The default number of attention heads for a width of :obj:`channels`: the most heads,
+    at most 8, that divide it into heads of at least 16 channels (1 below 32 channels)."""
+    for heads in range(8, 0, -1):
+        if channels % heads == 0 and channels // heads >= 16:
+            return heads
+    return 1
+
+
+def check_feature_dtype(x: Tensor, weight: Tensor, what: str) -> None:
+    """Raises up front when features and parameters differ in dtype outside autocast."""
+    if x.dtype == weight.dtype or weight.dtype not in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    ):
+        return
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4
+        autocast = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    if autocast:
+        return
+    raise TypeError(
+        f"'x' is {x.dtype} but the {what}'s parameters are {weight.dtype}: convert one of them "
+        f"(e.g. x.to({weight.dtype}) or module.to({x.dtype})), or run under torch.autocast"
+    )
 
 
 class ErwinNSAConv(torch.nn.Module):
@@ -135,9 +169,17 @@ class ErwinNSAConv(torch.nn.Module):
 
     Pads are never keys and no attention crosses a cloud boundary.
 
+    Positions are constants: the layer gives no gradient with respect to :obj:`pos` (the
+    tree is discrete, and the kernels do not differentiate the distance bias), and raises
+    when ``pos.requires_grad`` is set rather than return a silently incomplete gradient.
+
     Args:
-        channels (int): input and output channels :math:`C`.
-        heads (int): attention heads; :math:`C / H \ge 8`.
+        in_channels (int): input channels; :obj:`-1` infers them at the first call.
+        out_channels (int, optional): output channels :math:`C`, the width the attention
+            runs at; the input is projected to it when the two differ.
+            (default: :obj:`None`, :obj:`in_channels`)
+        heads (int, optional): attention heads; :math:`C / H \ge 8`.
+            (default: :obj:`None`, the most heads (at most 8) of at least 16 channels)
         ball_size (int): local ball size :math:`m`.  (default: :obj:`128`)
         compress_size (int): compression block size :math:`c`.
             (default: :obj:`32`)
@@ -155,7 +197,7 @@ class ErwinNSAConv(torch.nn.Module):
             :obj:`-1.0`)
 
     Shapes:
-        - **input:** node features :math:`(N, C)`, positions :math:`(N, P)`,
+        - **input:** node features :math:`(N, F_{in})`, positions :math:`(N, P)`,
           batch vector :math:`(N)` *(optional)*, a
           :class:`~torch_geometric_nsa.tree.TreeLayout` *(optional)*
         - **output:** node features :math:`(N, C)` in input order
@@ -163,9 +205,10 @@ class ErwinNSAConv(torch.nn.Module):
 
     def __init__(
         self,
-        channels: int,
-        heads: int,
+        in_channels: int,
+        out_channels: Optional[int] = None,
         *,
+        heads: Optional[int] = None,
         ball_size: int = 128,
         compress_size: int = 32,
         select_size: Optional[int] = None,
@@ -176,13 +219,23 @@ class ErwinNSAConv(torch.nn.Module):
         dist_bias_init: float = -1.0,
     ):
         super().__init__()
+        check_channels("in_channels", in_channels, allow_lazy=True)
+        if out_channels is None:
+            if in_channels == -1:
+                raise ValueError("'out_channels' must be given when in_channels=-1 (lazy)")
+            out_channels = in_channels
+        check_channels("out_channels", out_channels)
+        channels = out_channels
+        heads = default_heads(channels) if heads is None else heads
         select_size = compress_size if select_size is None else select_size
         group_size = select_size if group_size is None else group_size
-        if heads < 1 or channels % heads:
-            raise ValueError(f"channels={channels} must be divisible by heads={heads}")
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise ValueError(f"'heads' must be a positive int (got {heads!r})")
+        if channels % heads:
+            raise ValueError(f"out_channels={channels} must be divisible by heads={heads}")
         if channels // heads < 8:
             raise ValueError(
-                f"head dim channels/heads = {channels // heads} is below the minimum of 8"
+                f"head dim out_channels/heads = {channels // heads} is below the minimum of 8"
             )
         for name, v in (
             ("ball_size", ball_size),
@@ -190,14 +243,14 @@ class ErwinNSAConv(torch.nn.Module):
             ("select_size", select_size),
             ("group_size", group_size),
         ):
-            _check_pow2(v, name)
+            check_pow2(v, name, MAX_BALL_SIZE)
             if v > ball_size:
                 raise ValueError(f"{name}={v} must not exceed ball_size={ball_size}")
         if select_size % compress_size:
             raise ValueError(
                 f"select_size={select_size} must be a multiple of compress_size={compress_size}"
             )
-        if not isinstance(topk, int) or topk < 1:
+        if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
             raise ValueError(f"topk must be a positive int (got {topk!r})")
         branches = tuple(branches)
         if (
@@ -206,9 +259,9 @@ class ErwinNSAConv(torch.nn.Module):
             or len(set(branches)) != len(branches)
         ):
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES} (got {branches})")
-        if pos_dim < 1:
-            raise ValueError(f"pos_dim must be positive (got {pos_dim})")
+        check_channels("pos_dim", pos_dim)
 
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.channels, self.heads = channels, heads
         self.head_dim = channels // heads
         self.ball_size, self.compress_size = ball_size, compress_size
@@ -217,6 +270,11 @@ class ErwinNSAConv(torch.nn.Module):
         self.branches = tuple(b for b in BRANCHES if b in branches)
         self.dist_bias_init = dist_bias_init
 
+        if in_channels != out_channels:
+            # PyG's Linear: in_channels=-1 initialises lazily at the first call
+            self.lin_in = LazyLinear(in_channels, channels)
+        else:
+            self.register_module("lin_in", None)
         self.pos_proj = Linear(pos_dim, channels)
         self.qkv = Linear(channels, 3 * channels)
         self.gate = Linear(channels, len(self.branches) * heads)
@@ -243,7 +301,8 @@ class ErwinNSAConv(torch.nn.Module):
         """Resets all learnable parameters (:math:`\\sigma_h` to
         :obj:`dist_bias_init`)."""
         for module in self.children():
-            module.reset_parameters()
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
         if self.sigma is not None:
             with torch.no_grad():
                 self.sigma.fill_(self.dist_bias_init)
@@ -251,10 +310,12 @@ class ErwinNSAConv(torch.nn.Module):
     def _check(
         self, x: Tensor, pos: Tensor, batch: Optional[Tensor], tree: Optional[TreeLayout]
     ) -> None:
-        if x.dim() != 2 or x.size(1) != self.channels:
-            raise ValueError(
-                f"'x' must have shape [num_points, {self.channels}] (got {tuple(x.shape)})"
-            )
+        if not isinstance(x, Tensor) or not isinstance(pos, Tensor):
+            raise TypeError("'x' and 'pos' must be tensors")
+        width = self.in_channels
+        if x.dim() != 2 or (width != -1 and x.size(1) != width):
+            shape = f"[num_points, {width}]" if width != -1 else "[num_points, in_channels]"
+            raise ValueError(f"'x' must have shape {shape} (got {tuple(x.shape)})")
         if pos.dim() != 2 or pos.size(1) != self.pos_dim:
             raise ValueError(
                 f"'pos' must have shape [num_points, {self.pos_dim}] (got {tuple(pos.shape)})"
@@ -267,9 +328,16 @@ class ErwinNSAConv(torch.nn.Module):
             raise TypeError(f"'x' and 'pos' must be floating point (got {x.dtype} and {pos.dtype})")
         if x.device != pos.device or (batch is not None and batch.device != x.device):
             raise ValueError("'x', 'pos' and 'batch' must be on one device")
+        check_feature_dtype(x, self.qkv.weight, "layer")
+        check_no_pos_grad(pos)
         if tree is not None:
+            if not isinstance(tree, TreeLayout):
+                raise TypeError(f"'tree' must be a TreeLayout (got {type(tree).__name__})")
             if tree.num_points != x.size(0):
-                raise ValueError(f"the tree holds {tree.num_points} points but 'x' has {x.size(0)}")
+                raise ValueError(
+                    f"the tree does not match these points: it holds {tree.num_points} "
+                    f"points but 'x' has {x.size(0)}"
+                )
             if tree.ball_size < self.ball_size:
                 raise ValueError(
                     f"the tree was built with ball_size="
@@ -299,14 +367,19 @@ class ErwinNSAConv(torch.nn.Module):
         """Runs the layer.
 
         Args:
-            x (torch.Tensor): ``[N, C]`` point features.
-            pos (torch.Tensor): ``[N, P]`` positions.
+            x (torch.Tensor): ``[N, F_in]`` point features.
+            pos (torch.Tensor): ``[N, P]`` positions (no gradient flows to them).
             batch (torch.Tensor, optional): ``[N]`` sorted cloud index.
             tree (TreeLayout, optional): a precomputed layout with
                 ``ball_size >= self.ball_size`` (built from :obj:`pos` and
-                :obj:`batch` when omitted).
+                :obj:`batch` when omitted).  It is checked against :obj:`pos` and
+                :obj:`batch`: a tree of other points, clouds or positions raises "the tree
+                does not match these points" (on CUDA a device-side assert).
             geometry (SlotGeometry, optional): :meth:`geometry` of
-                :obj:`pos` on :obj:`tree`, if already computed.
+                :obj:`pos` on :obj:`tree`, if already computed.  The caller vouches
+                for the tree then: it is not checked again
+                (:class:`~torch_geometric_nsa.nn.models.ErwinNSA` checks its trees once
+                per forward).
 
         Returns:
             torch.Tensor: ``[N, C]`` in input order.
@@ -316,21 +389,25 @@ class ErwinNSAConv(torch.nn.Module):
             if geometry is not None:
                 raise ValueError("a 'geometry' needs the 'tree' it was computed on")
             tree = build_ball_tree(pos, batch, ball_size=self.ball_size)
+        elif geometry is None:
+            check_tree(tree, pos, batch)
         if geometry is None:
-            geometry = self.geometry(pos, tree, _pos_dtype(x.dtype))
+            geometry = self.geometry(pos, tree, pos_dtype(x.dtype))
         return tree.scatter(self.forward_slots(tree.gather(x), geometry.pos, tree, geometry))
 
     def forward_slots(
         self, xs: Tensor, ps: Tensor, tree: TreeLayout, geometry: Optional[SlotGeometry] = None
     ) -> Tensor:
-        """The layer on slot-ordered inputs ``[S, C]``, ``[S, P]``; returns
+        """The layer on slot-ordered inputs ``[S, F_in]``, ``[S, P]``; returns
         ``[S, C]`` (pad rows are unspecified).  :obj:`ps` is ignored when
         :obj:`geometry` is given."""
+        if self.lin_in is not None:
+            xs = self.lin_in(xs)
         S, H, D, C = xs.size(0), self.heads, self.head_dim, self.channels
         mask = tree.mask
         m, c = self.ball_size, self.compress_size
         if geometry is None:
-            geometry = slot_geometry_of_slots(ps, mask, m, c, _pos_dtype(xs.dtype))
+            geometry = slot_geometry_of_slots(ps, mask, m, c, pos_dtype(xs.dtype))
         elif (geometry.ball_size, geometry.compress_size) != (m, c):
             raise ValueError(
                 f"the geometry was computed for ball_size="
@@ -389,7 +466,7 @@ class ErwinNSAConv(torch.nn.Module):
 
     def __repr__(self) -> str:
         return (
-            f"{self.__class__.__name__}({self.channels}, "
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads}, ball_size={self.ball_size}, "
             f"compress_size={self.compress_size}, "
             f"select_size={self.select_size}, topk={self.topk}, "

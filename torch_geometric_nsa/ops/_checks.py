@@ -7,9 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-
-def _is_pow2(x: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x > 0 and (x & (x - 1)) == 0
+from .._checks import is_pow2 as _is_pow2
 
 
 def check_size(name: str, value: int) -> None:

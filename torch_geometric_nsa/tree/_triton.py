@@ -37,6 +37,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._checks import check_flags, check_layout_size
+from .layout import TreeLayout
+
 #: ``TORCH_GEOMETRIC_NSA_TREE_TRITON=0`` turns this path off (the torch level
 #: loop, one sort per level, then runs on CUDA too)
 ENABLED = os.environ.get("TORCH_GEOMETRIC_NSA_TREE_TRITON", "1") != "0"
@@ -385,8 +388,6 @@ def build_layout_triton(
     """:func:`build.build_ball_tree` on CUDA after the argument checks: the
     same layout, bitwise, in about 40 launches for any batch, with one
     read-back (none in capacity mode)."""
-    from .build import _check_flags
-    from .layout import TreeLayout
 
     posf = posf.contiguous()
     num_points, dim = posf.shape
@@ -409,8 +410,9 @@ def build_layout_triton(
             num_warps=4,
         )
         flags = out.tolist()
-        batch_size = _check_flags(flags[:4], batch_size)
+        batch_size = check_flags(flags[:4], batch_size, num_points)
         num_slots, max_slots = flags[4], flags[5]
+        check_layout_size(num_slots, batch_size, num_points, ball_size)
     else:
         max_slots = num_slots
     clouds = torch.empty(4, batch_size + 1, **i64)

@@ -1,12 +1,20 @@
 """Ball-tree construction on the device the points live on, all clouds at once."""
 
+import dataclasses
 import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .layout import TreeLayout, _check_pow2
+from .._checks import (
+    MAX_BALL_SIZE,
+    check_flags,
+    check_layout_size,
+    check_pow2,
+    position_key,
+)
+from .layout import TreeLayout
 
 
 def rotation_matrix(dim: int, angle: float, dtype=torch.float32, device=None) -> Tensor:
@@ -46,6 +54,7 @@ def _check_inputs(
     pos: Tensor,
     batch: Optional[Tensor],
     ball_size: int,
+    rotate: Optional[float],
     batch_size: Optional[int],
     num_slots: Optional[int],
 ) -> None:
@@ -59,7 +68,13 @@ def _check_inputs(
         raise ValueError("'pos' has zero spatial dimensions")
     if not pos.is_floating_point():
         raise TypeError(f"'pos' must be floating point (got {pos.dtype})")
-    _check_pow2(ball_size, "ball_size")
+    check_pow2(ball_size, "ball_size", MAX_BALL_SIZE)
+    if rotate is not None and (
+        not isinstance(rotate, (int, float))
+        or isinstance(rotate, bool)
+        or not math.isfinite(rotate)
+    ):
+        raise ValueError(f"'rotate' must be a finite angle in degrees or None (got {rotate!r})")
     if batch is not None:
         if not isinstance(batch, Tensor):
             raise TypeError("'batch' must be a tensor")
@@ -90,6 +105,7 @@ def slot_capacity(num_points: int, batch_size: int, ball_size: int) -> int:
     return -(-(num_points + batch_size * (ball_size - 1)) // ball_size) * ball_size
 
 
+@torch.compiler.disable  # reads sizes back to the host: it runs eagerly inside compiled code
 def build_ball_tree(
     pos: Tensor,
     batch: Optional[Tensor] = None,
@@ -116,13 +132,20 @@ def build_ball_tree(
     level, on CUDA without sorting in the level loop (presorted median splits,
     Triton kernels, bitwise the same layout); :math:`O(N)` memory.
 
+    Coordinates: every cloud is moved to the lower corner of its bounding box in
+    float64 (then rotated, with :obj:`rotate`) and rounded to float32, so the tree of a
+    float64 cloud far from the origin is that of the cloud at the origin.
+
     Determinism: the result is a function of the input only.  Points are first
-    ordered lexicographically by their coordinates (rounded to float32) and
+    ordered lexicographically by these float32 coordinates and
     ranked along every axis with ties broken by that order, and splits compare
     these ranks, so for distinct points the layout does not depend on the
     order of the points within a cloud; coordinate ties along a split axis are
     broken by the lexicographic order.  The split axis is the one of largest
     spread, the lowest axis on ties.
+
+    Under :func:`torch.compile` the build runs eagerly (a graph break), so a compiled
+    model that builds its trees in ``forward`` compiles.
 
     Host synchronisation: by default the number of slots (and, without
     :obj:`batch_size`, the number of clouds) is read back together with the
@@ -151,11 +174,10 @@ def build_ball_tree(
     Returns:
         TreeLayout: the layout, on the device of :obj:`pos`.
     """
-    _check_inputs(pos, batch, ball_size, batch_size, num_slots)
+    _check_inputs(pos, batch, ball_size, rotate, batch_size, num_slots)
     device, num_points = pos.device, pos.size(0)
-    posf = pos.detach().float()
-    if rotate is not None:
-        posf = posf @ rotation_matrix(pos.size(1), float(rotate), device=device).T
+    rotate = None if rotate is None else float(rotate)
+    posf = _build_coordinates(pos, batch, rotate)
     if batch is None:
         batch = torch.zeros(num_points, dtype=torch.long, device=device)
         batch_size = 1
@@ -164,10 +186,46 @@ def build_ball_tree(
     if _use_triton(posf):  # the level loop without sorts, ~40 launches
         from ._triton import build_layout_triton
 
-        return build_layout_triton(posf, batch, ball_size, batch_size, num_slots)
+        layout = build_layout_triton(posf, batch, ball_size, batch_size, num_slots)
+    else:
+        layout = _build_torch(posf, batch, ball_size, batch_size, num_slots)
+    key = position_key(pos).index_select(0, layout.perm)
+    return dataclasses.replace(layout, key=key.masked_fill(~layout.mask, math.nan), rotate=rotate)
+
+
+def _build_coordinates(pos: Tensor, batch: Optional[Tensor], rotate: Optional[float]) -> Tensor:
+    """The float32 coordinates the tree is built on: every cloud relative to the lower
+    corner of its bounding box (subtracted in float64, so float64 clouds far from the origin
+    keep their resolution), rotated by :obj:`rotate` degrees."""
+    p = pos.detach().double()
+    if batch is None:
+        corner = p.amin(0, keepdim=True)
+    else:  # the first position of every point's cloud (batch is sorted; checked later)
+        idx = torch.arange(p.size(0), device=p.device)
+        first = torch.ones_like(batch, dtype=torch.bool)
+        first[1:] = batch[1:] != batch[:-1]
+        start = torch.where(first, idx, 0).cummax(0).values
+        corner = torch.full_like(p, math.inf).scatter_reduce_(
+            0, start.unsqueeze(1).expand_as(p), p, "amin"
+        )[start]
+    p = p - corner
+    if rotate is not None:
+        p = p @ rotation_matrix(p.size(1), rotate, dtype=torch.float64, device=p.device).T
+    return p.float()
+
+
+def _build_torch(
+    posf: Tensor,
+    batch: Tensor,
+    ball_size: int,
+    batch_size: Optional[int],
+    num_slots: Optional[int],
+) -> TreeLayout:
+    """The build with torch ops (CPU, and CUDA without Triton): one sort per level."""
+    device, num_points = posf.device, posf.size(0)
     if num_slots is None:
         # One read-back carries the input checks (and the cloud count).
-        batch_size = _check_flags(
+        batch_size = check_flags(
             torch.stack(
                 [
                     (~torch.isfinite(posf)).any().long(),
@@ -177,6 +235,7 @@ def build_ball_tree(
                 ]
             ).tolist(),
             batch_size,
+            num_points,
         )
 
     # offsets of every cloud's real points (batch is sorted; no atomics)
@@ -188,32 +247,13 @@ def build_ball_tree(
     if num_slots is None:
         # the layout's size and the depth of the tree: the second read-back
         num_slots, max_slots = torch.stack([ptr[-1], slots.max()]).tolist()
+        check_layout_size(num_slots, batch_size, num_points, ball_size)
     else:
         torch._assert_async(ptr[-1] <= num_slots, "num_slots is smaller than the layout needs")
         max_slots = num_slots
 
     order = _tree_order(posf, batch, slots, node_ptr, max_slots=max_slots)
     return _assemble(order, counts, ptr, node_ptr, num_slots, ball_size)
-
-
-def _check_flags(flags, batch_size: Optional[int]) -> int:
-    """Raises on the data-dependent input checks read back from the device:
-    ``[non-finite pos, unsorted batch, negative id, last id + 1]``; returns
-    the number of clouds."""
-    nonfinite, unsorted, negative, num_clouds = flags
-    if nonfinite:
-        raise ValueError("'pos' contains NaN or infinite values (in float32)")
-    if unsorted:
-        raise ValueError(
-            "'batch' must be sorted (points of one cloud contiguous, clouds in increasing order)"
-        )
-    if negative:
-        raise ValueError("'batch' contains negative cloud indices")
-    if batch_size is None:
-        return num_clouds
-    if num_clouds > batch_size:
-        raise ValueError(f"'batch' holds cloud index {num_clouds - 1} but batch_size={batch_size}")
-    return batch_size
 
 
 def _use_triton(posf: Tensor) -> bool:

@@ -6,6 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._checks import check_pow2
+
 
 @dataclass(frozen=True)
 class TreeLayout:
@@ -33,6 +35,13 @@ class TreeLayout:
         slot_batch (torch.Tensor): ``[S]`` int64, the cloud of every slot
             (tail slots of a capacity layout get ``B - 1``).
         ball_size (int): the largest ball size :math:`m` the layout serves.
+        key (torch.Tensor, optional): ``[S]`` float64, a fingerprint of the position of
+            the point each slot held when the tree was built (layers check it against the
+            positions they are given; see :doc:`/guarantees`).
+            :obj:`None` for a layout assembled by hand: then only the point counts and the
+            clouds are checked.
+        rotate (float, optional): the angle (degrees) of the rotated tree, :obj:`None` for
+            the plain tree.
 
     A *capacity* layout (built with ``num_slots=``) may hold tail slots
     ``ptr[B]:S`` that belong to no cloud; they are masked like pads.
@@ -44,6 +53,8 @@ class TreeLayout:
     inverse: Tensor
     slot_batch: Tensor
     ball_size: int
+    key: Optional[Tensor] = None
+    rotate: Optional[float] = None
 
     @classmethod
     def from_slots(
@@ -54,6 +65,8 @@ class TreeLayout:
         num_points: int,
         ball_size: int,
         slot_batch: Optional[Tensor] = None,
+        key: Optional[Tensor] = None,
+        rotate: Optional[float] = None,
     ) -> "TreeLayout":
         """Completes a layout from its slots: derives :attr:`inverse` (and
         :attr:`slot_batch` unless given) from ``perm``, ``mask`` and ``ptr``,
@@ -74,6 +87,8 @@ class TreeLayout:
             inverse=inverse[:-1],
             slot_batch=slot_batch,
             ball_size=ball_size,
+            key=key,
+            rotate=rotate,
         )
 
     @property
@@ -105,6 +120,8 @@ class TreeLayout:
             inverse=self.inverse.to(device),
             slot_batch=self.slot_batch.to(device),
             ball_size=self.ball_size,
+            key=None if self.key is None else self.key.to(device),
+            rotate=self.rotate,
         )
 
     def gather(self, src: Tensor) -> Tensor:
@@ -126,18 +143,14 @@ class TreeLayout:
     def check_ball_size(self, size: int) -> None:
         """Raises unless balls of :obj:`size` slots can be read off this
         layout (a power of two, at most :attr:`ball_size`)."""
-        _check_pow2(size, "size")
+        check_pow2(size, "size")
         if size > self.ball_size:
             raise ValueError(f"size={size} exceeds the layout's ball_size={self.ball_size}")
 
     def __repr__(self) -> str:
+        rotate = "" if self.rotate is None else f", rotate={self.rotate}"
         return (
             f"{self.__class__.__name__}(num_points={self.num_points}, "
             f"num_slots={self.num_slots}, num_clouds={self.num_clouds}, "
-            f"ball_size={self.ball_size})"
+            f"ball_size={self.ball_size}{rotate})"
         )
-
-
-def _check_pow2(value: int, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
-        raise ValueError(f"'{name}' must be a positive power of two (got {value!r})")

@@ -1,3 +1,4 @@
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -5,8 +6,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, RMSNorm
 
+from ..._checks import check_channels, check_no_pos_grad, check_tree, pos_dtype
 from ...tree import TreeLayout, build_ball_tree
-from ..conv import BRANCHES, ErwinNSAConv, SlotGeometry, _pos_dtype
+from ..conv import (
+    BRANCHES,
+    ErwinNSAConv,
+    SlotGeometry,
+    check_feature_dtype,
+    default_heads,
+    slot_geometry,
+)
 from ..embedding import MPNNEmbedding
 from ..neighbors import radius_graph
 
@@ -37,7 +46,7 @@ class ErwinNSABlock(torch.nn.Module):
     def __init__(self, channels: int, heads: int, mlp_ratio: int, **kwargs):
         super().__init__()
         self.norm1 = RMSNorm(channels)
-        self.attn = ErwinNSAConv(channels, heads, **kwargs)
+        self.attn = ErwinNSAConv(channels, heads=heads, **kwargs)
         self.norm2 = RMSNorm(channels)
         self.mlp = SwiGLU(channels, mlp_ratio * channels)
 
@@ -66,12 +75,18 @@ class ErwinNSA(torch.nn.Module):
     all blocks.  Positions enter only relatively, so the model is translation
     invariant.
 
+    Positions are constants: no gradient flows to :obj:`pos` (forces as
+    :math:`-\partial E / \partial \mathbf{p}` need another model), and a :obj:`pos` that
+    requires grad raises.
+
     Args:
         in_channels (int): input features per point.
         hidden_channels (int): model width :math:`C`.
-        out_channels (int): outputs per point.
-        num_layers (int): transformer blocks.  (default: :obj:`4`)
-        heads (int): attention heads.  (default: :obj:`4`)
+        num_layers (int): transformer blocks.
+        out_channels (int, optional): outputs per point.  (default: :obj:`None`,
+            :obj:`hidden_channels`)
+        heads (int, optional): attention heads.  (default: :obj:`None`, the most heads (at
+            most 8) of at least 16 channels: 4 for :math:`C = 64`)
         ball_size, compress_size, select_size, group_size, topk, branches:
             see :class:`~torch_geometric_nsa.nn.ErwinNSAConv`.
         rotate (float, optional): angle (degrees) of the rotated tree used by
@@ -97,10 +112,10 @@ class ErwinNSA(torch.nn.Module):
         self,
         in_channels: int,
         hidden_channels: int,
-        out_channels: int,
-        num_layers: int = 4,
-        heads: int = 4,
+        num_layers: int,
+        out_channels: Optional[int] = None,
         *,
+        heads: Optional[int] = None,
         ball_size: int = 128,
         compress_size: int = 32,
         select_size: Optional[int] = None,
@@ -115,9 +130,23 @@ class ErwinNSA(torch.nn.Module):
         pos_dim: int = 3,
     ):
         super().__init__()
+        check_channels("in_channels", in_channels)
+        check_channels("hidden_channels", hidden_channels)
+        check_channels("num_layers", num_layers)
+        out_channels = hidden_channels if out_channels is None else out_channels
+        check_channels("out_channels", out_channels)
+        heads = default_heads(hidden_channels) if heads is None else heads
+        if rotate is not None and (
+            isinstance(rotate, bool)
+            or not isinstance(rotate, (int, float))
+            or not math.isfinite(rotate)
+        ):
+            raise ValueError(f"'rotate' must be a finite angle in degrees or None (got {rotate!r})")
         self.in_channels, self.hidden_channels = in_channels, hidden_channels
         self.out_channels, self.num_layers = out_channels, num_layers
-        self.ball_size, self.rotate = ball_size, rotate
+        self.heads = heads
+        self.ball_size, self.rotate = ball_size, None if rotate is None else float(rotate)
+        self.compress_size = compress_size
         self.radius, self.max_num_neighbors = radius, max_num_neighbors
         self.embedding = MPNNEmbedding(in_channels, hidden_channels, pos_dim, steps=mp_steps)
         self.blocks = torch.nn.ModuleList(
@@ -169,15 +198,51 @@ class ErwinNSA(torch.nn.Module):
 
     def trees_from_data(self, data):
         """The (plain, rotated) layouts stored on a :class:`Data`/:class:`Batch`
-        by the :class:`~torch_geometric_nsa.transforms.BallTree` transform
-        (built with this model's ``ball_size`` and ``rotate``)."""
+        by the :class:`~torch_geometric_nsa.transforms.BallTree` transform, checked to
+        have been built with this model's ``ball_size`` and ``rotate`` and against
+        ``data.pos`` and ``data.batch``."""
         from ...transforms import BallTree
 
         tree = BallTree.layout(data, self.ball_size)
         tree_rot = (
-            BallTree.layout(data, self.ball_size, rotated=True) if self.uses_rotation else None
+            BallTree.layout(data, self.ball_size, rotate=self.rotate)
+            if self.uses_rotation
+            else None
         )
         return tree, tree_rot
+
+    def _check(self, x, pos, batch, tree, tree_rot) -> None:
+        if not isinstance(x, Tensor) or not isinstance(pos, Tensor):
+            raise TypeError("'x' and 'pos' must be tensors")
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(
+                f"'x' must have shape [num_points, {self.in_channels}] (got {tuple(x.shape)})"
+            )
+        if pos.dim() != 2 or pos.size(0) != x.size(0):
+            raise ValueError(
+                f"'pos' must have shape [{x.size(0)}, pos_dim] (got {tuple(pos.shape)})"
+            )
+        if not x.is_floating_point() or not pos.is_floating_point():
+            raise TypeError(f"'x' and 'pos' must be floating point (got {x.dtype} and {pos.dtype})")
+        if batch is not None and (batch.dim() != 1 or batch.numel() != x.size(0)):
+            raise ValueError(f"'batch' must have shape [{x.size(0)}] (got {tuple(batch.shape)})")
+        check_feature_dtype(x, self.embedding.lin.weight, "model")
+        check_no_pos_grad(pos)
+        for name, t, angle in (("tree", tree, None), ("tree_rot", tree_rot, self.rotate)):
+            if t is None or (name == "tree_rot" and not self.uses_rotation):
+                continue
+            if not isinstance(t, TreeLayout):
+                raise TypeError(f"'{name}' must be a TreeLayout (got {type(t).__name__})")
+            if t.rotate != angle:
+                raise ValueError(
+                    f"'{name}' was built with rotate={t.rotate} but the model needs rotate={angle}"
+                )
+            if t.ball_size < self.ball_size:
+                raise ValueError(
+                    f"'{name}' was built with ball_size={t.ball_size} < the model's "
+                    f"{self.ball_size}"
+                )
+            check_tree(t, pos, batch)
 
     def forward(
         self,
@@ -192,15 +257,18 @@ class ErwinNSA(torch.nn.Module):
 
         Args:
             x (torch.Tensor): ``[N, F_in]`` point features.
-            pos (torch.Tensor): ``[N, P]`` positions.
+            pos (torch.Tensor): ``[N, P]`` positions (no gradient flows to them).
             batch (torch.Tensor, optional): ``[N]`` sorted cloud index.
             edge_index (torch.Tensor, optional): ``[2, E]`` graph of the
                 embedding (else a radius graph if :obj:`radius` is set).
-            tree, tree_rot (TreeLayout, optional): precomputed layouts.
+            tree, tree_rot (TreeLayout, optional): precomputed layouts, checked against
+                :obj:`pos`, :obj:`batch` and the model's ``rotate`` (see
+                :meth:`~torch_geometric_nsa.nn.ErwinNSAConv.forward`).
 
         Returns:
             torch.Tensor: ``[N, F_out]``.
         """
+        self._check(x, pos, batch, tree, tree_rot)
         if tree is None:
             tree = self._build_tree(pos, batch, None)
         if tree_rot is None and self.uses_rotation:
@@ -212,9 +280,10 @@ class ErwinNSA(torch.nn.Module):
         h = self.embedding(x, pos, edge_index)
         # what the blocks derive from a tree and the positions alone (slot
         # positions, ball/block centres, block masks) is computed once here
-        geo = self.blocks[0].attn.geometry(pos, tree, _pos_dtype(h.dtype))
+        dtype = pos_dtype(h.dtype)
+        geo = slot_geometry(tree, pos, self.ball_size, self.compress_size, dtype)
         geo_rot = (
-            self.blocks[0].attn.geometry(pos, tree_rot, _pos_dtype(h.dtype))
+            slot_geometry(tree_rot, pos, self.ball_size, self.compress_size, dtype)
             if self.uses_rotation
             else None
         )
@@ -228,6 +297,6 @@ class ErwinNSA(torch.nn.Module):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.in_channels}, "
-            f"{self.hidden_channels}, {self.out_channels}, "
-            f"num_layers={self.num_layers})"
+            f"{self.hidden_channels}, num_layers={self.num_layers}, "
+            f"out_channels={self.out_channels})"
         )
