@@ -173,7 +173,7 @@ def measure(fn, t, bwd, reps):
     step()
     if not t["q"].is_cuda:  # CPU smoke run: wall time, no peak
         times = []
-        for _ in range(3):
+        for _ in range(2):
             t0 = time.perf_counter()
             step()
             times.append((time.perf_counter() - t0) * 1e3)
@@ -197,7 +197,7 @@ def fmt(r):
     return "-" if r is None else f"{r[0]:9.2f} {r[1]:6.2f}"
 
 
-SMALL = [(1, 512), (1, 1024), (2, 512)]
+SMALL = [(1, 256), (1, 512), (2, 256)]
 
 
 def parse_sizes(text, quick):
