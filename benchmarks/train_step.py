@@ -18,7 +18,9 @@ Fixed-size modes (rows of the first table):
   ``cudagraph_skips`` counter) raises instead of timing an eager fallback.
 - ``compile-dynamic``: ``torch.compile(model, fullgraph=True, dynamic=True)``
   (default mode, dynamic shapes: what serves batches of varying size without
-  recompiling).
+  recompiling).  Its rows share the compiled graphs (no ``torch._dynamo.reset()``
+  between configs), so ``first step (s)`` and ``graphs compiled`` show what a new
+  size costs once the model is compiled.
 - ``cuda-graph`` (``--cuda-graph``, CUDA only): the whole step (forward,
   backward, ``AdamW(capturable=True).step()``) captured once with
   ``torch.cuda.graph`` on static inputs and replayed.
@@ -266,10 +268,18 @@ def erwin_columns(name, ms):
     }
 
 
+_last_mode = None
+
+
 def bench(name, backend, dtype, mode, args, device):
+    global _last_mode
     n, bs = sizes_of(name, args)
     gen = torch.Generator().manual_seed(0)
-    torch._dynamo.reset()
+    # compile-dynamic keeps its compiled graphs from one config to the next: dynamic
+    # shapes are meant to serve new sizes without compiling again
+    if mode != "compile-dynamic" or _last_mode != mode:
+        torch._dynamo.reset()
+    _last_mode = mode
     model = make_model(args, device)
     params = sum(p.numel() for p in model.parameters())
     # capturable keeps AdamW's step counters on the device (no host read)
@@ -327,6 +337,11 @@ def bench(name, backend, dtype, mode, args, device):
         "syncs": syncs,
         **kernels,
         **erwin_columns(name, ms),
+        **(
+            {"graphs compiled": counters["stats"].get("unique_graphs", 0)}
+            if "compile" in mode or mode == "reduce-overhead"
+            else {}
+        ),
     }
 
 
