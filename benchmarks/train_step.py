@@ -5,7 +5,8 @@
     python benchmarks/train_step.py --modes eager compile-dynamic reduce-overhead cuda-graph
     python benchmarks/train_step.py --varying        # + batches of varying size: eager vs buckets
     python benchmarks/train_step.py --json out/train_step.json   # results for plots.py
-    python benchmarks/train_step.py --device cpu --sizes small --varying --steps 2 --warmup 1
+    python benchmarks/train_step.py --device cpu --sizes small --dtypes float32 --varying \
+        --steps 2 --warmup 1 --varying-steps 2 --varying-warmup 1   # CPU smoke run
 
 Fixed-size modes (rows of the first table):
 
@@ -425,14 +426,14 @@ def bench_varying(name, backend, dtype, mode, args, device, data):
             torch.cuda.reset_peak_memory_stats()
         step, captured = make_varying_step(mode, model, dtype, device, spec, args)
         t0 = time.perf_counter()
-        for b in batches[: args.warmup]:
+        for b in batches[: args.varying_warmup]:
             loss = step(b)
         if device == "cuda":
             torch.cuda.synchronize()
         warm_s = time.perf_counter() - t0
         times, points, capture_s, captures = [], 0, 0.0, 0
         padding = []
-        for b in batches[args.warmup :]:
+        for b in batches[args.varying_warmup :]:
             graphs = captured.num_graphs if captured else 0
             t = time.perf_counter()
             loss = step(b)
@@ -453,7 +454,7 @@ def bench_varying(name, backend, dtype, mode, args, device, data):
         peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
         kernels = kernel_columns(lambda: step(batches[-1]), args, device)
     if not times:
-        raise RuntimeError("every timed step recorded a new graph: raise --steps")
+        raise RuntimeError("every timed step recorded a new graph: raise --varying-steps")
     row = {
         "config": f"{name} ({lo}-{hi} x {clouds})" if lo != hi else f"{name} ({lo} x {clouds})",
         "name": name,
@@ -573,6 +574,10 @@ def main():
     parser.add_argument(
         "--bucket-ratio", type=float, default=1.25, help="growth between capacity buckets"
     )
+    parser.add_argument(
+        "--varying-steps", type=int, default=30, help="timed batches of a varying-size row"
+    )
+    parser.add_argument("--varying-warmup", type=int, default=5, help="untimed batches before them")
     parser.add_argument("--width", type=int, default=None, help="(default: 128; small: 32)")
     parser.add_argument("--layers", type=int, default=None, help="(default: 6; small: 2)")
     parser.add_argument("--heads", type=int, default=None, help="(default: 4; small: 2)")
@@ -638,7 +643,7 @@ def main():
     varying = []
     if args.varying:
         for name in args.configs:
-            data = varying_batches(name, args.warmup + args.steps, args, device)
+            data = varying_batches(name, args.varying_warmup + args.varying_steps, args, device)
             for mode in args.varying_modes:
                 for backend in backends:
                     for dt in args.dtypes:
@@ -681,6 +686,8 @@ def main():
             settings={
                 "steps": args.steps,
                 "warmup": args.warmup,
+                "varying_steps": args.varying_steps,
+                "varying_warmup": args.varying_warmup,
                 "bucket_ratio": args.bucket_ratio,
                 "width": args.width,
                 "layers": args.layers,
