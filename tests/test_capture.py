@@ -115,9 +115,10 @@ def test_pad_batch_puts_padding_in_dummy_clouds():
     assert torch.allclose(p.weight[:n].sum(), torch.tensor(1.0))
     assert not p.weight[n:].any()
     assert p.mask[:n].all() and not p.mask[n:].any()
-    # padding edges are self-loops of the first padding point
-    assert torch.equal(p.edge_index[:, :e], edges)
-    assert (p.edge_index[:, e:] == n).all() and p.edge_index.size(1) == e + 17
+    # padding edges are self-loops of the padding points, in turn
+    assert torch.equal(p.edge_index[:, :e], edges) and p.edge_index.size(1) == e + 17
+    assert torch.equal(p.edge_index[0, e:], p.edge_index[1, e:])
+    assert p.edge_index[0, e:].tolist() == [n + i % (400 - n) for i in range(17)]
 
 
 def test_pad_batch_refills_buffers_in_place():
@@ -125,6 +126,11 @@ def test_pad_batch_refills_buffers_in_place():
     b = make_batch([50, 20], seed=2)
     kw = dict(capacity=160, max_clouds=2, ball_size=32, edge_capacity=2000, dummy_clouds=2)
     pa = pad_batch(*a, **kw)
+    loops = pa.edge_index[:, a[4].size(1) :]  # more padding edges than padding points
+    assert torch.equal(loops[0], loops[1]) and loops.size(1) > 30
+    assert loops[0].min() == 130 and loops[0].max() == 159
+    counts = torch.bincount(loops[0] - 130)
+    assert counts.max() - counts.min() <= 1  # spread evenly
     pb = pad_batch(*b, **kw, out=pa)
     assert pb.x.data_ptr() == pa.x.data_ptr() and pb.num_points == 70
     # rows of the earlier, larger batch are cleared

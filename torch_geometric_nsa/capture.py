@@ -25,6 +25,7 @@ that bucket: after the first batch of a bucket nothing is compiled or
 recorded again.
 """
 
+import contextlib
 import math
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -132,8 +133,8 @@ class PaddedBatch(NamedTuple):
     batch: Tensor
     #: ``[P, ...]`` targets (or :obj:`None`).
     y: Optional[Tensor]
-    #: ``[2, E_cap]`` edges; padding edges are self-loops of the first
-    #: padding point (or :obj:`None`).
+    #: ``[2, E_cap]`` edges; padding edges are self-loops of the padding
+    #: points, spread over them in turn (or :obj:`None`).
     edge_index: Optional[Tensor]
     #: ``[P]`` float32 loss weight: :math:`1/N` on real points, 0 on padding,
     #: so that ``(weight * per_point_loss).sum()`` is the mean over real points.
@@ -344,7 +345,9 @@ def pad_batch(
         out.y[n:].zero_()
     if edge_index is not None:
         out.edge_index[:, :num_edges].copy_(edge_index)
-        out.edge_index[:, num_edges:].fill_(n)  # self-loops of the first padding point
+        # self-loops spread over the padding points (no hot spot for the aggregation)
+        loops = torch.arange(edge_capacity - num_edges, device=out.edge_index.device)
+        out.edge_index[:, num_edges:].copy_(loops.remainder_(pad).add_(n).expand(2, -1))
     out.weight.zero_()
     out.weight[:n].fill_(1.0 / n)
     out.mask.zero_()
@@ -532,13 +535,10 @@ class CapturedTrainStep:
         tree, tree_rot = padded.build_trees(
             model.ball_size, model.rotate if model.uses_rotation else None
         )
-        amp = dict(
-            device_type=self.device.type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-            cache_enabled=False,  # casts of the weights are part of a recorded step
-        )
-        with torch.autocast(**amp):
+        amp = contextlib.nullcontext()
+        if self.autocast_dtype is not None:  # weight casts are part of a recorded step
+            amp = torch.autocast(self.device.type, self.autocast_dtype, cache_enabled=False)
+        with amp:
             out = model(padded.x, padded.pos, padded.batch, padded.edge_index, tree, tree_rot)
         per_point = self.loss_fn(out, padded.y)
         if per_point.shape != (padded.capacity,):
@@ -592,7 +592,10 @@ class CapturedTrainStep:
             loss = self._step(padded)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
+        # thread-local: CUDA calls of other threads (a loader's pin-memory thread) may go on
+        with torch.cuda.graph(
+            graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"
+        ):
             self._loss.copy_(self._step(padded))
         self._graphs[key] = graph
         return loss.clone()
