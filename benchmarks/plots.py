@@ -3,6 +3,9 @@
     python benchmarks/plots.py out/attention.json out/train_step.json out/ball_tree.json
     python benchmarks/plots.py out/*.json --out docs/_static/bench
 
+Files of the same kind are drawn into the same figures (e.g. two ``train_step.py`` runs with
+different modes); the caption then lists every run's command.
+
 Reads the ``--json`` files of ``attention.py``, ``train_step.py`` and ``ball_tree.py`` and
 writes, for each, PNGs and a caption of the same name (``.txt``, reStructuredText: what was
 measured, the card, the command and the commit the file records), the form
@@ -67,15 +70,26 @@ def slope(xs, ys, last=SLOPE_POINTS):
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def provenance(meta):
-    """The caption's last paragraph: card, versions, date, commit and command."""
-    versions = f"torch {meta.get('torch', '?')}"
-    if meta.get("triton"):
-        versions += f", triton {meta['triton']}"
-    return (
-        f"{meta.get('card', 'unknown card')} ({versions}), {meta.get('date', 'date unknown')}, "
-        f"commit ``{meta.get('commit', 'unknown')}``: ``{meta.get('command', '?')}``"
-    )
+def provenance(data):
+    """The caption's last paragraph: card, versions, date, commit and command of every run
+    the figure draws on."""
+    runs = data.get("runs") or [data["meta"]]
+
+    def where(meta):
+        versions = f"torch {meta.get('torch', '?')}"
+        if meta.get("triton"):
+            versions += f", triton {meta['triton']}"
+        return (
+            f"{meta.get('card', 'unknown card')} ({versions}), commit "
+            f"``{meta.get('commit', 'unknown')}``"
+        )
+
+    places = list(dict.fromkeys(where(m) for m in runs))
+    commands = " and ".join(f"``{m.get('command', '?')}``" for m in runs)
+    dates = ", ".join(dict.fromkeys(m.get("date", "date unknown") for m in runs))
+    if len(places) == 1:
+        return f"{places[0]}, {dates}: {commands}"
+    return "; ".join(f"{where(m)}, {m.get('date', '?')}: ``{m.get('command', '?')}``" for m in runs)
 
 
 def save(fig, out, stem, caption):
@@ -175,7 +189,7 @@ sizes of each (1: linear in N, 2: quadratic; small sizes are bound by kernel lau
 SDPA is dense attention (flash backend){sdpa_range}; FlexAttention runs the union of the local
 balls and the selected blocks (no compressed branch), compiled.  Settings: {cfg.get("dtype", "?")}, {shape}.
 
-{provenance(data["meta"])}
+{provenance(data)}
 """
     return save(fig, out, "attention_vs_n", caption)
 
@@ -314,7 +328,7 @@ step runs (a CUDA graph launches them all at once).
 Hatched: {data.get("erwin_source", "the Erwin reference model")}, for comparison; not
 measured in this run.
 
-{provenance(meta)}
+{provenance(data)}
 """
         paths += save(fig, out, "train_step", caption)
     varying = [r for r in data.get("varying", []) if number(r.get("points/s")) is not None]
@@ -361,7 +375,7 @@ CUDA graphs (each batch padded to one of a few capacity buckets of ratio
 the fixed-size reduce-overhead step of the same run.  Steps that recorded a new graph are
 not counted.
 
-{provenance(meta)}
+{provenance(data)}
 """
         paths += save(fig, out, "train_step_varying", caption)
     if not paths:
@@ -416,7 +430,7 @@ def plot_ball_tree(data, out):
 Ball-tree build time against the number of points, uniform points in the unit cube, one
 cloud (solid) and 16 clouds (dashed); CPU builds on {threads} threads.
 
-{provenance(data["meta"])}
+{provenance(data)}
 """
     return save(fig, out, "ball_tree_build", caption)
 
@@ -424,8 +438,8 @@ cloud (solid) and 16 clouds (dashed); CPU builds on {threads} threads.
 PLOTTERS = {"attention": plot_attention, "train_step": plot_train_step, "ball_tree": plot_ball_tree}
 
 
-def plot_file(path, out):
-    """The figures of one results file; returns the paths written."""
+def load(path):
+    """One results file, checked to be one."""
     with open(path) as f:
         data = json.load(f)
     kind = data.get("kind") if isinstance(data, dict) else None
@@ -434,7 +448,35 @@ def plot_file(path, out):
             f"{path}: not a benchmark results file (its 'kind' is {kind!r}; expected one of "
             f"{sorted(PLOTTERS)})"
         )
-    return PLOTTERS[kind](data, out)
+    return data
+
+
+def merge(datas):
+    """Results of one kind from several runs as one: their rows (and varying rows) in
+    order, the first run's settings, every run's card, commit and command in ``runs``."""
+    merged = dict(datas[0])
+    merged["runs"] = [d["meta"] for d in datas]
+    for key in ("rows", "varying"):
+        merged[key] = [r for d in datas for r in d.get(key) or []]
+    return merged
+
+
+def plot_files(paths, out):
+    """The figures of the results files: files of the same kind are drawn together
+    (e.g. two train_step runs); returns the paths written."""
+    kinds = {}
+    for path in paths:
+        data = load(path)
+        kinds.setdefault(data["kind"], []).append(data)
+    written = []
+    for kind, datas in kinds.items():
+        written += PLOTTERS[kind](merge(datas) if len(datas) > 1 else datas[0], out)
+    return written
+
+
+def plot_file(path, out):
+    """The figures of one results file; returns the paths written."""
+    return plot_files([path], out)
 
 
 def main(argv=None):
@@ -444,9 +486,8 @@ def main(argv=None):
         "--out", default=DEFAULT_OUT, help="folder of the figures (default: %(default)s)"
     )
     args = ap.parse_args(argv)
-    for path in args.results:
-        for written in plot_file(path, args.out):
-            print(written)
+    for written in plot_files(args.results, args.out):
+        print(written)
 
 
 if __name__ == "__main__":

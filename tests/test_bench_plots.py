@@ -135,6 +135,28 @@ def test_plots_write_pngs_and_captions(tmp_path, results, stems):
     assert sorted(os.listdir(out)) == sorted(s + e for s in stems for e in (".png", ".txt"))
 
 
+def test_runs_of_one_kind_are_drawn_together(tmp_path):
+    first = train_step_results()
+    second = train_step_results()
+    second["rows"] = [dict(r, mode="cuda-graph", **{"step (ms)": 4.0}) for r in first["rows"][:2]]
+    second["varying"] = []
+    second["meta"] = dict(META, command="python benchmarks/train_step.py --modes cuda-graph")
+    paths = []
+    for i, data in enumerate((first, second)):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        (tmp_path / f"r{i}.json").write_text(json.dumps(data))
+    written = plots.plot_files(paths, str(tmp_path / "figs"))
+    assert sorted(os.path.basename(p) for p in written if p.endswith(".png")) == [
+        "train_step.png",
+        "train_step_varying.png",
+    ]
+    caption = open(tmp_path / "figs" / "train_step.txt").read()
+    assert "``python benchmarks/x.py --json out.json`` and" in caption
+    assert "``python benchmarks/train_step.py --modes cuda-graph``" in caption
+    merged = plots.merge([first, second])
+    assert len(merged["rows"]) == len(first["rows"]) + 2 and len(merged["runs"]) == 2
+
+
 def test_slope_is_fitted_over_the_largest_sizes():
     xs = [1, 2, 4, 8, 16]
     ys = [5, 5, 4**2, 8**2, 16**2]  # flat (launch-bound), then quadratic
