@@ -254,8 +254,12 @@ def test_padding_gets_no_loss_weight_and_no_gradient():
         model, opt, CapacityBuckets(500, ratio=2.0), max_clouds=2, dummy_cloud_size=100
     )
     x, pos, batch, y, _ = make_batch([90, 60], seed=4)
-    _, padded = step.pad(x, pos, batch, y)
+    key, padded = step.pad(x, pos, batch, y)
     n = padded.num_points
+    # 150 points -> bucket 256, which holds up to 256 - 128 padding points: two dummy
+    # clouds of at most 100 points (ids 2 and 3)
+    assert key == (256, 0) and padded.capacity == 256 and padded.batch_size == 4
+    assert padded.batch[n:].unique().tolist() == [2, 3]
 
     def loss_and_grads():
         model.zero_grad()
