@@ -103,6 +103,11 @@ def save(fig, out, stem, caption):
     return [png, txt]
 
 
+def short(v):
+    """A value label: three significant digits, no exponent."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def fmt_n(n):
     n = int(n)
     if n >= 2**20 and n % 2**20 == 0:
@@ -118,9 +123,10 @@ def plot_attention(data, out):
     if not rows:
         raise ValueError("attention results hold no single-cloud sizes to plot against N")
     cfg = data.get("config", {})
+    cpu = data["meta"].get("device", "cuda") == "cpu"  # a smoke run: reference and math SDPA
     impls = [
-        ("ours", "ours (Erwin NSA kernels)"),
-        ("sdpa", "SDPA (dense, flash)"),
+        ("ours", "ours (reference ops, CPU)" if cpu else "ours (Erwin NSA kernels)"),
+        ("sdpa", "SDPA (dense, math)" if cpu else "SDPA (dense, flash)"),
         ("flex", "FlexAttention (same pattern)"),
     ]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.3))
@@ -141,7 +147,7 @@ def plot_attention(data, out):
             if key == "ours":
                 for x, y in pts:
                     ax.annotate(
-                        f"{y:.3g}",
+                        short(y),
                         (x, y),
                         textcoords="offset points",
                         xytext=(0, -14),
@@ -168,6 +174,8 @@ def plot_attention(data, out):
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left")
+        else:
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="gray")
     shape = ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "dtype")
     sdpa_sizes = [r["N"] for r in rows if number(r.get("sdpa_fb_ms")) is not None]
     sdpa_range = (
@@ -213,7 +221,7 @@ MODE_COLORS = {
 }
 
 
-def _bars(ax, groups, series, values, colors, hatches=None, labels=None, fmt="{:.3g}", texts=None):
+def _bars(ax, groups, series, values, colors, hatches=None, labels=None, fmt=short, texts=None):
     """Grouped bars: ``values[(group, series)]`` (None: no bar); value labels on top
     (``texts[(group, series)]`` where given)."""
     width = 0.8 / max(1, len(series))
@@ -224,7 +232,7 @@ def _bars(ax, groups, series, values, colors, hatches=None, labels=None, fmt="{:
             if v is not None:
                 xs.append(i + (j - (len(series) - 1) / 2) * width)
                 ys.append(v)
-                tags.append((texts or {}).get((g, s), fmt.format(v)))
+                tags.append((texts or {}).get((g, s), fmt(v)))
         if not xs:
             continue
         bars = ax.bar(
@@ -246,6 +254,10 @@ def _bars(ax, groups, series, values, colors, hatches=None, labels=None, fmt="{:
                 fontsize=6.5,
             )
     ax.set_xticks(range(len(groups)))
+
+
+def precision(dtype):
+    return "float32" if dtype in (None, "float32") else f"{dtype} autocast"
 
 
 def plot_train_step(data, out):
@@ -296,7 +308,7 @@ def plot_train_step(data, out):
         ax.set_xticklabels([configs[n] for n in names])
         ax.set_ylabel("training step (ms, median)")
         ax.set_title(
-            f"Training step of ErwinNSA ({rows[0].get('dtype', '')} autocast, trees and edges "
+            f"Training step of ErwinNSA ({precision(rows[0].get('dtype'))}, trees and edges "
             f"precomputed)  -  {meta.get('card', '')}",
             fontsize=10,
         )
@@ -357,7 +369,7 @@ measured in this run.
             for n, v in fixed.items():
                 values[(n, "fixed")] = v
         fig, ax = plt.subplots(figsize=(10, 4.4))
-        _bars(ax, names, series, values, colors, labels=labels, fmt="{:.2f}")
+        _bars(ax, names, series, values, colors, labels=labels, fmt="{:.2f}".format)
         ax.set_xticklabels([configs[n] for n in names])
         ax.set_ylabel("training throughput (million points / s)")
         ax.set_ylim(0, max(v for v in values.values() if v is not None) * 1.2)
