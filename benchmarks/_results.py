@@ -65,10 +65,14 @@ def metadata(device: str) -> dict:
     }
 
 
-def write_json(path: str, kind: str, meta: dict, rows: list, **extra) -> None:
-    """Writes ``{"kind", "meta", "rows", **extra}`` to :obj:`path` (folders created)."""
+def write_json(path: str, kind: str, meta: dict, rows: list, quiet: bool = False, **extra) -> None:
+    """Writes ``{"kind", "meta", "rows", **extra}`` to :obj:`path` (folders created;
+    replaced at once, so a reader never sees half a file)."""
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump({"kind": kind, "meta": meta, "rows": rows, **extra}, f, indent=1, default=str)
-    print(f"results written to {path}", flush=True)
+    os.replace(tmp, path)
+    if not quiet:
+        print(f"results written to {path}", flush=True)

@@ -263,6 +263,13 @@ def main(argv=None):
             torch.cuda.empty_cache()
 
     rows = []
+    config = dict(H=H, D=D, m=M, c=C, s=SEL, g=G, topk=TOPK, dtype=str(dtype)[6:])
+
+    def save(final=False):
+        if args.json:
+            json_rows = [json_row(B, n, res) for B, n, res in rows]
+            write_json(args.json, "attention", meta, json_rows, quiet=not final, config=config)
+
     for B, n in sizes:
         t = make(B, n, dtype, dev)
         S = t["S"]
@@ -301,6 +308,7 @@ def main(argv=None):
         else:
             res["flex"] = (None, None)
         rows.append((B, n, res))
+        save()  # after every size: a run cut by a timeout keeps its rows
         print(
             f"done {B}x{n}: "
             + " | ".join(f"{k} {fmt(v[0])} / {fmt(v[1])}" for k, v in res.items()),
@@ -339,11 +347,7 @@ def main(argv=None):
             f"{g('flex', 0, 0)} | {g('flex', 1, 0)} | {g('flex', 1, 1)} | {ratio('sdpa')} | "
             f"{ratio('flex')} |"
         )
-    if args.json:
-        config = dict(H=H, D=D, m=M, c=C, s=SEL, g=G, topk=TOPK, dtype=str(dtype)[6:])
-        write_json(
-            args.json, "attention", meta, [json_row(B, n, res) for B, n, res in rows], config=config
-        )
+    save(final=True)
 
 
 def breakdown(t):

@@ -629,7 +629,32 @@ def main():
             row["error"] = f"{type(e).__name__}: {e}"[:200]
             return row
 
-    rows = []
+    rows, varying = [], []
+
+    def save(final=False):
+        """The results so far (after every row: a run cut by a timeout keeps its rows)."""
+        if args.json:
+            write_json(
+                args.json,
+                "train_step",
+                meta,
+                rows,
+                quiet=not final,
+                varying=varying,
+                erwin=ERWIN,
+                erwin_source=ERWIN_SOURCE,
+                settings={
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "varying_steps": args.varying_steps,
+                    "varying_warmup": args.varying_warmup,
+                    "bucket_ratio": args.bucket_ratio,
+                    "width": args.width,
+                    "layers": args.layers,
+                    "heads": args.heads,
+                },
+            )
+
     for mode in modes:  # mode by mode: a time budget cuts the slow ones
         for name in args.configs:
             for backend in backends:
@@ -640,7 +665,7 @@ def main():
                         run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
                     )
                     print(rows[-1], flush=True)
-    varying = []
+                    save()
     if args.varying:
         for name in args.configs:
             data = varying_batches(name, args.varying_warmup + args.varying_steps, args, device)
@@ -663,6 +688,7 @@ def main():
                             )
                         )
                         print(varying[-1], flush=True)
+                        save()
             del data
         add_fixed_reference(varying, rows)
     if rows:
@@ -674,26 +700,7 @@ def main():
             "\nTraining step of ErwinNSA, batches of varying size (points/s over the timed steps)"
         )
         print_table(varying)
-    if args.json:
-        write_json(
-            args.json,
-            "train_step",
-            meta,
-            rows,
-            varying=varying,
-            erwin=ERWIN,
-            erwin_source=ERWIN_SOURCE,
-            settings={
-                "steps": args.steps,
-                "warmup": args.warmup,
-                "varying_steps": args.varying_steps,
-                "varying_warmup": args.varying_warmup,
-                "bucket_ratio": args.bucket_ratio,
-                "width": args.width,
-                "layers": args.layers,
-                "heads": args.heads,
-            },
-        )
+    save(final=True)
     if any("error" in r for r in rows + varying):
         sys.exit(1)
 
