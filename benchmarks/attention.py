@@ -15,17 +15,25 @@ Defaults: 8 heads x head dim 32, bf16, m = 128 (ball), c = 32 (compression block
 cloud and 16 clouds x {1k, 4k, 16k}.  Use ``--quick`` for a small subset.
 
 Usage:  python benchmarks/attention.py [--quick] [--sizes 65536,16x1024] [--no-flex] ...
+        python benchmarks/attention.py --json out/attention.json   # results for plots.py
+        python benchmarks/attention.py --device cpu --sizes small   # CPU smoke run
+
+On the CPU (a smoke run of the script, not a benchmark) "ours" is the reference ops, SDPA runs
+its math backend, flex and the breakdown are skipped, times are medians of wall time and no peak
+memory is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+import types
 
 import torch
-import triton
+from _results import metadata, write_json
 
-from torch_geometric_nsa import kernels as K
 from torch_geometric_nsa.ops import reference as R
 
 H, D, M, C, SEL, G, TOPK = 8, 32, 128, 32, 32, 32, 8
@@ -68,11 +76,14 @@ def layer(ops, t, return_idx=False):
     return (out, idx) if return_idx else out
 
 
-class _OURS:
-    ball_attention = staticmethod(K.ball_attention)
-    compressed_attention = staticmethod(K.compressed_attention)
-    select_blocks = staticmethod(K.select_blocks)
-    selected_attention = staticmethod(K.selected_attention)
+OPS = ("ball_attention", "compressed_attention", "select_blocks", "selected_attention")
+
+
+def ours_ops():
+    """The Triton kernels as an ops namespace (CUDA runs only)."""
+    from torch_geometric_nsa import kernels as K
+
+    return types.SimpleNamespace(**{name: getattr(K, name) for name in OPS})
 
 
 def sdpa(t):
@@ -80,7 +91,8 @@ def sdpa(t):
 
     B, n = t["B"], t["n"]
     q, k, v = (x.view(B, n, H, D).transpose(1, 2) for x in (t["q"], t["k"], t["v"]))
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    backend = SDPBackend.FLASH_ATTENTION if q.is_cuda else SDPBackend.MATH
+    with sdpa_kernel(backend):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
 
@@ -159,6 +171,17 @@ def measure(fn, t, bwd, reps):
                 x.grad = None
 
     step()
+    if not t["q"].is_cuda:  # CPU smoke run: wall time, no peak
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+        for x in leaves:
+            x.requires_grad_(False)
+        return statistics.median(times), float("nan")
+    import triton
+
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     step()
@@ -174,41 +197,79 @@ def fmt(r):
     return "-" if r is None else f"{r[0]:9.2f} {r[1]:6.2f}"
 
 
+SMALL = [(1, 256), (1, 512), (2, 256)]
+
+
+def parse_sizes(text, quick):
+    if text == "small":
+        return SMALL
+    if text:
+        return [parse_size(x) for x in text.split(",")]
+    if quick:
+        return [(1, 4096), (1, 65536), (16, 1024)]
+    return [
+        (1, 4096),
+        (1, 16384),
+        (1, 65536),
+        (1, 262144),
+        (1, 1048576),
+        (16, 1024),
+        (16, 4096),
+        (16, 16384),
+    ]
+
+
+def json_row(B, n, res):
+    """One size's results as a flat dict: ``<impl>_fwd_ms``, ``<impl>_fb_ms``,
+    ``<impl>_peak_gib`` (null: not run; ``"oom"``: out of memory)."""
+    row = {"clouds": B, "points": n, "N": B * n}
+    for key, (fwd, fb) in res.items():
+        for name, r, j in (("fwd_ms", fwd, 0), ("fb_ms", fb, 0), ("peak_gib", fb, 1)):
+            v = r if r in (None, "oom") else r[j]
+            row[f"{key}_{name}"] = None if isinstance(v, float) and v != v else v  # NaN -> null
+    return row
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sizes", default=None, help="comma list: N or BxN")
+    ap.add_argument("--sizes", default=None, help="comma list: N or BxN; 'small': CPU smoke sizes")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-ref", action="store_true")
     ap.add_argument("--ref-max", type=int, default=65536)
     ap.add_argument("--sdpa-max", type=int, default=262144, help="max points per cloud for SDPA")
     ap.add_argument("--breakdown", type=int, default=65536, help="per-branch times at this N")
+    ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = ap.parse_args(argv)
-    if args.sizes:
-        sizes = [parse_size(x) for x in args.sizes.split(",")]
-    elif args.quick:
-        sizes = [(1, 4096), (1, 65536), (16, 1024)]
-    else:
-        sizes = [
-            (1, 4096),
-            (1, 16384),
-            (1, 65536),
-            (1, 262144),
-            (1, 1048576),
-            (16, 1024),
-            (16, 4096),
-            (16, 16384),
-        ]
-    dev, dtype = "cuda", torch.bfloat16
-    name = torch.cuda.get_device_name()
+    sizes = parse_sizes(args.sizes, args.quick)
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = dev.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    meta = metadata(dev)
     print(
-        f"# {name}, torch {torch.__version__}, triton {triton.__version__}; bf16, H={H}, D={D}, "
-        f"m={M}, c={C}, s={SEL}, g={G}, topk={TOPK}",
+        f"# {meta['card']}, torch {meta['torch']}, triton {meta['triton']}; {dtype}, H={H}, "
+        f"D={D}, m={M}, c={C}, s={SEL}, g={G}, topk={TOPK}; commit {meta['commit']}",
         flush=True,
     )
+    if cuda:
+        Ours = ours_ops()
+    else:  # smoke run: the reference is "ours"; flex needs the GPU here
+        print("# CPU: 'ours' is the reference ops; no flex, no ref row, no breakdown", flush=True)
+        Ours, args.no_flex, args.no_ref, args.breakdown = R, True, True, 0
 
-    Ours = _OURS
+    def empty_cache():
+        if cuda:
+            torch.cuda.empty_cache()
+
     rows = []
+    config = dict(H=H, D=D, m=M, c=C, s=SEL, g=G, topk=TOPK, dtype=str(dtype)[6:])
+
+    def save(final=False):
+        if args.json:
+            json_rows = [json_row(B, n, res) for B, n, res in rows]
+            write_json(args.json, "attention", meta, json_rows, quiet=not final, config=config)
+
     for B, n in sizes:
         t = make(B, n, dtype, dev)
         S = t["S"]
@@ -227,7 +288,7 @@ def main(argv=None):
                 res[key] = (measure(fn, t, False, reps), measure(fn, t, True, reps))
             except torch.OutOfMemoryError:
                 res[key] = ("oom", "oom")
-            torch.cuda.empty_cache()
+            empty_cache()
         print(f"ours {B}x{n}: fwd {fmt(res['ours'][0])} / f+b {fmt(res['ours'][1])}", flush=True)
         if not args.no_flex:
             global _flex
@@ -243,10 +304,11 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001
                 print(f"flex failed at {B}x{n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 res["flex"] = (None, None)
-            torch.cuda.empty_cache()
+            empty_cache()
         else:
             res["flex"] = (None, None)
         rows.append((B, n, res))
+        save()  # after every size: a run cut by a timeout keeps its rows
         print(
             f"done {B}x{n}: "
             + " | ".join(f"{k} {fmt(v[0])} / {fmt(v[1])}" for k, v in res.items()),
@@ -255,7 +317,7 @@ def main(argv=None):
         if args.breakdown and B == 1 and n == args.breakdown:
             breakdown(t)
         del t
-        torch.cuda.empty_cache()
+        empty_cache()
 
     print(
         "\n| clouds x N | ours fwd ms | ours f+b ms | ours peak GiB | ref f+b ms | ref peak | "
@@ -271,7 +333,7 @@ def main(argv=None):
                 return "-"
             if r == "oom":
                 return "OOM"
-            return f"{r[j]:.2f}"
+            return "-" if r[j] != r[j] else f"{r[j]:.2f}"  # NaN: not measured (CPU peak)
 
         def ratio(k):
             a, b = res["ours"][1], res[k][1]
@@ -285,10 +347,15 @@ def main(argv=None):
             f"{g('flex', 0, 0)} | {g('flex', 1, 0)} | {g('flex', 1, 1)} | {ratio('sdpa')} | "
             f"{ratio('flex')} |"
         )
+    save(final=True)
 
 
 def breakdown(t):
     """Per-branch forward / fwd+bwd times and the TFLOP/s of the selected branch vs dense SDPA."""
+    import triton
+
+    from torch_geometric_nsa import kernels as K
+
     q, k, v, mask, ptr = t["q"], t["k"], t["v"], t["mask"], t["ptr"]
     S = t["S"]
     kc, vc = block_means(k, mask, C), block_means(v, mask, C)
@@ -322,7 +389,7 @@ def breakdown(t):
     tt = dict(t, q=qq, k=kk, v=vv)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            torch.autograd.backward(layer(_OURS, tt), go)
+            torch.autograd.backward(layer(ours_ops(), tt), go)
         torch.cuda.synchronize()
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)

@@ -3,6 +3,8 @@
     python benchmarks/ball_tree.py                 # speed table (+ quality table)
     python benchmarks/ball_tree.py --quality-only  # quality on AdK and a uniform cube
     python benchmarks/ball_tree.py --quick         # small sizes only
+    python benchmarks/ball_tree.py --speed-only --json out/ball_tree.json   # for plots.py
+    python benchmarks/ball_tree.py --devices cpu --sizes small   # CPU smoke run
 
 Speed: median wall time of the build (CUDA timed with synchronisation, after a
 warm-up), 1 x {1k..1M} and 16 x {1k..16k} points, uniform in the unit cube.
@@ -22,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from _results import metadata, write_json
 
 from torch_geometric_nsa import build_ball_tree
 from torch_geometric_nsa.tree import ball_radius, slot_capacity
@@ -64,7 +67,7 @@ def speed(configs, devices, repeats):
     for clouds, n in configs:
         pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0))
         batch = torch.arange(clouds).repeat_interleave(n)
-        row = {"config": f"{clouds} x {n}", "N": clouds * n}
+        row = {"config": f"{clouds} x {n}", "clouds": clouds, "N": clouds * n}
         for dev in devices:
             p, b = pos.to(dev), batch.to(dev)
             reps = repeats if (dev == "cuda" or clouds * n <= 65536) else 2
@@ -200,30 +203,63 @@ def print_table(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--sizes",
+        choices=["full", "quick", "small"],
+        default="full",
+        help="'quick': up to 16k; 'small': 1 x {1k, 4k} and 16 x 1k (CPU smoke run)",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        choices=["cpu", "cuda"],
+        help="where our build runs (default: cpu, and cuda when available)",
+    )
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if torch.cuda.is_available():
-        print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__)
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    meta = metadata("cuda" if "cuda" in devices else "cpu")
+    print(f"card: {meta['card']} | torch {meta['torch']} | commit {meta['commit']}")
     print(
         "CPU threads:",
         torch.get_num_threads(),
         "| balltree-erwin:",
         "yes" if anchor else "not importable",
     )
+    rows, quality_rows, no_sync = [], [], None
     if not args.quality_only:
-        sizes = [1024, 4096, 16384] if args.quick else [1024, 4096, 16384, 65536, 262144, 1048576]
-        configs = [(1, n) for n in sizes] + [(16, n) for n in (1024, 4096, 16384)]
+        size = "quick" if args.quick else args.sizes
+        if size == "small":
+            configs = [(1, 1024), (1, 4096), (16, 1024)]
+        else:
+            sizes = [1024, 4096, 16384]
+            sizes += [] if size == "quick" else [65536, 262144, 1048576]
+            configs = [(1, n) for n in sizes] + [(16, n) for n in (1024, 4096, 16384)]
         rows = speed(configs, devices, args.repeats)
         if "cuda" in devices:
-            print(check_no_sync())
+            no_sync = check_no_sync()
+            print(no_sync)
         print("\nBuild time, ball_size=128 (median ms)")
         print_table(rows)
     if not args.speed_only:
+        quality_rows = quality(load_clouds())
         print("\nMean ball radius (balls full of real points)")
-        print_table(quality(load_clouds()))
+        print_table(quality_rows)
+    if args.json:
+        meta["cpu_threads"] = torch.get_num_threads()
+        write_json(
+            args.json,
+            "ball_tree",
+            meta,
+            rows,
+            quality=quality_rows,
+            no_sync_check=no_sync,
+            anchor="balltree-erwin" if anchor else None,
+        )
 
 
 if __name__ == "__main__":

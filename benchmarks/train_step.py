@@ -1,11 +1,14 @@
 """Time one training step of ErwinNSA at the sizes of the published benchmarks.
 
     python benchmarks/train_step.py                  # eager, all configs
-    python benchmarks/train_step.py --all            # eager, compile, reduce-overhead, cuda-graph
-    python benchmarks/train_step.py --compile --compile-mode default reduce-overhead
-    python benchmarks/train_step.py --cuda-graph     # eager + manual CUDA graph of the step
+    python benchmarks/train_step.py --all            # every fixed-size mode
+    python benchmarks/train_step.py --modes eager compile-dynamic reduce-overhead cuda-graph
+    python benchmarks/train_step.py --varying        # + batches of varying size: eager vs buckets
+    python benchmarks/train_step.py --json out/train_step.json   # results for plots.py
+    python benchmarks/train_step.py --device cpu --sizes small --dtypes float32 --varying \
+        --steps 2 --warmup 1 --varying-steps 2 --varying-warmup 1   # CPU smoke run
 
-Modes (rows of the final table):
+Fixed-size modes (rows of the first table):
 
 - ``eager``: plain PyTorch; the step is also run once under
   ``torch.cuda.set_sync_debug_mode('warn')`` and the host synchronisations it
@@ -14,23 +17,46 @@ Modes (rows of the final table):
   ``torch.compile(model, fullgraph=True, dynamic=False, mode=...)``; a graph
   break raises, and in ``reduce-overhead`` a skipped CUDA graph (Inductor's
   ``cudagraph_skips`` counter) raises instead of timing an eager fallback.
+- ``compile-dynamic``: ``torch.compile(model, fullgraph=True, dynamic=True)``
+  (default mode, dynamic shapes: what serves batches of varying size without
+  recompiling).  Its rows share the compiled graphs (no ``torch._dynamo.reset()``
+  between configs), so ``first step (s)`` and ``graphs compiled`` show what a new
+  size costs once the model is compiled.
 - ``cuda-graph`` (``--cuda-graph``, CUDA only): the whole step (forward,
   backward, ``AdamW(capturable=True).step()``) captured once with
   ``torch.cuda.graph`` on static inputs and replayed.
 
+Every mode also reports the CUDA kernels one step runs (``kernels/step``: device
+kernels in a ``torch.profiler`` trace of one step) and the host calls that launch
+work (``launches/step``: kernel launches, graph launches, memcpy/memset calls); a
+CUDA graph runs many kernels from one launch.
+
+Varying sizes (``--varying``, second table): batches whose clouds are drawn from the
+real datasets' ranges, log-uniformly per cloud (cosmology sub-boxes 1,150-17,368 points
+x 16; MD 900 x 32 and ShapeNet-Car 3,586 x 1 are fixed by their data), the same
+sequence for every mode; the trees are built inside the step, the edges before it
+(as a loader would).  Modes: ``eager``; ``buckets``
+(:class:`torch_geometric_nsa.capture.CapturedTrainStep`: each batch padded to one of
+a few capacity buckets, one CUDA graph of the whole step per bucket, replayed for
+every later batch of it); ``compile-dynamic``.  Reported: points per second over the
+timed steps (for ``buckets`` over the replays; the steps that recorded a new graph are
+counted apart), next to the fixed-size ``reduce-overhead`` figure of the same run.
+
 Configs (points x batch): ShapeNet-Car 3,586 x 1, cosmology 5,000 x 16, MD 900 x 32;
 a model of ~2.3 M parameters (width 128, 6 blocks, 4 heads, m=128, c=32, s=32,
-g=32, topk=4).  Trees and radius graphs are precomputed once (as the BallTree
-transform does in the data loader), so the step is model + optimizer only.
+g=32, topk=4).  In the fixed-size modes trees and radius graphs are precomputed once (as
+the BallTree transform does in the data loader), so the step is model + optimizer only.
 Timed: median of --steps steps after --warmup, with CUDA synchronisation;
 peak memory from torch.cuda.max_memory_allocated over the whole run of a mode
-(first step, compilation, CUDA-graph capture and pools included).  Anchor numbers from the
-issue: the Erwin reference model takes 64 / 103 / ~118 ms per step on one H100.
-A mode that fails prints its traceback and gets an error row; nothing falls
-back silently (the ops backend is 'triton' on CUDA, never the reference).
+(first step, compilation, CUDA-graph capture and pools included).  The Erwin columns are
+the Erwin reference model (fp32, tree built per step, eager and torch.compile) measured on
+one H200 for issue 14, not by this script.  A mode that fails prints its traceback and gets
+an error row; nothing falls back silently (the ops backend is 'triton' on CUDA, never the
+reference).
 """
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -39,17 +65,57 @@ import traceback
 import warnings
 
 import torch
+from _results import metadata, write_json
 
 from torch_geometric_nsa import ops
+from torch_geometric_nsa.capture import CapacityBuckets, CapturedTrainStep
 from torch_geometric_nsa.nn import radius_graph
 from torch_geometric_nsa.nn.models import ErwinNSA
 
-CONFIGS = {
-    "shapenet-car": (3586, 1, 64.0),
-    "cosmology": (5000, 16, 103.0),
-    "md": (900, 32, 118.0),
+CONFIGS = {  # points per cloud, clouds per batch
+    "shapenet-car": (3586, 1),
+    "cosmology": (5000, 16),
+    "md": (900, 32),
 }
-MODES = ("eager", "compile", "reduce-overhead", "cuda-graph")
+#: the Erwin reference model's training step (ms), fp32, tree built per step; issue 14,
+#: one H200, median of 10 steps after 3 (not measured by this script)
+ERWIN = {
+    "shapenet-car": {"eager": 57.3, "compiled": 29.1},
+    "cosmology": {"eager": 129.0, "compiled": 78.5},
+    "md": {"eager": 100.8, "compiled": 52.5},
+}
+ERWIN_SOURCE = "Erwin reference model, fp32, tree per step (issue 14, one H200)"
+#: points per cloud (smallest, largest) and clouds per batch of the real datasets
+VARYING = {
+    "shapenet-car": (3586, 3586, 1),
+    "cosmology": (1150, 17368, 16),
+    "md": (900, 900, 32),
+}
+MODES = ("eager", "compile", "compile-dynamic", "reduce-overhead", "cuda-graph")
+VARYING_MODES = ("eager", "buckets", "compile-dynamic")
+RADIUS, NEIGHBOURS = 0.05, 16
+
+
+def sizes_of(name, args):
+    n, bs = CONFIGS[name]
+    if args.sizes == "small":  # CPU smoke test of the modes
+        n, bs = min(n, 300), min(bs, 2)
+    return n, bs
+
+
+def make_model(args, device):
+    torch.manual_seed(0)
+    return ErwinNSA(
+        8,
+        args.width,
+        3,
+        num_layers=args.layers,
+        heads=args.heads,
+        ball_size=128,
+        compress_size=32,
+        topk=4,
+        rotate=45.0,
+    ).to(device)
 
 
 def make_inputs(n, batch_size, device, gen):
@@ -60,27 +126,42 @@ def make_inputs(n, batch_size, device, gen):
     return x, pos, batch, y
 
 
+def autocast(device, dtype, cache=True):
+    return torch.autocast(
+        device_type=device,
+        dtype=dtype,
+        enabled=dtype != torch.float32,
+        cache_enabled=cache,
+    )
+
+
+def compiled(model, mode):
+    if mode == "compile-dynamic":
+        return torch.compile(model, fullgraph=True, dynamic=True)
+    return torch.compile(
+        model, fullgraph=True, dynamic=False, mode="default" if mode == "compile" else mode
+    )
+
+
 def make_step(mode, model, opt, inputs, dtype, device):
     """A function running one training step in :obj:`mode` (warm-ups and
     capture not included)."""
     x, pos, batch, edges, tree, tree_rot, y = inputs
-    amp = dict(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
+    cache = True
     if mode == "eager":
         fwd = model
-    elif mode in ("compile", "reduce-overhead"):
-        fwd = torch.compile(
-            model, fullgraph=True, dynamic=False, mode="default" if mode == "compile" else mode
-        )
+    elif mode in ("compile", "compile-dynamic", "reduce-overhead"):
+        fwd = compiled(model, mode)
     elif mode == "cuda-graph":
         if device != "cuda":
             raise RuntimeError("cuda-graph needs a CUDA device")
-        amp["cache_enabled"] = False  # casts are part of the graph
+        cache = False  # casts are part of the graph
         fwd = model
     else:
         raise ValueError(f"unknown mode {mode!r}")
 
     def body():
-        with torch.autocast(**amp):
+        with autocast(device, dtype, cache):
             out = fwd(x, pos, batch, edges, tree, tree_rot)
         loss = torch.nn.functional.mse_loss(out.float(), y)
         loss.backward()
@@ -135,30 +216,78 @@ def count_syncs(step):
     return len(syncs)
 
 
+#: host calls that start device work (CUDA runtime and driver API names in a profiler trace)
+LAUNCH_CALLS = {
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cudaLaunchCooperativeKernel",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaGraphLaunch",
+    "cudaMemcpyAsync",
+    "cudaMemsetAsync",
+}
+
+
+def count_kernels(step):
+    """``(kernels, launches)`` of one call of :obj:`step` on CUDA: the device
+    kernels of a ``torch.profiler`` trace (copies and memsets not counted) and
+    the host calls that launched work (``None`` when the trace has none)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = launches = 0
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            kernels += not e.name.startswith(("Memcpy", "Memset"))
+        elif e.name in LAUNCH_CALLS:
+            launches += 1
+    return kernels, launches or None
+
+
+def kernel_columns(step, args, device):
+    if device != "cuda" or args.no_kernel_count:
+        return {"kernels/step": "-", "launches/step": "-"}
+    try:
+        kernels, launches = count_kernels(step)
+    except Exception as e:  # the profiler must not cost the row
+        print(f"  kernel count failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return {"kernels/step": "error", "launches/step": "error"}
+    return {"kernels/step": kernels, "launches/step": "-" if launches is None else launches}
+
+
+def erwin_columns(name, ms):
+    ref = ERWIN[name]
+    return {
+        "Erwin eager (ms)": ref["eager"],
+        "Erwin compiled (ms)": ref["compiled"],
+        "vs Erwin compiled": ref["compiled"] / ms,
+    }
+
+
+_last_mode = None
+
+
 def bench(name, backend, dtype, mode, args, device):
-    n, bs, anchor_ms = CONFIGS[name]
-    if args.tiny:  # CPU smoke test of the modes
-        n, bs = min(n, 300), min(bs, 2)
+    global _last_mode
+    n, bs = sizes_of(name, args)
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    torch._dynamo.reset()
-    model = ErwinNSA(
-        8,
-        args.width,
-        3,
-        num_layers=args.layers,
-        heads=args.heads,
-        ball_size=128,
-        compress_size=32,
-        topk=4,
-        rotate=45.0,
-    ).to(device)
+    # compile-dynamic keeps its compiled graphs from one config to the next: dynamic
+    # shapes are meant to serve new sizes without compiling again
+    if mode != "compile-dynamic" or _last_mode != mode:
+        torch._dynamo.reset()
+    _last_mode = mode
+    model = make_model(args, device)
     params = sum(p.numel() for p in model.parameters())
     # capturable keeps AdamW's step counters on the device (no host read)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=mode == "cuda-graph")
     x, pos, batch, y = make_inputs(n, bs, device, gen)
     tree, tree_rot = model.build_trees(pos, batch, batch_size=bs)
-    edges = radius_graph(pos, 0.05, batch, max_num_neighbors=16)
+    edges = radius_graph(pos, RADIUS, batch, max_num_neighbors=NEIGHBOURS)
     inputs = (x, pos, batch, edges, tree, tree_rot, y)
     syncs = "-"
     with ops.use_backend(backend):
@@ -192,32 +321,178 @@ def bench(name, backend, dtype, mode, args, device):
             times.append((time.perf_counter() - t) * 1e3)
         if not torch.isfinite(loss).item():
             raise RuntimeError(f"non-finite loss {loss.item()}")
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
+        kernels = kernel_columns(step, args, device)
     ms = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
     return {
         "config": f"{name} ({n} x {bs})",
+        "name": name,
         "backend": backend,
         "dtype": str(dtype).replace("torch.", ""),
         "mode": mode,
         "params (M)": params / 1e6,
         "first step (s)": first_s,
         "step (ms)": ms,
+        "points/s": n * bs / ms * 1e3,
         "peak (MiB)": peak,
         "syncs": syncs,
-        "anchor (ms)": anchor_ms,
-        "speed-up": anchor_ms / ms,
+        **kernels,
+        **erwin_columns(name, ms),
+        **(
+            {"graphs compiled": counters["stats"].get("unique_graphs", 0)}
+            if "compile" in mode or mode == "reduce-overhead"
+            else {}
+        ),
     }
 
 
-def print_table(rows):
+# --------------------------------------------------------------------------- varying sizes
+def varying_batches(name, count, args, device):
+    """:obj:`count` batches with cloud sizes drawn log-uniformly from the
+    config's range (seeded: the same sequence for every mode), edges included."""
+    lo, hi, clouds = VARYING[name]
+    if args.sizes == "small":  # a fixed size stays fixed
+        (lo, hi), clouds = ((min(lo, 300),) * 2 if lo == hi else (150, 400)), min(clouds, 2)
+    gen = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(count):
+        u = torch.rand(clouds, generator=gen, dtype=torch.float64)
+        sizes = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))).round().long()
+        sizes = sizes.clamp(lo, hi)
+        num = int(sizes.sum())
+        pos = torch.rand(num, 3, generator=gen).to(device)
+        x = torch.randn(num, 8, generator=gen).to(device)
+        y = torch.randn(num, 3, generator=gen).to(device)
+        batch = torch.repeat_interleave(torch.arange(clouds), sizes).to(device)
+        edges = radius_graph(pos, RADIUS, batch, max_num_neighbors=NEIGHBOURS)
+        batches.append((x, pos, batch, y, edges, clouds))
+    return (lo, hi, clouds), batches
+
+
+def make_varying_step(mode, model, dtype, device, spec, args):
+    """``(step(batch) -> loss, captured)``: one training step on a batch of
+    any size, and the CapturedTrainStep (or None)."""
+    lo, hi, clouds = spec
+    capture = mode == "buckets"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=capture and device == "cuda")
+    if capture:
+        captured = CapturedTrainStep(
+            model,
+            opt,
+            CapacityBuckets(
+                clouds * hi, min_size=clouds * lo, ratio=args.bucket_ratio, multiple=128
+            ),
+            max_clouds=clouds,
+            edge_buckets=CapacityBuckets(
+                clouds * hi * NEIGHBOURS, ratio=args.bucket_ratio, multiple=1024
+            ),
+            autocast_dtype=None if dtype == torch.float32 else dtype,
+        )
+
+        def step(b):
+            x, pos, batch, y, edges, num_graphs = b
+            return captured(x, pos, batch, y, edges, num_graphs=num_graphs)
+
+        return step, captured
+    if mode not in ("eager", "compile-dynamic"):
+        raise ValueError(f"unknown varying mode {mode!r}")
+    fwd = model if mode == "eager" else compiled(model, mode)
+
+    def step(b):
+        x, pos, batch, y, edges, num_graphs = b
+        opt.zero_grad(set_to_none=True)
+        tree, tree_rot = model.build_trees(pos, batch, batch_size=num_graphs)
+        with autocast(device, dtype):
+            out = fwd(x, pos, batch, edges, tree, tree_rot)
+        loss = torch.nn.functional.mse_loss(out.float(), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, None
+
+
+def bench_varying(name, backend, dtype, mode, args, device, data):
+    spec, batches = data
+    lo, hi, clouds = spec
+    torch._dynamo.reset()
+    model = make_model(args, device)
+    with ops.use_backend(backend):
+        from torch._dynamo.utils import counters
+
+        counters.clear()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        step, captured = make_varying_step(mode, model, dtype, device, spec, args)
+        t0 = time.perf_counter()
+        for b in batches[: args.varying_warmup]:
+            loss = step(b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        warm_s = time.perf_counter() - t0
+        times, points, capture_s, captures = [], 0, 0.0, 0
+        padding = []
+        for b in batches[args.varying_warmup :]:
+            graphs = captured.num_graphs if captured else 0
+            t = time.perf_counter()
+            loss = step(b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            if captured is not None:
+                cap = captured.point_buckets(b[0].size(0))
+                padding.append(1 - b[0].size(0) / cap)
+            if captured is not None and captured.num_graphs > graphs:
+                captures += 1
+                capture_s += dt
+                continue
+            times.append(dt * 1e3)
+            points += b[0].size(0)
+        if not torch.isfinite(loss).item():
+            raise RuntimeError(f"non-finite loss {loss.item()}")
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
+        kernels = kernel_columns(lambda: step(batches[-1]), args, device)
+    if not times:
+        raise RuntimeError("every timed step recorded a new graph: raise --varying-steps")
+    row = {
+        "config": f"{name} ({lo}-{hi} x {clouds})" if lo != hi else f"{name} ({lo} x {clouds})",
+        "name": name,
+        "backend": backend,
+        "dtype": str(dtype).replace("torch.", ""),
+        "mode": mode,
+        "steps": len(times),
+        "points/step": points / len(times),
+        "step (ms)": statistics.median(times),
+        "points/s": points / sum(times) * 1e3,
+        "warm-up (s)": warm_s,
+        "peak (MiB)": peak,
+        **kernels,
+    }
+    if captured is not None:
+        row.update(
+            {
+                "graphs": captured.num_graphs,
+                "timed captures": captures,
+                "capture (s)": capture_s,
+                "padding (%)": 100 * statistics.mean(padding),
+            }
+        )
+    if mode == "compile-dynamic":
+        row["graphs compiled"] = counters["stats"].get("unique_graphs", "-")
+    return row
+
+
+# --------------------------------------------------------------------------- output
+def print_table(rows, skip=("name",)):
     """Markdown table over the union of the rows' keys."""
     cols = []
     for r in rows:
-        cols += [k for k in r if k not in cols]
+        cols += [k for k in r if k not in cols and k not in skip]
 
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:.2f}"
+            return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.2f}"
         return str(v).replace("|", "/")
 
     print("| " + " | ".join(cols) + " |")
@@ -226,7 +501,24 @@ def print_table(rows):
         print("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
 
 
+def add_fixed_reference(varying, fixed):
+    """Puts the fixed-size reduce-overhead points/s of the same config next to
+    every varying row."""
+    ro = {
+        (r["name"], r["backend"], r["dtype"]): r["points/s"]
+        for r in fixed
+        if r.get("mode") == "reduce-overhead" and "points/s" in r
+    }
+    for r in varying:
+        ref = ro.get((r.get("name"), r.get("backend"), r.get("dtype")))
+        if ref is not None and "points/s" in r:
+            r["fixed reduce-overhead points/s"] = ref
+            r["fixed RO / this"] = ref / r["points/s"]
+
+
 def selected_modes(args):
+    if args.no_fixed:
+        return []
     if args.all:
         return list(MODES)
     modes = [] if args.only_compiled else ["eager"]
@@ -267,20 +559,39 @@ def main():
         nargs="+",
         default=[],
         choices=MODES,
-        help="modes to run (added to the flags above)",
+        help="fixed-size modes to run (added to the flags above)",
+    )
+    parser.add_argument("--all", action="store_true", help="run every fixed-size mode")
+    parser.add_argument("--no-fixed", action="store_true", help="no fixed-size rows")
+    parser.add_argument("--varying", action="store_true", help="also time batches of varying size")
+    parser.add_argument(
+        "--varying-modes",
+        nargs="+",
+        default=["eager", "buckets"],
+        choices=VARYING_MODES,
+        help="modes of the varying-size rows",
     )
     parser.add_argument(
-        "--all",
-        action="store_true",
-        help="run every mode (eager, compile, reduce-overhead, cuda-graph)",
+        "--bucket-ratio", type=float, default=1.25, help="growth between capacity buckets"
     )
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--varying-steps", type=int, default=30, help="timed batches of a varying-size row"
+    )
+    parser.add_argument("--varying-warmup", type=int, default=5, help="untimed batches before them")
+    parser.add_argument("--width", type=int, default=None, help="(default: 128; small: 32)")
+    parser.add_argument("--layers", type=int, default=None, help="(default: 6; small: 2)")
+    parser.add_argument("--heads", type=int, default=None, help="(default: 4; small: 2)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
-        "--tiny", action="store_true", help="at most 300 points x 2 clouds (CPU smoke test)"
+        "--sizes",
+        choices=["full", "small"],
+        default="full",
+        help="'small': at most 300 points x 2 clouds and a small model (CPU smoke test)",
+    )
+    parser.add_argument("--tiny", action="store_true", help="same as --sizes small")
+    parser.add_argument(
+        "--no-kernel-count", action="store_true", help="skip the profiler's kernel count"
     )
     parser.add_argument(
         "--time-budget",
@@ -289,35 +600,108 @@ def main():
         help="seconds; later rows are skipped (and say so) once exceeded (0: no limit)",
     )
     parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args()
+    if args.tiny:
+        args.sizes = "small"
+    small = args.sizes == "small"  # a small model too: the CPU smoke test runs in seconds
+    for key, full, tiny in (("width", 128, 32), ("layers", 6, 2), ("heads", 4, 2)):
+        if getattr(args, key) is None:
+            setattr(args, key, tiny if small else full)
     args.warmup = max(1, args.warmup)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backends = args.backends or (["triton"] if device == "cuda" else ["reference"])
     modes = selected_modes(args)
-    if device == "cuda":
-        print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__, flush=True)
+    meta = metadata(device)
+    print(f"card: {meta['card']} | torch {meta['torch']} | commit {meta['commit']}", flush=True)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("TRITON_INTERPRET=1", flush=True)
     start = time.perf_counter()
-    rows = []
+
+    def run(fn, row, *a):
+        if args.time_budget and time.perf_counter() - start > args.time_budget:
+            row["error"] = "skipped (time budget)"
+            return row
+        try:
+            return fn(*a)
+        except Exception as e:  # loud: traceback + error row
+            traceback.print_exc()
+            row["error"] = f"{type(e).__name__}: {e}"[:200]
+            return row
+
+    rows, varying = [], []
+
+    def save(final=False):
+        """The results so far (after every row: a run cut by a timeout keeps its rows)."""
+        if args.json:
+            write_json(
+                args.json,
+                "train_step",
+                meta,
+                rows,
+                quiet=not final,
+                varying=varying,
+                erwin=ERWIN,
+                erwin_source=ERWIN_SOURCE,
+                settings={
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "varying_steps": args.varying_steps,
+                    "varying_warmup": args.varying_warmup,
+                    "bucket_ratio": args.bucket_ratio,
+                    "width": args.width,
+                    "layers": args.layers,
+                    "heads": args.heads,
+                },
+            )
+
     for mode in modes:  # mode by mode: a time budget cuts the slow ones
         for name in args.configs:
             for backend in backends:
                 for dt in args.dtypes:
-                    row = {"config": name, "backend": backend, "dtype": dt, "mode": mode}
-                    if args.time_budget and time.perf_counter() - start > args.time_budget:
-                        row["error"] = "skipped (time budget)"
-                    else:
-                        try:
-                            row = bench(name, backend, getattr(torch, dt), mode, args, device)
-                        except Exception as e:  # loud: traceback + error row
-                            traceback.print_exc()
-                            row["error"] = f"{type(e).__name__}: {e}"[:200]
-                    rows.append(row)
+                    row = {"config": name, "name": name, "backend": backend, "dtype": dt}
+                    row["mode"] = mode
+                    rows.append(
+                        run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
+                    )
                     print(rows[-1], flush=True)
-    print("\nTraining step of ErwinNSA (median ms)")
-    print_table(rows)
-    if any("error" in r for r in rows):
+                    save()
+    if args.varying:
+        for name in args.configs:
+            data = varying_batches(name, args.varying_warmup + args.varying_steps, args, device)
+            for mode in args.varying_modes:
+                for backend in backends:
+                    for dt in args.dtypes:
+                        row = {"config": name, "name": name, "backend": backend, "dtype": dt}
+                        row["mode"] = mode
+                        varying.append(
+                            run(
+                                bench_varying,
+                                row,
+                                name,
+                                backend,
+                                getattr(torch, dt),
+                                mode,
+                                args,
+                                device,
+                                data,
+                            )
+                        )
+                        print(varying[-1], flush=True)
+                        save()
+            del data
+        add_fixed_reference(varying, rows)
+    if rows:
+        print("\nTraining step of ErwinNSA, fixed sizes (median ms)")
+        print(f"Erwin columns: {ERWIN_SOURCE}")
+        print_table(rows)
+    if varying:
+        print(
+            "\nTraining step of ErwinNSA, batches of varying size (points/s over the timed steps)"
+        )
+        print_table(varying)
+    save(final=True)
+    if any("error" in r for r in rows + varying):
         sys.exit(1)
 
 

@@ -1,0 +1,78 @@
+"""What every benchmark records with its results (``--json PATH``): the card, the versions, the
+exact command and the commit, so that a figure made from the file can say where it came from
+(``benchmarks/plots.py``)."""
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit() -> str:
+    """The short commit of the checkout, with ``-dirty`` when tracked files differ from it.
+
+    ``$BENCH_COMMIT`` wins (for a copy of the tree without ``.git``, e.g. on a remote device:
+    ``BENCH_COMMIT=$(git rev-parse --short HEAD)`` where the copy was made); ``unknown`` when
+    neither is available.  Untracked files (build folders, the kernels link) do not count.
+    """
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+
+        def git(*args):
+            return subprocess.run(
+                ["git", "-C", ROOT, *args], capture_output=True, text=True, check=True, timeout=20
+            ).stdout.strip()
+
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def card(device: str) -> str:
+    """The accelerator's name, or the CPU's for CPU runs."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def metadata(device: str) -> dict:
+    """Card, versions, command, commit and UTC time of this run."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return {
+        "card": card(device),
+        "device": device,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "command": "python " + shlex.join([script, *sys.argv[1:]]),
+        "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def write_json(path: str, kind: str, meta: dict, rows: list, quiet: bool = False, **extra) -> None:
+    """Writes ``{"kind", "meta", "rows", **extra}`` to :obj:`path` (folders created;
+    replaced at once, so a reader never sees half a file)."""
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"kind": kind, "meta": meta, "rows": rows, **extra}, f, indent=1, default=str)
+    os.replace(tmp, path)
+    if not quiet:
+        print(f"results written to {path}", flush=True)
