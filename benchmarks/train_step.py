@@ -106,9 +106,9 @@ def sizes_of(name, args):
 def make_model(args, device):
     torch.manual_seed(0)
     return ErwinNSA(
-        8,
-        args.width,
-        3,
+        in_channels=8,
+        hidden_channels=args.width,
+        out_channels=3,
         num_layers=args.layers,
         heads=args.heads,
         ball_size=128,

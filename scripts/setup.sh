@@ -41,3 +41,13 @@ if ! $PY -c "import torch_cluster" 2>/dev/null; then
     ls "$DIR"/torch_cluster-*.whl >/dev/null 2>&1 && \
         $PIP install --no-deps "$DIR"/torch_cluster-*.whl || true
 fi
+
+# The ahead-of-time compile test (tests/kernels/test_aot_compile.py) also compiles every
+# kernel with the Triton release that torch 2.11's CUDA wheels pin (what GPU users run),
+# kept in a side folder outside the clone and put on the path of that test's subprocess only.
+PINNED_TRITON=3.6.0
+PINNED_DIR=${NSA_TRITON_PINNED_DIR:-$HOME/.cache/torch_geometric_nsa/triton-$PINNED_TRITON}
+if [ "$(uname -s)" = Linux ] && [ ! -f "$PINNED_DIR/triton/__init__.py" ]; then
+    $PIP install --no-deps --target "$PINNED_DIR" "triton==$PINNED_TRITON" \
+        || echo "triton $PINNED_TRITON could not be installed into $PINNED_DIR"
+fi

@@ -236,9 +236,8 @@ def test_conv(data, config, widths, nan_x, kind):
     width = 8 if widths[0] == -1 else widths[0]
     x = torch.randn(pos.size(0), width, generator=torch.Generator().manual_seed(1))
     poisoned = None
-    # NaN features of one cloud must not reach any other cloud.  (Not yet with the
-    # selected branch: see test_nan_features_stay_in_their_cloud_with_selection.)
-    if nan_x and "selected" not in config["branches"]:
+    # NaN features of one cloud must not reach any other cloud
+    if nan_x:
         b, sl = next(iter(cloud_slices(batch, sizes)))
         x[sl.start] = math.nan
         poisoned = b
@@ -260,14 +259,9 @@ def test_conv(data, config, widths, nan_x, kind):
             torch.testing.assert_close(out[sl], alone, atol=2e-4, rtol=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ops.reference.selected_attention clamps padded (-1) selections to block 0 and "
-    "multiplies their zero weights with that block's values: 0 * NaN leaks across clouds "
-    "(fix in ops: zero v where the key is invalid)",
-)
 def test_nan_features_stay_in_their_cloud_with_selection():
-    """Found by test_conv: two one-point clouds, topk=2 > the one block of each cloud."""
+    """Found by test_conv: two one-point clouds, topk=2 > the one block of each cloud (the -1
+    padding of the selection used to gather another cloud's values)."""
     pos, batch = torch.tensor([[0.0015], [-0.0003]]), torch.tensor([0, 1])
     x = torch.randn(2, 16)
     x[0] = math.nan
