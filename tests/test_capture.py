@@ -23,7 +23,7 @@ KW = dict(num_layers=2, heads=2, ball_size=32, compress_size=8, topk=2)
 
 def make_model(seed=0, **kwargs):
     torch.manual_seed(seed)
-    return ErwinNSA(4, 16, 3, **{**KW, **kwargs})
+    return ErwinNSA(in_channels=4, hidden_channels=16, out_channels=3, **{**KW, **kwargs})
 
 
 def make_batch(sizes, seed=0, device="cpu"):

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .tree import build_ball_tree, rotation_matrix, slot_capacity
+from .tree import build_ball_tree, slot_capacity
 
 __all__ = [
     "CapacityBuckets",
@@ -160,28 +160,13 @@ class PaddedBatch(NamedTuple):
         """The capacity-mode ball tree of the padded batch (and the rotated
         one if :obj:`rotate` is given, else :obj:`None`); no host
         synchronisation and, after the first call, no host-to-device copy
-        (the rotation matrix is kept on the device), so it can be recorded
+        (build_ball_tree keeps the rotation matrix on the device), so it can be recorded
         in a CUDA graph."""
         kw = dict(ball_size=ball_size, batch_size=self.batch_size, num_slots=self.num_slots)
         tree = build_ball_tree(self.pos, self.batch, **kw)
         if rotate is None:
             return tree, None
-        # what build_ball_tree(..., rotate=rotate) computes, with a cached matrix
-        rot = _rotation(self.pos.size(1), float(rotate), self.pos.device)
-        tree_rot = build_ball_tree(self.pos.detach().float() @ rot.T, self.batch, **kw)
-        return tree, tree_rot
-
-
-_ROTATIONS: Dict[Tuple[int, float, torch.device], Tensor] = {}
-
-
-def _rotation(dim: int, angle: float, device: torch.device) -> Tensor:
-    """:func:`~torch_geometric_nsa.tree.rotation_matrix` in float32 on
-    :obj:`device`, made once per ``(dim, angle, device)``."""
-    key = (dim, angle, torch.device(device))
-    if key not in _ROTATIONS:
-        _ROTATIONS[key] = rotation_matrix(dim, angle, device=device)
-    return _ROTATIONS[key]
+        return tree, build_ball_tree(self.pos, self.batch, rotate=float(rotate), **kw)
 
 
 def dummy_clouds_for(max_padding: int, dummy_cloud_size: int) -> int:

@@ -178,7 +178,7 @@ def _drive_tree(block, dim, capacity):
 OP_SETTINGS = [
     (128, 32, 32, 32, 8, 2, 3),  # the layer's defaults
     (64, 16, 32, 64, 3, 3, 2),  # odd top-k and head count, group = ball, 2-D
-    (32, 8, 8, 16, 1, 1, 1),  # top-1, one head, 1-D
+    (32, 16, 16, 16, 1, 1, 1),  # top-1, one head, 1-D, c = s = g = 16
 ]
 HEAD_DIMS = (8, 16, 32, 64, 128)
 

@@ -36,6 +36,18 @@ def rotation_matrix(dim: int, angle: float, dtype=torch.float32, device=None) ->
     return rot.to(dtype=dtype, device=device)
 
 
+#: float64 rotation matrices already on a device, per ``(dim, angle, device)``: a build with
+#: ``rotate`` then copies nothing from the host, so it can be recorded in a CUDA graph
+_ROTATIONS: dict = {}
+
+
+def _device_rotation(dim: int, angle: float, device: torch.device) -> Tensor:
+    key = (dim, angle, torch.device(device))
+    if key not in _ROTATIONS:
+        _ROTATIONS[key] = rotation_matrix(dim, angle, dtype=torch.float64, device=device)
+    return _ROTATIONS[key]
+
+
 def _ordered_bits(x: Tensor) -> Tensor:
     """Maps float32 values to int64 in [0, 2^32) preserving their order."""
     bits = (x.float() + 0.0).view(torch.int32).to(torch.int64)  # -0.0 -> +0.0
@@ -210,7 +222,7 @@ def _build_coordinates(pos: Tensor, batch: Optional[Tensor], rotate: Optional[fl
         )[start]
     p = p - corner
     if rotate is not None:
-        p = p @ rotation_matrix(p.size(1), rotate, dtype=torch.float64, device=p.device).T
+        p = p @ _device_rotation(p.size(1), rotate, p.device).T
     return p.float()
 
 
