@@ -52,6 +52,8 @@ def test_shapenet_smoke(shapenet_root, tmp_path):
         [
             "--root",
             shapenet_root,
+            "--split",
+            "order",
             "--num-train",
             "3",
             "--steps",
