@@ -13,7 +13,9 @@ The benchmark is the full set of 889 cars under ``<root>/raw``, either the raw
 preprocessed ``param{0..8}/<id>/mesh_points.th`` + ``pressure.th`` folders (see
 :class:`torch_geometric_nsa.datasets.ShapeNetCar`; nothing is downloaded)::
 
-    python examples/shapenet_car.py --root /data/shapenet_car
+    python examples/shapenet_car.py --root /data/shapenet_car \\
+        --hidden 64 --layers 4 --heads 4 --ball-size 128 --compress-size 32 \\
+        --lr 1e-3 --batch-size 8 --steps 50000 --num-workers 4
 
 It follows Erwin's setting: the 189 test cars
 ``torch.randperm(889, generator=torch.Generator().manual_seed(0))[:189]``
@@ -216,14 +218,14 @@ def get_parser():
     # defaults sized for the demonstration (3 training cars, a 2-core CPU)
     _train.add_common_args(
         parser,
-        hidden=64,
-        layers=4,
-        heads=4,
-        ball_size=128,
-        compress_size=32,
-        steps=200,
+        hidden=32,
+        layers=2,
+        heads=2,
+        ball_size=64,
+        compress_size=16,
+        steps=300,
         batch_size=1,
-        lr=1e-3,
+        lr=3e-3,
         ckpt_every=100,
     )
     return parser
