@@ -199,8 +199,8 @@ def tree_transform(args) -> Optional[BallTree]:
     model of ``args`` reads (:obj:`None` for models without trees)."""
     if args.model not in TREE_MODELS:
         return None
-    rotate = args.rotate if args.layers > 1 else None  # ErwinNSA.uses_rotation
-    return BallTree(ball_size=args.ball_size, rotate=rotate)
+    # the model's own angle (a one-block model never reads the rotated tree)
+    return BallTree(ball_size=args.ball_size, rotate=args.rotate)
 
 
 # ---------------------------------------------------------------------------
@@ -503,8 +503,9 @@ def load_checkpoint(path: str, device=None) -> Dict[str, Any]:
         if "GLOBAL" in detail or "global" in detail:
             raise CheckpointError(
                 f"refusing to load checkpoint '{path}': it asks to import code ({detail}). "
-                "Checkpoints of these examples hold only tensors and plain values, so this "
-                "file was not written by them; do not load it with weights_only=False."
+                "Checkpoints of these examples hold only tensors and plain values; this "
+                "file was written by something else (or by an older version of the "
+                "examples): do not load it with weights_only=False unless you trust it."
             ) from e
         raise CheckpointError(
             f"cannot read checkpoint '{path}' (corrupt or not a checkpoint): {detail}"
