@@ -3,13 +3,16 @@
 With no arguments it trains on real data offline: the small Abacus N-body run
 ``Mini_N64_L32`` (262,144 particles, 32 Mpc/h periodic box, z = 0) from the
 ``abacusutils`` source distribution, read with ``abacusnbody`` (GPL, installed
-separately, never copied), cut into 4x4x4 sub-boxes of ~4,096 particles (the
-x = last column of sub-boxes is the test split).  Once, with network access::
+separately, never copied), cut into 4x4x4 sub-boxes (506 to 20,815 particles:
+the particles cluster; the x = last column of sub-boxes is the test split).
+Once, with access to PyPI::
 
-    pip install abacusutils
-    pip download --no-deps --no-binary :all: abacusutils==2.1.2 -d ~/abacus
-    tar xzf ~/abacus/abacusutils-2.1.2.tar.gz -C ~/abacus
-    export ABACUS_MINI_N64_L32=~/abacus/abacusutils-2.1.2/tests/Mini_N64_L32
+    pip install abacusutils                            # the readers
+    python -m torch_geometric_nsa.datasets.abacus_mini  # the run, ~4 MB
+
+(``--abacus-dir`` or ``$ABACUS_MINI_N64_L32`` point at a copy elsewhere.)
+This small default does not give a model much to learn: see the examples'
+README for why.
 
 The benchmark of Balla et al. 2024 (``halos_{train,val,test}_*.tfrecord``,
 5,000 halos per cloud, read without TensorFlow) works with
