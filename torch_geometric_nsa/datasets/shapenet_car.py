@@ -78,7 +78,7 @@ class ShapeNetCar(InMemoryDataset):
 
     Samples are ordered ``param0`` ... ``param8``, names sorted within each.
     With :obj:`test_split="erwin"` (the default) the test split is Erwin's:
-    the 189 indices of :func:`erwin_test_indices` over the full 889 cars, the
+    the 189 indices ``erwin_test_indices()`` (in ``shapenet_car``) over the full 889 cars, the
     other 700 train.  :obj:`test_split="order"` keeps the first
     :obj:`num_train` samples for training and tests on the rest.
 
