@@ -8,50 +8,37 @@
 * ``point-transformer``: a residual stack of PyG's
   :class:`~torch_geometric.nn.conv.PointTransformerConv` on a kNN graph;
 * ``mlp``: a per-point MLP (no interaction between points).
+
+``erwin-nsa`` and ``local-only`` also take ``tree`` and ``tree_rot``: the
+layouts that the :class:`~torch_geometric_nsa.transforms.BallTree` transform
+stored on the batch (``_train.forward`` reads them with
+:meth:`~torch_geometric_nsa.nn.models.ErwinNSA.trees_from_data`).
 """
 
-from typing import Optional
-
 import torch
-from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Sequential
+from torch_geometric.nn import MLP as PyGMLP
 
-
-def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = True) -> Tensor:
-    """``[2, N*k]`` edges (source, target) from the ``k`` nearest points of the
-    same cloud to every point; uses the package's helper when present."""
-    try:
-        from torch_geometric_nsa.nn import knn_graph as _knn
-
-        return _knn(pos, k, batch, loop=loop)
-    except ImportError:  # pragma: no cover - older package versions
-        pass
-    N = pos.size(0)  # pragma: no cover - fallback: chunked brute force
-    batch = pos.new_zeros(N, dtype=torch.long) if batch is None else batch
-    rows, cols = [], []
-    for s in range(0, N, 1024):
-        d = torch.cdist(pos[s : s + 1024], pos)
-        d[batch[s : s + 1024, None] != batch[None, :]] = float("inf")
-        if not loop:
-            d[torch.arange(d.size(0)), torch.arange(s, s + d.size(0))] = float("inf")
-        idx = d.topk(min(k, N), largest=False).indices
-        cols.append(torch.arange(s, s + d.size(0)).repeat_interleave(idx.size(1)))
-        rows.append(idx.reshape(-1))
-    return torch.stack([torch.cat(rows), torch.cat(cols)])
+from torch_geometric_nsa.nn import knn_graph
 
 
 class MLP(torch.nn.Module):
-    """Per-point MLP baseline."""
+    """Per-point MLP baseline: PyG's :class:`~torch_geometric.nn.models.MLP`
+    (``num_layers + 1`` linear layers, GELU, LayerNorm) behind the common call
+    signature."""
 
     def __init__(
         self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 4
     ):
         super().__init__()
-        layers = [Linear(in_channels, hidden_channels), GELU()]
-        for _ in range(num_layers - 1):
-            layers += [LayerNorm(hidden_channels), Linear(hidden_channels, hidden_channels), GELU()]
-        layers.append(Linear(hidden_channels, out_channels))
-        self.net = Sequential(*layers)
+        self.net = PyGMLP(
+            in_channels=in_channels,
+            hidden_channels=hidden_channels,
+            out_channels=out_channels,
+            num_layers=num_layers + 1,
+            act="gelu",
+            norm="layer_norm",
+        )
 
     def forward(self, x, pos, batch=None, edge_index=None):
         return self.net(x)
@@ -123,10 +110,11 @@ def build_model(args, in_channels: int, out_channels: int) -> torch.nn.Module:
         branches = ("local",)
     else:
         branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
+    # keyword arguments only: valid under both the old and PyG's argument order
     return ErwinNSA(
-        in_channels,
-        args.hidden,
-        out_channels,
+        in_channels=in_channels,
+        hidden_channels=args.hidden,
+        out_channels=out_channels,
         num_layers=args.layers,
         heads=args.heads,
         ball_size=args.ball_size,

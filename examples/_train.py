@@ -1,18 +1,27 @@
-"""One training loop for every example (no dependency on torch_geometric_nsa).
+"""One training loop for every example.
 
 An example describes its data and metrics with a :class:`Task`; :func:`main`
 does the rest:
 
-* argparse flags shared by all examples (:func:`add_common_args`);
+* argparse flags shared by all examples (:func:`add_common_args`), every one
+  with a help line and its default;
+* PyG's :class:`~torch_geometric.loader.DataLoader` (``--num-workers``
+  workers) over datasets that carry the ball tree of every sample from the
+  :class:`~torch_geometric_nsa.transforms.BallTree` transform
+  (:func:`tree_transform`); the loop consumes :class:`~torch_geometric.data.Batch`
+  objects and hands the collated trees to the model (:func:`forward`);
 * single process, or DistributedDataParallel under ``torchrun`` (gloo on CPU,
   nccl on CUDA) with a :class:`~torch.utils.data.DistributedSampler`, rank-0
   logging and checkpoints;
-* tqdm progress with the loss and the throughput, a ``metrics.jsonl`` line per
-  step;
+* tqdm progress with the loss and the throughput, a ``metrics.jsonl`` line
+  every ``--log-every`` steps;
 * a checkpoint every ``--ckpt-every`` steps holding the model, the optimiser,
-  every RNG state and the step; ``--resume`` continues the same loss curve (the
-  sampler's order is a function of ``(seed, epoch)`` and the position within
-  the epoch is ``step % steps_per_epoch``, so nothing else needs saving);
+  every RNG state (as tensors), the step and the settings; it is read back with
+  ``torch.load(weights_only=True)``, so a planted file cannot run code.
+  ``--resume`` refuses a checkpoint whose settings differ (only ``--steps`` may
+  change, with ``--allow-change steps``) and continues the same loss curve
+  (the sampler's order is a function of ``(seed, epoch)`` and the position
+  within the epoch is ``step % steps_per_epoch``, so nothing else needs saving);
 * at the end, the task's test metrics (``test_metrics.json``) and figures next
   to the metrics, among them the loss curves.
 """
@@ -24,16 +33,20 @@ import json
 import math
 import os
 import os.path as osp
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch_geometric.data import Batch
+from torch.utils.data import DistributedSampler, Sampler
+from torch_geometric.loader import DataLoader
+
+from torch_geometric_nsa.transforms import BallTree
 
 try:
     from tqdm.auto import tqdm
@@ -45,50 +58,149 @@ except ImportError:  # pragma: no cover
 # arguments
 # ---------------------------------------------------------------------------
 MODELS = ("erwin-nsa", "local-only", "point-transformer", "mlp")
+#: models that read ball trees (their datasets get the BallTree transform)
+TREE_MODELS = ("erwin-nsa", "local-only")
+
+#: settings that never change the model, the data or the optimisation: they
+#: may differ between a checkpoint and ``--resume`` (and between ablation runs)
+FREE_SETTINGS = frozenset(
+    {
+        "out",
+        "resume",
+        "allow_change",
+        "ckpt_every",
+        "log_every",
+        "no_figures",
+        "no_progress",
+        "stop_after",
+        "device",
+        "threads",
+        "num_workers",
+        "eval_batch_size",
+        "compile",
+    }
+)
+#: settings that may change on ``--resume`` when named in ``--allow-change``
+CHANGEABLE_SETTINGS = ("steps",)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` with the module docstring as written and every default."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {value})")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer (got {value})")
+    return value
 
 
 def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
     """Flags shared by the examples; ``defaults`` overrides the defaults."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS, default="erwin-nsa")
-    g.add_argument("--hidden", type=int, default=64, help="hidden channels")
-    g.add_argument("--layers", type=int, default=4, help="number of blocks")
-    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--model", choices=MODELS, default="erwin-nsa", help="model to train")
+    g.add_argument("--hidden", type=positive_int, default=64, help="hidden channels")
+    g.add_argument("--layers", type=positive_int, default=4, help="number of blocks")
+    g.add_argument("--heads", type=positive_int, default=4, help="attention heads")
     g.add_argument(
         "--branches",
         default="compressed,selected,local",
         help="comma-separated NSA branches (erwin-nsa only)",
     )
-    g.add_argument("--ball-size", type=int, default=128)
-    g.add_argument("--compress-size", type=int, default=32)
-    g.add_argument("--select-size", type=int, default=None)
-    g.add_argument("--topk", type=int, default=4)
-    g.add_argument("--rotate", type=float, default=45.0)
-    g.add_argument("--knn", type=int, default=16, help="neighbours (point-transformer)")
-    g = parser.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--batch-size", type=int, default=1, help="clouds per step and process")
-    g.add_argument("--eval-batch-size", type=int, default=None)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--ball-size", type=positive_int, default=128, help="points per ball")
     g.add_argument(
-        "--warmup", type=int, default=None, help="linear warm-up steps (default: 5%% of --steps)"
+        "--compress-size", type=positive_int, default=32, help="points per compressed block"
+    )
+    g.add_argument(
+        "--select-size",
+        type=positive_int,
+        default=None,
+        help="points per selected block (None: the compression block size)",
+    )
+    g.add_argument("--topk", type=positive_int, default=4, help="selected blocks per query")
+    g.add_argument("--rotate", type=float, default=45.0, help="angle of the rotated tree (degrees)")
+    g.add_argument("--knn", type=positive_int, default=16, help="neighbours (point-transformer)")
+    g = parser.add_argument_group("training")
+    g.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps")
+    g.add_argument("--batch-size", type=positive_int, default=1, help="clouds per step and process")
+    g.add_argument(
+        "--eval-batch-size",
+        type=positive_int,
+        default=None,
+        help="clouds per evaluation batch (None: --batch-size)",
+    )
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=None,
+        help="linear warm-up steps (None: 5%% of --steps); cosine decay follows",
     )
     g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the model, sampler and RNGs")
+    g.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=0,
+        help="DataLoader worker processes (0: load in the training process)",
+    )
     g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (None: torch's)"
+    )
     g = parser.add_argument_group("output")
-    g.add_argument("--out", default=None, help="run folder (metrics, checkpoints, figures)")
-    g.add_argument("--ckpt-every", type=int, default=100)
-    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
-    g.add_argument("--log-every", type=int, default=1)
-    g.add_argument("--no-figures", action="store_true")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument(
+        "--out",
+        default=None,
+        help="run folder for metrics, checkpoints and figures (None: runs/<example>-<model>)",
+    )
+    g.add_argument(
+        "--ckpt-every",
+        type=non_negative_int,
+        default=100,
+        help="checkpoint every this many steps and at the end (0: no checkpoints)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/ckpt.pt; refuses a checkpoint with other settings",
+    )
+    g.add_argument(
+        "--allow-change",
+        nargs="+",
+        default=[],
+        choices=CHANGEABLE_SETTINGS,
+        help="with --resume: settings that may differ from the checkpoint's",
+    )
+    g.add_argument(
+        "--log-every",
+        type=non_negative_int,
+        default=1,
+        help="metrics.jsonl line every this many steps (0: none)",
+    )
+    g.add_argument("--no-figures", action="store_true", help="skip the figures")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(**defaults)
     return parser
+
+
+def tree_transform(args) -> Optional[BallTree]:
+    """The :class:`BallTree` transform that gives every sample the trees the
+    model of ``args`` reads (:obj:`None` for models without trees)."""
+    if args.model not in TREE_MODELS:
+        return None
+    # the model's own angle (a one-block model never reads the rotated tree)
+    return BallTree(ball_size=args.ball_size, rotate=args.rotate)
 
 
 # ---------------------------------------------------------------------------
@@ -101,14 +213,18 @@ class Task:
     Attributes:
         name: short name (the default run folder is ``runs/<name>-<model>``).
         train_dataset, test_dataset: PyG datasets of :class:`Data` with ``x``,
-            ``pos``, ``y`` (and optionally ``edge_index``).
+            ``pos``, ``y`` (and optionally ``edge_index``), opened with
+            ``transform=tree_transform(args)``.
         in_channels, out_channels: the model's sizes.
-        evaluate: ``evaluate(predict, dataset, device, batch_size) -> dict``;
-            ``predict(batch) -> Tensor`` runs the model.  Scalars in the dict
-            are test metrics; the rest is handed to :obj:`figures`.
+        evaluate: ``evaluate(predict, loader) -> dict``; ``loader`` is a
+            :class:`DataLoader` over the test set (``loader.dataset``), and
+            ``predict(batch) -> Tensor`` runs the model on a batch of it.
+            Scalars in the dict are test metrics; the rest is handed to
+            :obj:`figures`.
         figures: ``figures(result, out_dir) -> [paths]``.
         summary: ``summary(result) -> str`` printed at the end.
         loss: ``loss(pred, batch) -> Tensor`` (default: MSE against ``batch.y``).
+        use_edges: hand ``batch.edge_index`` to the model's embedding.
     """
 
     name: str
@@ -184,36 +300,96 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """Every RNG state as tensors and plain numbers (loadable with ``weights_only``)."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = dict(
+        python=torch.tensor(words, dtype=torch.int64),
+        python_version=int(version),
+        python_gauss=gauss,
+        numpy=torch.from_numpy(keys.astype(np.int64)),
+        numpy_pos=int(pos),
+        numpy_gauss=(int(has_gauss), float(cached)),
+        torch=torch.get_rng_state(),
+    )
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    words = tuple(int(w) for w in state["python"].tolist())
+    random.setstate((state["python_version"], words, state["python_gauss"]))
+    keys = state["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], *state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # ---------------------------------------------------------------------------
-# batching
+# data loading and the forward pass
 # ---------------------------------------------------------------------------
-def collate(dataset, indices: List[int]) -> Batch:
-    return Batch.from_data_list([dataset[int(i)] for i in indices])
+class StepSampler(Sampler):
+    """Sample indices for the steps from ``start_step`` on, without end: epoch
+    after epoch of ``sampler`` (a :class:`DistributedSampler`), each cut to
+    whole batches so that no batch straddles two epochs.  The order depends
+    only on ``(seed, epoch)``, so a resumed run sees the batches it would
+    have seen."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, start_step: int = 0):
+        self.sampler, self.batch_size, self.start_step = sampler, batch_size, start_step
+        self.steps_per_epoch = len(sampler) // batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, pos = divmod(self.start_step, self.steps_per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)[: self.steps_per_epoch * self.batch_size]
+            yield from order[pos * self.batch_size :]
+            epoch, pos = epoch + 1, 0
 
 
-def iterate_batches(dataset, batch_size: int):
-    """Plain in-order batches (evaluation)."""
-    for s in range(0, len(dataset), batch_size):
-        yield collate(dataset, range(s, min(s + batch_size, len(dataset))))
+def train_loader(dataset, args, env: Env, start_step: int) -> DataLoader:
+    """Batches of ``dataset`` for the steps from ``start_step`` on (this
+    process's share under ``torchrun``)."""
+    sampler = DistributedSampler(
+        dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=args.seed, drop_last=True
+    )
+    if len(sampler) < args.batch_size:
+        raise ValueError(
+            f"{len(dataset)} training samples are too few for {env.world} process(es) x "
+            f"batch size {args.batch_size}: pass a smaller --batch-size"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=StepSampler(sampler, args.batch_size, start_step),
+        num_workers=args.num_workers,
+        # the loader's seed comes from its own generator, not the global RNG
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
 
-def forward(model, batch, use_edges: bool = True) -> Tensor:
+def test_loader(dataset, args) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=args.eval_batch_size or args.batch_size,
+        shuffle=False,
+        num_workers=args.num_workers,
+    )
+
+
+def forward(model, batch, net=None, use_edges: bool = True) -> Tensor:
+    """Runs ``net`` (by default ``model``; a DDP or compiled wrapper of it) on
+    a :class:`Batch`, with the ball trees the batch carries when the model
+    reads trees."""
+    net = model if net is None else net
+    kwargs = {}
+    if hasattr(model, "trees_from_data"):
+        kwargs["tree"], kwargs["tree_rot"] = model.trees_from_data(batch)
     edge_index = getattr(batch, "edge_index", None) if use_edges else None
-    return model(batch.x, batch.pos, batch.batch, edge_index)
+    return net(batch.x, batch.pos, batch.batch, edge_index, **kwargs)
 
 
 def lr_at(step: int, args) -> float:
@@ -229,10 +405,23 @@ def lr_at(step: int, args) -> float:
 # logging
 # ---------------------------------------------------------------------------
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a partial last line (a run killed
+    while writing it) is skipped, any other malformed line is an error."""
     if not osp.isfile(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # no newline after it: cut off mid-write
+                break
+            raise ValueError(f"'{path}', line {i + 1}: not a JSON row ({e})") from e
+    return rows
 
 
 def _truncate_jsonl(path: str, step: int) -> None:
@@ -285,203 +474,311 @@ def save_figure(fig, out_dir: str, name: str, dpi: int = 110) -> str:
 
 
 # ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+CKPT_KEYS = ("model", "optimizer", "step", "rng", "args")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot or must not be used."""
+
+
+def _load_error_detail(e: Exception) -> str:
+    skip = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(skip)]
+    return (useful or lines or [type(e).__name__])[0]
+
+
+def load_checkpoint(path: str, device=None) -> Dict[str, Any]:
+    """Reads a checkpoint written by :func:`save_checkpoint` with
+    ``torch.load(weights_only=True)``: tensors and plain values only, so a
+    planted pickle is refused instead of run."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"--resume: no checkpoint '{path}'")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = _load_error_detail(e)
+        if "GLOBAL" in detail or "global" in detail:
+            raise CheckpointError(
+                f"refusing to load checkpoint '{path}': it asks to import code ({detail}). "
+                "Checkpoints of these examples hold only tensors and plain values; this "
+                "file was written by something else (or by an older version of the "
+                "examples): do not load it with weights_only=False unless you trust it."
+            ) from e
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}' (corrupt or not a checkpoint): {detail}"
+        ) from e
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}' (corrupt, truncated or not a checkpoint): "
+            f"{type(e).__name__}: {_load_error_detail(e)}"
+        ) from e
+    missing = [k for k in CKPT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"'{path}' is not a checkpoint of these examples: it lacks {', '.join(missing)}"
+        )
+    return ckpt
+
+
+def save_checkpoint(path: str, model, opt, step: int, args, env: Env) -> None:
+    """Writes model, optimiser, step, settings and every process's RNG states
+    (atomically: a run killed while saving keeps the previous checkpoint)."""
+    rngs: Any = rng_state()
+    if env.distributed:
+        gathered = [None] * env.world
+        dist.all_gather_object(gathered, rngs)
+        rngs = gathered
+    if not env.main:
+        return
+    state = dict(
+        model=model.state_dict(), optimizer=opt.state_dict(), step=step, rng=rngs, args=vars(args)
+    )
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def setting_differences(old: Dict[str, Any], new: Dict[str, Any], allowed=()) -> List[str]:
+    """The settings (as flags) in which two runs differ, ignoring
+    :data:`FREE_SETTINGS` and ``allowed``."""
+    keys = sorted((set(old) | set(new)) - FREE_SETTINGS - set(allowed))
+    missing = "<not set>"
+    return [
+        f"--{k.replace('_', '-')}: {old.get(k, missing)!r} in the checkpoint, "
+        f"{new.get(k, missing)!r} now"
+        for k in keys
+        if old.get(k, missing) != new.get(k, missing)
+    ]
+
+
+def resume(path: str, model, opt, args, env: Env) -> int:
+    """Restores a checkpoint into ``model`` and ``opt`` after checking that it
+    was written with the same settings; returns its step."""
+    ckpt = load_checkpoint(path, env.device)
+    diff = setting_differences(ckpt["args"], vars(args), args.allow_change)
+    if diff:
+        raise ValueError(
+            f"--resume: the checkpoint '{path}' was written with other settings:\n  "
+            + "\n  ".join(diff)
+            + "\nStart a new run (another --out), or resume with the checkpoint's settings"
+            + f" (only {', '.join(CHANGEABLE_SETTINGS)} may change, with --allow-change)."
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint '{path}' does not fit this model: {e}") from e
+    rng = ckpt["rng"]
+    set_rng_state(rng[env.rank] if isinstance(rng, list) else rng)
+    return int(ckpt["step"])
+
+
+# ---------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------
-def main(args, task: Task, build_model: Callable) -> Dict[str, Any]:
-    """Trains ``build_model(args, in_channels, out_channels)`` on ``task``.
+@dataclass
+class Run:
+    """The state of a training run."""
 
-    Returns the test result dict (on rank 0; ``{}`` elsewhere).
-    """
+    args: Any
+    task: Task
+    env: Env
+    model: torch.nn.Module
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    step: int
+    out: str
+
+    @property
+    def metrics_path(self) -> str:
+        return osp.join(self.out, "metrics.jsonl")
+
+    @property
+    def ckpt_path(self) -> str:
+        return osp.join(self.out, "ckpt.pt")
+
+
+def setup(args, task: Task, build_model: Callable) -> Run:
+    """Builds the model and optimiser, resumes from the checkpoint when
+    asked, and writes ``args.json``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     env = setup_env(args.device)
-    out = args.out or osp.join("runs", f"{task.name}-{args.model}")
-    args.out = out
-    metrics_path = osp.join(out, "metrics.jsonl")
-    ckpt_path = osp.join(out, "ckpt.pt")
+    args.out = args.out or osp.join("runs", f"{task.name}-{args.model}")
     if env.main:
-        os.makedirs(out, exist_ok=True)
-
+        os.makedirs(args.out, exist_ok=True)
     seed_everything(args.seed)
     model = build_model(args, task.in_channels, task.out_channels).to(env.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    step = 0
+    run = Run(args, task, env, model, model, opt, 0, args.out)
     if args.resume:
-        if not osp.isfile(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint '{ckpt_path}'")
-        ckpt = torch.load(ckpt_path, map_location=env.device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        set_rng_state(ckpt["rng"][env.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        run.step = resume(run.ckpt_path, model, opt, args, env)
         if env.main:
-            _truncate_jsonl(metrics_path, step)
-    elif env.main and osp.isfile(metrics_path):
-        os.remove(metrics_path)
+            _truncate_jsonl(run.metrics_path, run.step)
+    elif env.main:  # a new run: nothing of an earlier one in this folder may look like its own
+        for name in ("metrics.jsonl", "test_metrics.json"):
+            if osp.isfile(osp.join(args.out, name)):
+                os.remove(osp.join(args.out, name))
     if env.main:
-        with open(osp.join(out, "args.json"), "w") as f:
+        with open(osp.join(args.out, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=1)
-
-    net = model
     if env.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
+        run.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
     if args.compile:
-        net = torch.compile(net, dynamic=True)
-    loss_fn = task.loss or mse_loss
+        run.net = torch.compile(run.net, dynamic=True)
+    return run
 
-    ds = task.train_dataset
-    sampler = torch.utils.data.DistributedSampler(
-        ds, num_replicas=env.world, rank=env.rank, shuffle=True, seed=args.seed, drop_last=True
-    )
-    per_epoch = len(sampler) // args.batch_size
-    if per_epoch < 1:
-        raise ValueError(
-            f"{len(ds)} training samples are too few for "
-            f"{env.world} process(es) x batch size {args.batch_size}"
-        )
-    n_params = sum(p.numel() for p in model.parameters())
-    if env.main:
-        print(
-            f"[{task.name}] model={args.model} params={n_params:,} "
-            f"train={len(ds)} test={len(task.test_dataset)} device={env.device} "
-            f"processes={env.world} out={out}",
-            flush=True,
-        )
 
+def train_step(run: Run, batch) -> float:
+    """One optimiser step on ``batch``; returns the loss (averaged over processes)."""
+    lr = lr_at(run.step, run.args)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    run.net.train()
+    run.opt.zero_grad(set_to_none=True)
+    pred = forward(run.model, batch, run.net, run.task.use_edges)
+    loss = (run.task.loss or mse_loss)(pred, batch)
+    loss.backward()
+    if run.args.clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.clip)
+    run.opt.step()
+    value = loss.detach()
+    if run.env.distributed:
+        dist.all_reduce(value)
+        value /= run.env.world
+    return float(value)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return bool(every) and (step % every == 0 or step == last)
+
+
+def train(run: Run) -> float:
+    """Trains until ``--steps`` (or ``--stop-after``); returns the seconds spent."""
+    args, env = run.args, run.env
+    stop = min(args.steps, args.stop_after if args.stop_after is not None else args.steps)
     bar = None
     if env.main and tqdm is not None and not args.no_progress:
         bar = tqdm(
-            total=args.steps, initial=step, desc=f"{task.name}/{args.model}", dynamic_ncols=True
+            total=args.steps,
+            initial=run.step,
+            desc=f"{run.task.name}/{args.model}",
+            dynamic_ncols=True,
         )
-    log = open(metrics_path, "a") if env.main else None
+    log = open(run.metrics_path, "a") if env.main else None
     t_start = time.perf_counter()
-    stop = args.stop_after if args.stop_after is not None else args.steps
-    while step < min(args.steps, stop):
-        epoch, pos = divmod(step, per_epoch)
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        for b in range(pos, per_epoch):
-            if step >= min(args.steps, stop):
-                break
-            batch = collate(ds, order[b * args.batch_size : (b + 1) * args.batch_size])
-            batch = batch.to(env.device)
-            lr = lr_at(step, args)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            net.train()
-            opt.zero_grad(set_to_none=True)
-            pred = forward(net, batch, task.use_edges)
-            loss = loss_fn(pred, batch)
-            loss.backward()
-            if args.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            opt.step()
-            loss_val = loss.detach()
-            if env.distributed:
-                dist.all_reduce(loss_val)
-                loss_val /= env.world
-            loss_val = float(loss_val)
-            if env.device.type == "cuda":
-                torch.cuda.synchronize(env.device)
-            dt = time.perf_counter() - t0
-            step += 1
-            points = batch.num_nodes * env.world
-            if env.main:
-                if not math.isfinite(loss_val):
-                    raise FloatingPointError(f"loss is {loss_val} at step {step}")
-                if step % args.log_every == 0 or step == args.steps:
-                    log.write(
-                        json.dumps(
-                            dict(
-                                step=step, loss=loss_val, lr=lr, points_per_s=points / dt, step_s=dt
-                            )
-                        )
-                        + "\n"
-                    )
-                    log.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_val:.4f}", pts_s=f"{points / dt:,.0f}")
-                    bar.update(1)
-            if step % args.ckpt_every == 0 or step == args.steps:
-                rngs = rng_state()
-                if env.distributed:
-                    gathered = [None] * env.world
-                    dist.all_gather_object(gathered, rngs)
-                    rngs = gathered
-                if env.main:
-                    tmp = ckpt_path + ".tmp"
-                    torch.save(
-                        dict(
-                            model=model.state_dict(),
-                            optimizer=opt.state_dict(),
-                            step=step,
-                            rng=rngs,
-                            args=vars(args),
-                        ),
-                        tmp,
-                    )
-                    os.replace(tmp, ckpt_path)
+    batches = iter(train_loader(run.task.train_dataset, args, env, run.step))
+    while run.step < stop:
+        batch = next(batches).to(env.device)
+        t0 = time.perf_counter()
+        loss = train_step(run, batch)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        dt = time.perf_counter() - t0
+        run.step += 1
+        points = batch.num_nodes * env.world
+        if env.main:
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {run.step}")
+            if _due(run.step, args.log_every, args.steps):
+                row = dict(
+                    step=run.step,
+                    loss=loss,
+                    lr=lr_at(run.step - 1, args),
+                    points_per_s=points / dt,
+                    step_s=dt,
+                )
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", pts_s=f"{points / dt:,.0f}")
+                bar.update(1)
+        if _due(run.step, args.ckpt_every, args.steps):
+            save_checkpoint(run.ckpt_path, run.model, run.opt, run.step, args, env)
+    del batches  # stops the loader's workers
     if bar is not None:
         bar.close()
-    train_s = time.perf_counter() - t_start
     if log is not None:
         log.close()
-    if step < args.steps:  # interrupted on purpose (--stop-after)
-        if env.distributed:
-            dist.barrier()
-        return {}
+    return time.perf_counter() - t_start
 
+
+def report(run: Run, train_seconds: float) -> Dict[str, Any]:
+    """Evaluates on the test set, writes ``test_metrics.json`` and the
+    figures, prints the summary (rank 0)."""
+    args, env, task, model = run.args, run.env, run.task, run.model
+    model.eval()
+
+    @torch.no_grad()
+    def predict(batch):
+        # a shallow copy: ``Batch.to`` moves in place, and the task reads
+        # its targets from ``batch`` on the CPU afterwards
+        return forward(model, copy.copy(batch).to(env.device), use_edges=task.use_edges)
+
+    t0 = time.perf_counter()
+    result = task.evaluate(predict, test_loader(task.test_dataset, args))
+    scalars = {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)
+    }
+    scalars.update(
+        train_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - t0,
+        params=sum(p.numel() for p in model.parameters()),
+        steps=run.step,
+        model=args.model,
+        processes=env.world,
+    )
+    rows = read_jsonl(run.metrics_path)
+    if rows:
+        tail = rows[-max(1, len(rows) // 10) :]
+        scalars["final_train_loss"] = float(np.mean([r["loss"] for r in tail]))
+        scalars["points_per_s"] = float(np.median([r["points_per_s"] for r in rows]))
+    with open(osp.join(run.out, "test_metrics.json"), "w") as f:
+        json.dump(scalars, f, indent=1)
+    result["scalars"] = scalars
+    paths = []
+    if not args.no_figures:
+        p = plot_loss_curves(run.metrics_path, run.out)
+        paths += [p] if p else []
+        if task.figures is not None:
+            paths += [p for p in task.figures(result, run.out) if p]
+    result["figures"] = paths
+    if task.summary is not None:
+        print(task.summary(result), flush=True)
+    print(f"metrics: {run.metrics_path}\ntest metrics: {osp.join(run.out, 'test_metrics.json')}")
+    if paths:
+        print("figures written to: " + ", ".join(paths), flush=True)
+    return result
+
+
+def main(args, task: Task, build_model: Callable) -> Dict[str, Any]:
+    """Trains ``build_model(args, in_channels, out_channels)`` on ``task``.
+
+    Returns the test result dict (on rank 0; ``{}`` elsewhere, and after
+    ``--stop-after``).
+    """
+    run = setup(args, task, build_model)
+    if run.env.main:
+        print(
+            f"[{task.name}] model={args.model} "
+            f"params={sum(p.numel() for p in run.model.parameters()):,} "
+            f"train={len(task.train_dataset)} test={len(task.test_dataset)} "
+            f"device={run.env.device} processes={run.env.world} workers={args.num_workers} "
+            f"out={run.out}",
+            flush=True,
+        )
+    seconds = train(run)
     result: Dict[str, Any] = {}
-    if env.main:
-        model.eval()
-
-        @torch.no_grad()
-        def predict(batch):
-            # a shallow copy: ``Batch.to`` moves in place, and the task reads
-            # its targets from ``batch`` on the CPU afterwards
-            return forward(model, copy.copy(batch).to(env.device), task.use_edges)
-
-        t0 = time.perf_counter()
-        result = task.evaluate(
-            predict, task.test_dataset, env.device, args.eval_batch_size or args.batch_size
-        )
-        scalars = {
-            k: float(v)
-            for k, v in result.items()
-            if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)
-        }
-        scalars.update(
-            train_seconds=train_s,
-            eval_seconds=time.perf_counter() - t0,
-            params=n_params,
-            steps=step,
-            model=args.model,
-            processes=env.world,
-        )
-        rows = read_jsonl(metrics_path)
-        if rows:
-            tail = rows[-max(1, len(rows) // 10) :]
-            scalars["final_train_loss"] = float(np.mean([r["loss"] for r in tail]))
-            scalars["points_per_s"] = float(np.median([r["points_per_s"] for r in rows]))
-        with open(osp.join(out, "test_metrics.json"), "w") as f:
-            json.dump(scalars, f, indent=1)
-        result["scalars"] = scalars
-        paths = []
-        if not args.no_figures:
-            p = plot_loss_curves(metrics_path, out)
-            paths += [p] if p else []
-            if task.figures is not None:
-                paths += [p for p in task.figures(result, out) if p]
-        result["figures"] = paths
-        if task.summary is not None:
-            print(task.summary(result), flush=True)
-        print(f"metrics: {metrics_path}\ntest metrics: {osp.join(out, 'test_metrics.json')}")
-        if paths:
-            print("figures written to: " + ", ".join(paths), flush=True)
-    if env.distributed:
+    if run.step == args.steps and run.env.main:
+        result = report(run, seconds)
+    if run.env.distributed:
         dist.barrier()
     return result
 

@@ -3,13 +3,16 @@
 With no arguments it trains on real data offline: the small Abacus N-body run
 ``Mini_N64_L32`` (262,144 particles, 32 Mpc/h periodic box, z = 0) from the
 ``abacusutils`` source distribution, read with ``abacusnbody`` (GPL, installed
-separately, never copied), cut into 4x4x4 sub-boxes of ~4,096 particles (the
-x = last column of sub-boxes is the test split).  Once, with network access::
+separately, never copied), cut into 4x4x4 sub-boxes (506 to 20,815 particles:
+the particles cluster; the x = last column of sub-boxes is the test split).
+Once, with access to PyPI::
 
-    pip install abacusutils
-    pip download --no-deps --no-binary :all: abacusutils==2.1.2 -d ~/abacus
-    tar xzf ~/abacus/abacusutils-2.1.2.tar.gz -C ~/abacus
-    export ABACUS_MINI_N64_L32=~/abacus/abacusutils-2.1.2/tests/Mini_N64_L32
+    pip install abacusutils                            # the readers
+    python -m torch_geometric_nsa.datasets.abacus_mini  # the run, ~4 MB
+
+(``--abacus-dir`` or ``$ABACUS_MINI_N64_L32`` point at a copy elsewhere.)
+This small default does not give a model much to learn: see the examples'
+README for why.
 
 The benchmark of Balla et al. 2024 (``halos_{train,val,test}_*.tfrecord``,
 5,000 halos per cloud, read without TensorFlow) works with
@@ -35,11 +38,12 @@ from _models import build_model  # noqa: E402
 from torch_geometric_nsa.datasets import CosmologyHalos  # noqa: E402
 
 
-def evaluate(predict, dataset, device, batch_size):
+def evaluate(predict, loader):
+    dataset = loader.dataset
     nse = se = se_mean = 0.0
     n = 0
     preds, trues, first = [], [], None
-    for batch in _train.iterate_batches(dataset, batch_size):
+    for batch in loader:
         out = predict(batch).float().cpu()
         nse += (out - batch.y).pow(2).sum().item()
         pred = dataset.denormalize(out)
@@ -109,15 +113,32 @@ def summary(result):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_train.HelpFormatter)
     g = parser.add_argument_group("data")
     g.add_argument("--root", default=None, help="CosmologyHalos folder")
-    g.add_argument("--source", default="auto", choices=["auto", "tfrecord", "abacus"])
-    g.add_argument("--abacus-dir", default=None, help="the Mini_N64_L32 folder")
-    g.add_argument("--subdivisions", type=int, default=4)
-    g.add_argument("--box-size", type=float, default=None)
+    g.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "tfrecord", "abacus"],
+        help="benchmark tfrecords or the Abacus run (auto: tfrecords when under --root)",
+    )
+    g.add_argument(
+        "--abacus-dir",
+        default=None,
+        help="the Mini_N64_L32 folder (None: $ABACUS_MINI_N64_L32)",
+    )
+    g.add_argument(
+        "--subdivisions",
+        type=_train.positive_int,
+        default=4,
+        help="cut the Abacus box into this many sub-boxes per axis",
+    )
+    g.add_argument(
+        "--box-size",
+        type=float,
+        default=None,
+        help="box edge of the tfrecord halos (None: from the data)",
+    )
     _train.add_common_args(
         parser,
         hidden=32,
@@ -139,6 +160,8 @@ def main(argv=None):
         abacus_dir=args.abacus_dir,
         subdivisions=args.subdivisions,
         box_size=args.box_size,
+        # every sample carries the ball trees the model reads
+        transform=_train.tree_transform(args),
     )
     with _train.rank0_first(args.device):
         train = CosmologyHalos(args.root, "train", **kw)

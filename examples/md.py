@@ -54,14 +54,15 @@ from _models import build_model  # noqa: E402
 from torch_geometric_nsa.datasets import MDTrajectory  # noqa: E402
 
 
-def evaluate(predict, dataset, device, batch_size):
+def evaluate(predict, loader):
+    dataset = loader.dataset
     err2 = zero2 = cv2 = 0.0
     n = 0
     per_atom = torch.zeros(dataset.num_atoms, dtype=torch.float64)
     per_atom_zero = torch.zeros_like(per_atom)
     sample_pred, sample_true = [], []
     pos0 = None
-    for batch in _train.iterate_batches(dataset, batch_size):
+    for batch in loader:
         pred = dataset.denormalize(predict(batch).float().cpu())
         true = batch.disp
         e = (pred - true).double().pow(2)
@@ -156,15 +157,28 @@ def summary(result):
 
 def get_parser():
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        # the docstring up to its first section
+        description=__doc__.split("\nThe task, and why")[0],
+        formatter_class=_train.HelpFormatter,
     )
     g = parser.add_argument_group("data")
     g.add_argument("--root", default=None, help="folder for the processed trajectory")
-    g.add_argument("--topology", default=None)
-    g.add_argument("--trajectory", nargs="+", default=None)
-    g.add_argument("--test-trajectory", nargs="+", default=None)
-    g.add_argument("--window", type=int, default=4)
-    g.add_argument("--stride", type=int, default=1)
+    g.add_argument("--topology", default=None, help="topology file MDAnalysis reads (None: AdK)")
+    g.add_argument(
+        "--trajectory", nargs="+", default=None, help="training trajectory file(s) (None: AdK)"
+    )
+    g.add_argument(
+        "--test-trajectory",
+        nargs="+",
+        default=None,
+        help="held-out trajectory file(s) (None: AdK's second run)",
+    )
+    g.add_argument(
+        "--window", type=_train.positive_int, default=4, help="past displacements per input"
+    )
+    g.add_argument(
+        "--stride", type=_train.positive_int, default=1, help="use every this many frames"
+    )
     # defaults sized for the demo: <= 5 minutes on 2 CPU cores
     _train.add_common_args(
         parser,
@@ -190,6 +204,8 @@ def make_task(args):
         test_trajectory=args.test_trajectory,
         window=args.window,
         stride=args.stride,
+        # every sample carries the ball trees the model reads
+        transform=_train.tree_transform(args),
     )
     with _train.rank0_first(args.device):
         train = MDTrajectory(split="train", **kw)

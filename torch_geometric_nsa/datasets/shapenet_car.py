@@ -1,5 +1,6 @@
 import glob
 import os.path as osp
+from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -10,9 +11,37 @@ from ._utils import DataFormatError, default_root
 from ._vtk import read_legacy_vtk
 
 #: Umetani's raw meshes have 3,682 vertices; vertices 16..111 are not on the
-#: car surface and are dropped (as in GINO/Transolver/Erwin), leaving 3,586.
+#: car surface and are dropped (as in GINO/Transolver/UPT/Erwin), leaving 3,586.
 RAW_POINTS = 3682
 DROP = slice(16, 112)
+
+#: Size of the full set and of Erwin's (UPT's) test split.
+NUM_CARS, NUM_TEST = 889, 189
+
+#: Erwin's (UPT's) fixed normalisation: pressure mean and standard deviation,
+#: the bounding domain of the positions and the standardisation applied after
+#: mapping the domain to the unit cube.
+PRESSURE_MEAN, PRESSURE_STD = -36.3099, 48.5743
+DOMAIN_MIN, DOMAIN_MAX = (-2.0, -1.0, -4.5), (2.0, 4.5, 6.0)
+POS_MEAN, POS_STD = 0.4063, 0.1531
+
+#: The four real cars shipped with the package (see ``assets/.../README.md``).
+MINI_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "assets", "shapenet_car_mini")
+MINI_TEST = ("005",)
+
+
+def erwin_test_indices() -> List[int]:
+    r"""The 189 test indices of Erwin (taken from UPT) over the 889 cars
+    ordered ``param0`` ... ``param8``, names sorted within each:
+    ``torch.randperm(889, generator=torch.Generator().manual_seed(0))[:189]``."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randperm(NUM_CARS, generator=gen)[:NUM_TEST].tolist()
+
+
+def normalize_pos(pos: torch.Tensor) -> torch.Tensor:
+    """Erwin's position normalisation (domain to the unit cube, then standardised)."""
+    lo, hi = torch.tensor(DOMAIN_MIN).to(pos), torch.tensor(DOMAIN_MAX).to(pos)
+    return ((pos - lo) / (hi - lo) - POS_MEAN) / POS_STD
 
 
 def _drop_internal(a: np.ndarray) -> np.ndarray:
@@ -21,33 +50,62 @@ def _drop_internal(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[: DROP.start], a[DROP.stop :]], axis=0)
 
 
+def _path_key(path: str):
+    # ``param0`` ... ``param8`` first, then names sorted within each
+    return Path(path).parts
+
+
 class ShapeNetCar(InMemoryDataset):
     r"""The ShapeNet-Car CFD dataset of `Umetani and Bickel (2018)
     <https://dl.acm.org/doi/10.1145/3197517.3201325>`_: surface pressure of
     889 car shapes (3,586 surface points each) from RANS simulations, in the
-    setting of `Erwin <https://arxiv.org/abs/2502.17019>`_ (700 train / 189
-    test).
+    setting of `Erwin <https://arxiv.org/abs/2502.17019>`_ and UPT.
 
-    Two layouts under ``root/raw`` are read (found automatically):
+    With :obj:`root=None` it opens the four real cars shipped with the package
+    (``001``, ``002``, ``004`` for training, ``005`` for testing, the split of
+    their source; about 260 KB in the preprocessed form below), processed into
+    ``$TORCH_GEOMETRIC_NSA_DATA/ShapeNetCarMini``.  That is enough for a
+    demonstration, not for a benchmark.
+
+    With a :obj:`root`, two layouts under ``root/raw`` are read (found
+    automatically):
 
     * raw: ``param{0..8}/<id>/quadpress_smpl.vtk`` (legacy VTK, ASCII or
       BINARY) + ``press.npy``; the 3,682-vertex meshes lose vertices 16..111
       (not on the surface), leaving 3,586 points;
-    * preprocessed: ``<any folders>/<id>/mesh_points.th`` (``[3586, 3]``) +
-      ``pressure.th`` (``[3586]``), ``torch.save`` files.
+    * preprocessed (UPT's form): ``param{0..8}/<id>/mesh_points.th``
+      (``[3586, 3]``) + ``pressure.th`` (``[3586]``), ``torch.save`` files.
 
-    Samples are ordered by path; the first :obj:`num_train` are the training
-    split, the rest the test split.  ``x`` holds the positions standardised
-    with the training split's per-axis mean and standard deviation, ``y`` the
-    pressure standardised the same way (:meth:`denormalize` maps back),
-    ``press`` the raw pressure.
+    Samples are ordered ``param0`` ... ``param8``, names sorted within each.
+    With :obj:`test_split="erwin"` (the default) the test split is Erwin's:
+    the 189 indices ``erwin_test_indices()`` (in ``shapenet_car``) over the full 889 cars, the
+    other 700 train.  :obj:`test_split="order"` keeps the first
+    :obj:`num_train` samples for training and tests on the rest.
+
+    Every sample holds ``pos`` (the positions as stored), ``x`` (the positions
+    normalised as Erwin does: the domain :obj:`DOMAIN_MIN` ... :obj:`DOMAIN_MAX`
+    mapped to the unit cube, then standardised with 0.4063 and 0.1531), ``y``
+    (``[N, 1]``, the pressure standardised with Erwin's fixed mean −36.3099 and
+    standard deviation 48.5743; :meth:`denormalize` maps back) and ``press``
+    (``[N]``, the pressure as stored).  Erwin reports the test MSE of the
+    de-normalised pressure.
 
     Args:
-        root (str, optional): dataset folder.  (default:
-            ``$TORCH_GEOMETRIC_NSA_DATA/ShapeNetCar``)
-        split (str): :obj:`"train"` or :obj:`"test"`.
+        root (str, optional): dataset folder with the data under
+            ``root/raw``; :obj:`None` opens the four shipped cars.
+            (default: :obj:`None`)
+        split (str): :obj:`"train"` or :obj:`"test"`.  (default: :obj:`"train"`)
         layout (str): :obj:`"auto"`, :obj:`"raw"` or :obj:`"preprocessed"`.
-        num_train (int): size of the training split.  (default: :obj:`700`)
+            (default: :obj:`"auto"`)
+        test_split (str): :obj:`"erwin"` (Erwin's 189 random test cars, needs
+            all 889) or :obj:`"order"` (the samples after the first
+            :obj:`num_train`).  The shipped cars always use their source's
+            split.  (default: :obj:`"erwin"`)
+        num_train (int, optional): training samples of
+            :obj:`test_split="order"`.  (default: :obj:`700`)
+        transform (callable, optional): applied to every sample on access.
+        pre_transform (callable, optional): applied once, when processing.
+        force_reload (bool): process again.  (default: :obj:`False`)
     """
 
     def __init__(
@@ -55,27 +113,40 @@ class ShapeNetCar(InMemoryDataset):
         root: Optional[str] = None,
         split: str = "train",
         layout: str = "auto",
-        num_train: int = 700,
+        test_split: str = "erwin",
+        num_train: Optional[int] = None,
         transform: Optional[Callable] = None,
         pre_transform: Optional[Callable] = None,
         force_reload: bool = False,
     ):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test' (got '{split}')")
-        root = root or default_root("ShapeNetCar")
-        raw_dir = osp.join(root, "raw")
-        if layout == "auto":
-            layout = (
-                "preprocessed"
-                if glob.glob(osp.join(raw_dir, "**", "mesh_points.th"), recursive=True)
-                else "raw"
-            )
+        if test_split not in ("erwin", "order"):
+            raise ValueError(f"test_split must be 'erwin' or 'order' (got '{test_split}')")
+        if num_train is not None and test_split != "order":
+            raise ValueError("num_train is only used with test_split='order'")
+        if num_train is not None and num_train < 1:
+            raise ValueError(f"num_train must be positive (got {num_train})")
+        self.is_mini = root is None
+        if self.is_mini:
+            root = default_root("ShapeNetCarMini")
+            layout, test_split, num_train = "preprocessed", "mini", None
+        elif layout == "auto":
+            found = glob.glob(osp.join(root, "raw", "**", "mesh_points.th"), recursive=True)
+            layout = "preprocessed" if found else "raw"
         if layout not in ("raw", "preprocessed"):
             raise ValueError(f"layout must be 'auto', 'raw' or 'preprocessed' (got '{layout}')")
-        self.layout, self.split, self.num_train = layout, split, int(num_train)
+        self.layout, self.split, self.test_split = layout, split, test_split
+        self.num_train = 700 if num_train is None and test_split == "order" else num_train
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
         self.load(self.processed_paths[0 if split == "train" else 1])
-        self.stats = torch.load(self.processed_paths[2])
+        self.stats = dict(
+            press_mean=torch.tensor(PRESSURE_MEAN), press_std=torch.tensor(PRESSURE_STD)
+        )
+
+    @property
+    def raw_dir(self) -> str:
+        return MINI_DIR if self.is_mini else osp.join(self.root, "raw")
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -83,13 +154,13 @@ class ShapeNetCar(InMemoryDataset):
 
     def _samples(self) -> List[Tuple[str, str]]:
         if self.layout == "preprocessed":
-            dirs = sorted(
-                osp.dirname(p)
-                for p in glob.glob(osp.join(self.raw_dir, "**", "mesh_points.th"), recursive=True)
-            )
-            return [(osp.join(d, "mesh_points.th"), osp.join(d, "pressure.th")) for d in dirs]
-        dirs = sorted(glob.glob(osp.join(self.raw_dir, "param[0-9]", "*", "")))
-        return [(osp.join(d, "quadpress_smpl.vtk"), osp.join(d, "press.npy")) for d in dirs]
+            pattern = osp.join(self.raw_dir, "**", "mesh_points.th")
+            dirs = [osp.dirname(p) for p in glob.glob(pattern, recursive=True)]
+            files = ("mesh_points.th", "pressure.th")
+        else:
+            dirs = [d.rstrip("/") for d in glob.glob(osp.join(self.raw_dir, "param[0-9]", "*", ""))]
+            files = ("quadpress_smpl.vtk", "press.npy")
+        return [tuple(osp.join(d, f) for f in files) for d in sorted(dirs, key=_path_key)]
 
     def _download(self):
         if not self._samples():
@@ -101,14 +172,36 @@ class ShapeNetCar(InMemoryDataset):
             "Nothing is downloaded: get the data of Umetani & Bickel 2018 "
             "(http://www.nobuyuki-umetani.com/publication/mlcfd_data.zip, the "
             "'param0'..'param8' folders with 'quadpress_smpl.vtk' and 'press.npy'), "
-            "or the preprocessed 'mesh_points.th'/'pressure.th' files used by "
-            f"Erwin, and place them under '{self.raw_dir}'."
+            "or UPT's preprocessed 'param0'..'param8' folders of "
+            f"'mesh_points.th'/'pressure.th' files, and place them under '{self.raw_dir}'."
         )
 
     @property
     def processed_file_names(self) -> List[str]:
-        tag = f"{self.layout}_{self.num_train}"
-        return [f"{tag}_train.pt", f"{tag}_test.pt", f"{tag}_stats.pt"]
+        tag = f"{self.layout}_{self.test_split}"
+        if self.test_split == "order":
+            tag += f"{self.num_train}"
+        return [f"{tag}_train.pt", f"{tag}_test.pt"]
+
+    def test_indices(self, num_samples: int) -> List[int]:
+        """Indices of the test samples among the :obj:`num_samples` ordered ones."""
+        if self.test_split == "mini":
+            names = [osp.basename(osp.dirname(m)) for m, _ in self._samples()]
+            return [i for i, n in enumerate(names) if n in MINI_TEST]
+        if self.test_split == "erwin":
+            if num_samples != NUM_CARS:
+                raise DataFormatError(
+                    f"ShapeNetCar: Erwin's test split is defined over all {NUM_CARS} cars, "
+                    f"but '{self.raw_dir}' holds {num_samples} ({self.layout} layout); pass "
+                    "test_split='order' with num_train to split a partial set by order"
+                )
+            return erwin_test_indices()
+        if num_samples <= self.num_train:
+            raise DataFormatError(
+                f"ShapeNetCar: {num_samples} samples under '{self.raw_dir}' leave none for "
+                f"testing with num_train={self.num_train}: pass a smaller num_train"
+            )
+        return list(range(self.num_train, num_samples))
 
     def _read(self, mesh: str, press: str):
         if self.layout == "preprocessed":
@@ -141,6 +234,8 @@ class ShapeNetCar(InMemoryDataset):
             raise DataFormatError(
                 f"Malformed data file '{mesh}': points of shape {tuple(pos.shape)}, expected [N, 3]"
             )
+        if not np.isfinite(pos).all():
+            raise DataFormatError(f"Malformed data file '{mesh}': non-finite positions")
         if p.shape[0] != pos.shape[0]:
             raise DataFormatError(
                 f"Malformed data file '{press}': {p.shape[0]} "
@@ -148,42 +243,36 @@ class ShapeNetCar(InMemoryDataset):
             )
         if not np.isfinite(p).all():
             raise DataFormatError(f"Malformed data file '{press}': non-finite pressure")
-        return torch.from_numpy(np.ascontiguousarray(pos)), torch.from_numpy(p.copy())
+        return (
+            torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float32)),
+            torch.from_numpy(p.astype(np.float32)),
+        )
 
     def process(self):
         samples = self._samples()
-        if len(samples) <= self.num_train:
-            raise DataFormatError(
-                f"ShapeNetCar: {len(samples)} samples under '{self.raw_dir}', need more "
-                f"than num_train={self.num_train}"
+        test = set(self.test_indices(len(samples)))
+        parts = ([], [])
+        for i, (mesh, press) in enumerate(samples):
+            pos, p = self._read(mesh, press)
+            d = Data(
+                pos=pos,
+                x=normalize_pos(pos),
+                y=((p - PRESSURE_MEAN) / PRESSURE_STD).view(-1, 1),
+                press=p,
             )
-        items = [self._read(m, p) for m, p in samples]
-        train = items[: self.num_train]
-        P = torch.cat([p for p, _ in train]).double()
-        Y = torch.cat([y for _, y in train]).double()
-        stats = dict(
-            pos_mean=P.mean(0).float(),
-            pos_std=P.std(0).float().clamp_min(1e-8),
-            press_mean=Y.mean().float(),
-            press_std=Y.std().float().clamp_min(1e-8),
-        )
-        for i, part in enumerate((train, items[self.num_train :])):
-            out = []
-            for pos, press in part:
-                d = Data(
-                    pos=pos,
-                    x=(pos - stats["pos_mean"]) / stats["pos_std"],
-                    y=((press - stats["press_mean"]) / stats["press_std"]).view(-1, 1),
-                    press=press,
-                )
-                if self.pre_transform is not None:
-                    d = self.pre_transform(d)
-                out.append(d)
-            self.save(out, self.processed_paths[i])
-        torch.save(stats, self.processed_paths[2])
+            if self.pre_transform is not None:
+                d = self.pre_transform(d)
+            parts[i in test].append(d)
+        for path, part in zip(self.processed_paths, parts):
+            self.save(part, path)
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.stats["press_std"].to(y) + self.stats["press_mean"].to(y)
+        """Maps standardised pressure back to the data's units."""
+        return y * PRESSURE_STD + PRESSURE_MEAN
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.layout}, split={self.split}, {len(self)} cars)"
+        what = "mini, 4 shipped cars" if self.is_mini else self.layout
+        return (
+            f"{self.__class__.__name__}({what}, split={self.split}, "
+            f"test_split={self.test_split}, {len(self)} cars)"
+        )
