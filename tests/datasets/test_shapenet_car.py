@@ -160,3 +160,25 @@ def test_malformed(tmp_path):
         ShapeNetCar(str(tmp_path), test_split="order", num_train=2)
     with pytest.raises(FileNotFoundError, match="param0"):
         ShapeNetCar(str(tmp_path / "empty"))
+
+
+def test_planted_pickle_is_refused_and_cache_follows_sources(tmp_path):
+    import sys
+
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    from _evil import plant
+
+    _preprocessed(tmp_path, [(0, f"{j:03d}") for j in range(4)])
+    ds = ShapeNetCar(str(tmp_path), test_split="order", num_train=3)
+    cache = ds.processed_paths[0]
+    marker = tmp_path / "pwned"
+    plant(cache, marker)
+    with pytest.raises(ValueError, match=rf"Refusing to load processed file '{cache}'"):
+        ShapeNetCar(str(tmp_path), test_split="order", num_train=3)
+    assert not marker.exists()
+    # a rewritten car is a new cache (keyed on every source file's size and mtime)
+    car = tmp_path / "raw" / "param0" / "000"
+    torch.save(torch.zeros(4, 3), car / "mesh_points.th")
+    torch.save(torch.zeros(4), car / "pressure.th")
+    again = ShapeNetCar(str(tmp_path), test_split="order", num_train=3)
+    assert again.processed_paths[0] != cache and again[0].pos.shape == (4, 3)

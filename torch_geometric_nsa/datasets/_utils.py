@@ -112,6 +112,20 @@ def load_processed(path: str) -> Any:
         ) from None
 
 
+def load_collated(path: str, owner: str):
+    """``(data, slices)`` of an :class:`~torch_geometric.data.InMemoryDataset` cache written
+    as ``dict(data=data.to_dict(), slices=slices)`` (see :func:`save_processed`)."""
+    from torch_geometric.data import Data
+
+    out = load_processed(path)
+    if not isinstance(out, dict) or "data" not in out or "slices" not in out:
+        raise DataFormatError(
+            f"Malformed processed file '{path}': not a {owner} cache; delete it or "
+            "pass force_reload=True"
+        )
+    return Data.from_dict(out["data"]), out["slices"]
+
+
 class SafeProcessing:
     """Mixin for :class:`torch_geometric.data.Dataset` subclasses whose
     processed files are plain tensor containers (see :func:`save_processed`).

@@ -14,6 +14,7 @@ from ._utils import (
     cache_key,
     default_root,
     file_stamp,
+    load_collated,
     load_processed,
     save_processed,
     transform_repr,
@@ -241,14 +242,7 @@ class CosmologyHalos(SafeProcessing, InMemoryDataset):
         self.verify_crc = verify_crc
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
         idx = ("train", "val", "test").index(split)
-        path = self.processed_paths[idx]
-        out = load_processed(path)
-        if not isinstance(out, dict) or "data" not in out or "slices" not in out:
-            raise DataFormatError(
-                f"Malformed processed file '{path}': not a CosmologyHalos cache; delete it or "
-                "pass force_reload=True"
-            )
-        self.data, self.slices = Data.from_dict(out["data"]), out["slices"]
+        self.data, self.slices = load_collated(self.processed_paths[idx], "CosmologyHalos")
         self.stats: Dict[str, torch.Tensor] = load_processed(self.processed_paths[3])
 
     @property

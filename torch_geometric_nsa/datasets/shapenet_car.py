@@ -7,8 +7,18 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
-from ._utils import DataFormatError, default_root
+from ._utils import (
+    DataFormatError,
+    SafeProcessing,
+    cache_key,
+    default_root,
+    file_stamp,
+    load_collated,
+    save_processed,
+    transform_repr,
+)
 from ._vtk import read_legacy_vtk
+from ._windows import store_windows
 
 #: Umetani's raw meshes have 3,682 vertices; vertices 16..111 are not on the
 #: car surface and are dropped (as in GINO/Transolver/UPT/Erwin), leaving 3,586.
@@ -55,7 +65,7 @@ def _path_key(path: str):
     return Path(path).parts
 
 
-class ShapeNetCar(InMemoryDataset):
+class ShapeNetCar(SafeProcessing, InMemoryDataset):
     r"""The ShapeNet-Car CFD dataset of `Umetani and Bickel (2018)
     <https://dl.acm.org/doi/10.1145/3197517.3201325>`_: surface pressure of
     889 car shapes (3,586 surface points each) from RANS simulations, in the
@@ -139,7 +149,8 @@ class ShapeNetCar(InMemoryDataset):
         self.layout, self.split, self.test_split = layout, split, test_split
         self.num_train = 700 if num_train is None and test_split == "order" else num_train
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
-        self.load(self.processed_paths[0 if split == "train" else 1])
+        path = self.processed_paths[0 if split == "train" else 1]
+        self.data, self.slices = load_collated(path, "ShapeNetCar")
         self.stats = dict(
             press_mean=torch.tensor(PRESSURE_MEAN), press_std=torch.tensor(PRESSURE_STD)
         )
@@ -181,6 +192,13 @@ class ShapeNetCar(InMemoryDataset):
         tag = f"{self.layout}_{self.test_split}"
         if self.test_split == "order":
             tag += f"{self.num_train}"
+        config = dict(
+            version=2,
+            tag=tag,
+            pre_transform=transform_repr(self.pre_transform),
+            files=[file_stamp(p) for pair in self._samples() for p in pair],
+        )
+        tag = f"{tag}_{cache_key(config)}"
         return [f"{tag}_train.pt", f"{tag}_test.pt"]
 
     def test_indices(self, num_samples: int) -> List[int]:
@@ -264,7 +282,8 @@ class ShapeNetCar(InMemoryDataset):
                 d = self.pre_transform(d)
             parts[i in test].append(d)
         for path, part in zip(self.processed_paths, parts):
-            self.save(part, path)
+            stored = store_windows(part)
+            save_processed(dict(data=stored["data"], slices=stored["slices"]), path)
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
         """Maps standardised pressure back to the data's units."""
