@@ -1,7 +1,9 @@
 """Triton kernels of torch_geometric_nsa (installed as ``torch_geometric_nsa.kernels``).
 
-Four ops with the signatures of :mod:`torch_geometric_nsa.ops` (see ``docs/design/contracts.md``),
-each built on ``torch.library.custom_op`` ops of the namespace ``tgnsa`` with fake implementations
+Four ops with the signatures of :mod:`torch_geometric_nsa.ops`.  Their specification is
+``docs/design/contracts.md`` ("Attention ops"); its executable form is
+:mod:`torch_geometric_nsa.ops.reference`, which the kernel tests compare against.  Each is built on
+``torch.library.custom_op`` ops of the namespace ``tgnsa`` with fake implementations
 and registered autograd (backward ops are custom ops too), so ``torch.compile(fullgraph=True)``
 traces them:
 

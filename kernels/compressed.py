@@ -9,6 +9,10 @@ natural-log LSE (float32; ``-inf`` and ``o = 0`` for rows without a valid block)
 recomputes the probabilities: dQ per query tile (it also writes ``delta = rowsum(dO * O)``),
 dKc/dVc per compressed-key tile on transposed ``[keys, queries]`` tiles, looping over the queries of
 that key's cloud; no atomics, deterministic.
+
+Non-finite values stay in their cloud: a straddling tile reads the compressed values with their
+non-finite blocks zeroed and writes NaN for the rows that attend to such a block of their own
+cloud (a probability of 0 times NaN would otherwise reach every row of the tile).
 """
 
 from __future__ import annotations
@@ -36,61 +40,12 @@ def _row_ranges(LO, HI, rows, rmask, NC):
 
 
 @triton.jit
-def _cmp_fwd_tiles(
-    q,
-    KC,
-    VC,
-    BMASK,
-    lo,
-    hi,
-    blo,
-    bhi,
-    h,
-    D,
-    d,
-    dmask,
-    stride,
-    qk_scale,
-    m_i,
-    l_i,
-    acc,
-    bad,
-    BN: tl.constexpr,
-    PREC: tl.constexpr,
-    FOLD: tl.constexpr,
-    MIXED: tl.constexpr,
-):
-    """The forward's loop over the key tiles ``[blo, bhi)``; ``MIXED``: the rows lie in several
-    clouds, so every row keeps its own cloud's keys and other clouds' values are screened."""
-    for bstart in range(blo, bhi, BN):
-        cols = bstart + tl.arange(0, BN)
-        cmask = cols < bhi
-        kv_off = cols.to(tl.int64)[:, None] * stride + h * D + d[None, :]
-        kvm = cmask[:, None] & dmask[None, :]
-        k = tl.load(KC + kv_off, mask=kvm, other=0.0)
-        v = tl.load(VC + kv_off, mask=kvm, other=0.0)
-        # column mask as an additive bias (0 / -inf)
-        cbias = key_bias(BMASK, cols, cmask)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
-        if MIXED:
-            own = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
-            s = tl.where(own, s, float("-inf"))
-            # A probability of 0 times a non-finite value of another cloud is still NaN: such
-            # values enter as 0, and only the rows that really attend to them are marked.
-            vf = v.to(tl.float32)
-            vbad = tl.max(((vf != vf) | (tl.abs(vf) == float("inf"))).to(tl.int32), 1)  # [BN]
-            v = tl.where(vbad[:, None] != 0, tl.zeros_like(v), v)
-            hit = own & (cbias[None, :] == 0) & (vbad[None, :] != 0)
-            bad = tl.maximum(bad, tl.max(hit.to(tl.int32), 1))
-        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
-    return m_i, l_i, acc, bad
-
-
-@triton.jit
 def _cmp_fwd_kernel(
     Q,
     KC,
     VC,
+    VC_SAFE,
+    VC_BAD,
     BMASK,
     LO,
     HI,
@@ -120,62 +75,34 @@ def _cmp_fwd_kernel(
         mask=rmask[:, None] & dmask[None, :],
         other=0.0,
     )
+    # A probability of 0 times a non-finite value of another cloud is still NaN: a tile whose
+    # rows lie in several clouds reads the values with non-finite blocks zeroed (VC_SAFE) and
+    # marks the rows that really attend to such a block (VC_BAD [NC, H]) as NaN instead.
+    V = VC
+    if mixed:
+        V = VC_SAFE
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
-    bad = tl.zeros([BM], dtype=tl.int32)  # rows that attend to a non-finite value (mixed tiles)
-    # one loop per case, so that a tile of one cloud (the common case) runs no per-row work
-    if mixed:
-        m_i, l_i, acc, bad = _cmp_fwd_tiles(
-            q,
-            KC,
-            VC,
-            BMASK,
-            lo,
-            hi,
-            blo,
-            bhi,
-            h,
-            D,
-            d,
-            dmask,
-            stride,
-            qk_scale,
-            m_i,
-            l_i,
-            acc,
-            bad,
-            BN,
-            PREC,
-            FOLD,
-            True,
-        )
-        acc = tl.where(bad[:, None] != 0, float("nan"), acc)
-    else:
-        m_i, l_i, acc, bad = _cmp_fwd_tiles(
-            q,
-            KC,
-            VC,
-            BMASK,
-            lo,
-            hi,
-            blo,
-            bhi,
-            h,
-            D,
-            d,
-            dmask,
-            stride,
-            qk_scale,
-            m_i,
-            l_i,
-            acc,
-            bad,
-            BN,
-            PREC,
-            FOLD,
-            False,
-        )
+    bad = tl.zeros([BM], dtype=tl.int32)
+    for bstart in range(blo, bhi, BN):
+        cols = bstart + tl.arange(0, BN)
+        cmask = cols < bhi
+        kv_off = cols.to(tl.int64)[:, None] * stride + h * D + d[None, :]
+        kvm = cmask[:, None] & dmask[None, :]
+        k = tl.load(KC + kv_off, mask=kvm, other=0.0)
+        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        # column mask as an additive bias (0 / -inf); the row ranges only where rows differ
+        cbias = key_bias(BMASK, cols, cmask)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
+        if mixed:
+            own = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+            s = tl.where(own, s, float("-inf"))
+            vbad = tl.load(VC_BAD + cols.to(tl.int64) * H + h, mask=cmask, other=0) != 0
+            hit = own & (vbad & (cbias == 0))[None, :]
+            bad = tl.maximum(bad, tl.max(hit.to(tl.int32), 1))
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
+    acc = tl.where(bad[:, None] != 0, float("nan"), acc)
     store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
@@ -327,10 +254,15 @@ def compressed_attention_fwd(
     if S == 0:
         return o, lse
     cfg = _config.for_tensor("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
+    # non-finite compressed values, for tiles that span clouds (see the kernel)
+    vc_bad = ~torch.isfinite(vc).all(-1)  # [NC, H]
+    vc_safe = vc.masked_fill(vc_bad.unsqueeze(-1), 0)
     _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
         q,
         kc,
         vc,
+        vc_safe,
+        as_u8(vc_bad),
         block_mask,
         lo,
         hi,

@@ -267,11 +267,11 @@ def _label(rec: dict) -> str:
     return f"{rec['name']} sm_{TARGETS[rec['target']]} {'/'.join(types)} {short} {rec['options']}"
 
 
-def compile_all(path: str, jobs: int = 1) -> int:
+def compile_all(path: str, jobs: int = 1, only: str | None = None) -> int:
     import triton
 
     with open(path) as f:
-        records = json.load(f)
+        records = [r for r in json.load(f) if only is None or r["name"] == only]
     t0 = time.time()
     if jobs > 1:
         import multiprocessing as mp
@@ -297,12 +297,13 @@ def main(argv=None) -> int:
     ap.add_argument("step", choices=("capture", "compile"))
     ap.add_argument("records", help="JSON file of launch records (written by capture)")
     ap.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    ap.add_argument("--only", help="compile only the records of this kernel (e.g. _cmp_fwd_kernel)")
     args = ap.parse_args(argv)
     if args.step == "capture":
         n = capture(args.records)
         print(f"captured {n} launch variants")
         return 0
-    return compile_all(args.records, args.jobs)
+    return compile_all(args.records, args.jobs, args.only)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def fake_kernels(monkeypatch):
         setattr(mod, name, fn)
     monkeypatch.setitem(sys.modules, "torch_geometric_nsa.kernels", mod)
     monkeypatch.setattr(torch_geometric_nsa, "kernels", mod, raising=False)
-    monkeypatch.setattr(ops, "_kernel_cache", {})
+    monkeypatch.setattr(ops._dispatch, "_kernel_cache", {})
     return calls
 
 
@@ -32,8 +32,8 @@ def fake_kernels(monkeypatch):
 def no_kernels(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_geometric_nsa.kernels", None)  # import -> ImportError
     monkeypatch.delattr(torch_geometric_nsa, "kernels", raising=False)
-    monkeypatch.setattr(ops, "_kernel_cache", {})
-    monkeypatch.setattr(ops, "_kernel_error", {})
+    monkeypatch.setattr(ops._dispatch, "_kernel_cache", {})
+    monkeypatch.setattr(ops._dispatch, "_kernel_error", {})
 
 
 def run_ball(x):

@@ -121,13 +121,10 @@ def ball_attention(
     *,
     upcast: bool = False,
 ) -> Tensor:
-    r"""Reference of the local (ball) branch. See :func:`torch_geometric_nsa.ops.ball_attention`.
+    r"""Reference of the local (ball) branch.
 
-    Query :math:`i` in ball :math:`b = \lfloor i / m \rfloor` attends to the real keys of its ball:
-
-    .. math::
-        s_{ij} = \text{scale}\,\langle q_i, k_j\rangle + \sigma_h \lVert p_i - p_j \rVert_2,
-        \qquad o_i = \sum_{j \in b,\ \text{mask}_j} \operatorname{softmax}_j(s_{ij})\, v_j .
+    Specification: ``docs/design/contracts.md`` ("Attention ops"); formula and arguments in
+    :func:`torch_geometric_nsa.ops.ball_attention`.
 
     Shapes: ``q, k, v [S, H, D]``, ``pos [S, P]``, ``mask [S]``, ``sigma [H]`` -> ``o [S, H, D]``.
     ``pos`` is a constant (detached). The distance is computed in ``pos.dtype`` and then cast
@@ -185,15 +182,10 @@ def compressed_attention(
     *,
     upcast: bool = False,
 ) -> Tuple[Tensor, Tensor]:
-    r"""Reference of the compressed branch. See :func:`torch_geometric_nsa.ops.compressed_attention`.
+    r"""Reference of the compressed branch.
 
-    Query :math:`i` of cloud :math:`b` attends to the valid compressed blocks
-    :math:`\beta \in [\text{ptr}_b / c, \text{ptr}_{b+1} / c)` of its cloud:
-
-    .. math::
-        o_i = \sum_\beta \operatorname{softmax}_\beta(\text{scale}\,\langle q_i, \tilde k_\beta
-        \rangle)\, \tilde v_\beta, \qquad
-        \text{lse}_i = \log \sum_\beta \exp(\text{scale}\,\langle q_i, \tilde k_\beta\rangle).
+    Specification: ``docs/design/contracts.md`` ("Attention ops"); formula and arguments in
+    :func:`torch_geometric_nsa.ops.compressed_attention`.
 
     Shapes: ``q [S, H, D]``, ``kc, vc [S // c, H, D]``, ``block_mask [S // c]``, ``ptr [B + 1]``
     -> ``o [S, H, D]`` (dtype of ``q``), ``lse [S, H]`` (``float64`` for ``float64`` inputs,
@@ -288,13 +280,10 @@ def select_blocks(
     topk: int,
     scale: Optional[float] = None,
 ) -> Tensor:
-    r"""Reference of the top-k block selection. See :func:`torch_geometric_nsa.ops.select_blocks`.
+    r"""Reference of the top-k block selection.
 
-    .. math::
-        p_{i,h,\beta} = \exp(\text{scale}\,\langle q_i, \tilde k_\beta\rangle - \text{lse}_{i,h}),
-        \qquad
-        \text{imp}(G, \gamma) = \sum_{i \in G,\ \text{mask}_i} \sum_h
-        \sum_{\beta \subseteq \gamma} p_{i,h,\beta}.
+    Specification: ``docs/design/contracts.md`` ("Attention ops"); formula and arguments in
+    :func:`torch_geometric_nsa.ops.select_blocks`.
 
     Shapes: ``q [S, H, D]``, ``kc [S // c, H, D]``, ``lse [S, H]``, ``block_mask [S // c]``,
     ``mask [S]``, ``ptr [B + 1]`` -> ``idx [S // g, topk]`` (int64).
@@ -416,14 +405,10 @@ def selected_attention(
     *,
     upcast: bool = False,
 ) -> Tensor:
-    r"""Reference of the selected branch. See :func:`torch_geometric_nsa.ops.selected_attention`.
+    r"""Reference of the selected branch.
 
-    Query :math:`i` in group :math:`G = \lfloor i / g \rfloor` attends to the real keys of the
-    selection blocks listed in ``idx[G]``:
-
-    .. math::
-        o_i = \sum_{j:\ \lfloor j/s \rfloor \in \text{idx}_G,\ \text{mask}_j}
-        \operatorname{softmax}_j(\text{scale}\,\langle q_i, k_j\rangle)\, v_j .
+    Specification: ``docs/design/contracts.md`` ("Attention ops"); formula and arguments in
+    :func:`torch_geometric_nsa.ops.selected_attention`.
 
     Shapes: ``q, k, v [S, H, D]``, ``mask [S]``, ``idx [S // g, topk]`` -> ``o [S, H, D]``.
     Entries of ``idx`` outside ``[0, S // s)`` (the ``-1`` padding) are ignored. Entries are
