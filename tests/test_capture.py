@@ -353,9 +353,12 @@ def test_cuda_graph_replays_match_the_eager_padded_step(dtype):
     assert len(want) == 3 and {c for c, _ in graphed.calls} == want
     assert graphed.num_graphs == len(graphed.calls) == 3
     assert sum(graphed.calls.values()) == len(seq)
-    # (Adam turns rounding noise of near-zero gradients into steps of up to lr = 1e-3)
+    # Adam turns rounding noise of near-zero gradients into full steps: one update moves a
+    # parameter by at most lr * (1 - beta1) / sqrt(1 - beta2) (3.2 lr, reached when a gradient
+    # changes sign), so the two runs may part by that much per step, and no more.
+    max_step = 1e-3 * (1 - 0.9) / (1 - 0.999) ** 0.5
     for p, q in zip(model.parameters(), twin.parameters()):
-        assert torch.allclose(p, q, atol=len(seq) * 1e-3)
+        assert torch.allclose(p, q, atol=len(seq) * max_step)
 
 
 @pytest.mark.cuda
