@@ -35,7 +35,9 @@ def test_batches_carry_the_trees_the_model_uses(sn_args, tmp_path, monkeypatch):
     task = ex.make_task(args)
     # the datasets carry the BallTree transform of the model's sizes
     d = task.train_dataset[0]
-    assert d.ball_tree_index.numel() % 16 == 0 and "ball_tree_rot_index" in d
+    # (the stored index holds the slots, then the point count and the ball size)
+    slots = d.ball_tree_index.numel() - 2
+    assert slots % 16 == 0 and d.ball_tree_index[-1] == 16 and "ball_tree_rot_index" in d
     # a training run never builds a tree itself: it reads the collated ones
     monkeypatch.setattr(
         ErwinNSA, "_build_tree", lambda *a, **k: pytest.fail("the model built a tree")
