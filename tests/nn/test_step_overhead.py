@@ -154,7 +154,7 @@ SCRIPT = textwrap.dedent("""
     from torch_geometric_nsa.nn.models import ErwinNSA
     torch.manual_seed(0)
     model = ErwinNSA(4, 16, 2, 3, heads=2, ball_size=32,
-                     compress_size=8, topk=2)
+                     compress_size=8, select_size=16, topk=2)  # the kernels need s >= 16
     sizes = [50, 20]
     pos = torch.randn(sum(sizes), 3)
     x = torch.randn(sum(sizes), 4)
