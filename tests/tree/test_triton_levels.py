@@ -6,8 +6,6 @@ build."""
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,29 +19,8 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
-def test_tree_levels_under_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            HERE,
-            os.path.join(HERE, "triton_levels_suite.py"),
-        ],
-        env=env,
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    print(tail)
-    assert proc.returncode == 0, tail
+def test_tree_levels_under_triton_interpreter(run_under_interpreter):
+    run_under_interpreter(os.path.join(HERE, "triton_levels_suite.py"), timeout=600)
 
 
 @pytest.fixture(params=["triton", "torch-loop"])
