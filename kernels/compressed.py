@@ -10,9 +10,10 @@ recomputes the probabilities: dQ per query tile (it also writes ``delta = rowsum
 dKc/dVc per compressed-key tile on transposed ``[keys, queries]`` tiles, looping over the queries of
 that key's cloud; no atomics, deterministic.
 
-Non-finite values stay in their cloud: a straddling tile reads the compressed values with their
-non-finite blocks zeroed and writes NaN for the rows that attend to such a block of their own
-cloud (a probability of 0 times NaN would otherwise reach every row of the tile).
+Non-finite values stay in their cloud: every tile reads the compressed values with their
+non-finite blocks zeroed (a probability of 0 times NaN would otherwise reach every row of a tile
+that spans clouds), and a row whose own cloud has such a real block is written as NaN, read from
+a cumulative count of those blocks (two loads per row after the loop; the loop is unchanged).
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ def _row_ranges(LO, HI, rows, rmask, NC):
 def _cmp_fwd_kernel(
     Q,
     KC,
-    VC,
     VC_SAFE,
-    VC_BAD,
+    BAD_CS,
     BMASK,
     LO,
     HI,
@@ -75,34 +75,30 @@ def _cmp_fwd_kernel(
         mask=rmask[:, None] & dmask[None, :],
         other=0.0,
     )
-    # A probability of 0 times a non-finite value of another cloud is still NaN: a tile whose
-    # rows lie in several clouds reads the values with non-finite blocks zeroed (VC_SAFE) and
-    # marks the rows that really attend to such a block (VC_BAD [NC, H]) as NaN instead.
-    V = VC
-    if mixed:
-        V = VC_SAFE
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
-    bad = tl.zeros([BM], dtype=tl.int32)
     for bstart in range(blo, bhi, BN):
         cols = bstart + tl.arange(0, BN)
         cmask = cols < bhi
         kv_off = cols.to(tl.int64)[:, None] * stride + h * D + d[None, :]
         kvm = cmask[:, None] & dmask[None, :]
         k = tl.load(KC + kv_off, mask=kvm, other=0.0)
-        v = tl.load(V + kv_off, mask=kvm, other=0.0)
+        v = tl.load(VC_SAFE + kv_off, mask=kvm, other=0.0)
         # column mask as an additive bias (0 / -inf); the row ranges only where rows differ
         cbias = key_bias(BMASK, cols, cmask)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
         if mixed:
-            own = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
-            s = tl.where(own, s, float("-inf"))
-            vbad = tl.load(VC_BAD + cols.to(tl.int64) * H + h, mask=cmask, other=0) != 0
-            hit = own & (vbad & (cbias == 0))[None, :]
-            bad = tl.maximum(bad, tl.max(hit.to(tl.int32), 1))
+            s = tl.where(
+                (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf")
+            )
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
-    acc = tl.where(bad[:, None] != 0, float("nan"), acc)
+    # The values are read with non-finite blocks zeroed (a probability of 0 times a non-finite
+    # value of another cloud would still be NaN); a row whose own cloud has such a real block
+    # attends to it and becomes NaN: BAD_CS [NC, H] counts those blocks cumulatively.
+    n_hi = tl.load(BAD_CS + (hi - 1) * H + h, mask=rmask & (hi > 0), other=0)
+    n_lo = tl.load(BAD_CS + (lo - 1) * H + h, mask=rmask & (lo > 0), other=0)
+    acc = tl.where((n_hi > n_lo)[:, None], float("nan"), acc)
     store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
@@ -254,15 +250,14 @@ def compressed_attention_fwd(
     if S == 0:
         return o, lse
     cfg = _config.for_tensor("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
-    # non-finite compressed values, for tiles that span clouds (see the kernel)
-    vc_bad = ~torch.isfinite(vc).all(-1)  # [NC, H]
+    # non-finite compressed values: zeroed for the kernel, counted per real block (see the kernel)
+    vc_bad = ~torch.isfinite(vc).all(-1) & (block_mask != 0).unsqueeze(-1)  # [NC, H]
     vc_safe = vc.masked_fill(vc_bad.unsqueeze(-1), 0)
     _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
         q,
         kc,
-        vc,
         vc_safe,
-        as_u8(vc_bad),
+        vc_bad.cumsum(0, dtype=torch.int32),
         block_mask,
         lo,
         hi,

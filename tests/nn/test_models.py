@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
@@ -121,3 +122,42 @@ def test_translation_invariance_far_from_the_origin(batch_maker):
     for offset in (1e1, 1e2, 1e3):
         shift = torch.tensor([offset, -offset, 0.5 * offset])
         torch.testing.assert_close(model(x, pos + shift, batch), ref, atol=5e-4, rtol=0)
+
+
+def test_rms_norm_matches_torch_and_keeps_its_state_dict():
+    from torch_geometric_nsa.nn.models.erwin_nsa import RMSNorm
+
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(16), torch.nn.RMSNorm(16)
+    ours.weight.data.uniform_(0.5, 1.5)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 16)
+    assert torch.equal(ours(x), ref(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = ours(x.bfloat16()), ref(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    # ours scales by the weight rounded to bf16: one bf16 rounding apart
+    assert (y.float() - y_ref.float()).abs().max() <= 2e-2 * y_ref.abs().max()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_norms_take_the_fused_kernel_under_autocast(batch_maker):
+    # torch's rms_norm falls back to ~6 element-wise kernels forward (and ~10 backward)
+    # when the input's dtype differs from the weight's: bf16 activations of an fp32 model
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x, pos, batch = batch_maker([70, 20], 4)
+    model = make_model(num_layers=2).cuda()
+    with Names() as seen, torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x.cuda(), pos.cuda(), batch.cuda())
+    assert seen.names.count("_fused_rms_norm") == 2 * 2 + 1  # two per block, one final

@@ -4,7 +4,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Linear, RMSNorm
+from torch.nn import Linear
 
 from ..._checks import check_channels, check_no_pos_grad, check_tree, pos_dtype
 from ...tree import TreeLayout, build_ball_tree
@@ -18,6 +18,20 @@ from ..conv import (
 )
 from ..embedding import MPNNEmbedding
 from ..neighbors import radius_graph
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """:class:`torch.nn.RMSNorm` that casts its weight to the input's dtype, so
+    that inputs in a lower precision than the weight (bf16 activations of an
+    fp32 model under autocast) take PyTorch's fused kernel (one kernel forward,
+    one backward) instead of its composite of element-wise ops."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[*, C] -> [*, C]``."""
+        w = self.weight
+        if w is not None and w.dtype != x.dtype:
+            w = w.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
 
 
 class SwiGLU(torch.nn.Module):

@@ -1,0 +1,97 @@
+"""Where one eager training step spends its time: a ``torch.profiler`` trace of
+the step of ``benchmarks/train_step.py`` (same model, inputs and optimiser).
+
+    python benchmarks/profile_step.py                       # ShapeNet-Car config, bf16
+    python benchmarks/profile_step.py --config cosmology --top 40
+    python benchmarks/profile_step.py --device cpu --tiny   # CPU smoke run
+
+Prints three tables: the device kernels of one step grouped by name (count and
+device time), the host operators by self CPU time (what the Python/ATen side
+costs per step), and one line with the step's wall time, the summed device
+kernel time and the number of kernels, so that a launch-bound step (wall time
+far above kernel time) is visible at once.
+"""
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as ts  # noqa: E402
+
+from torch_geometric_nsa import ops  # noqa: E402
+from torch_geometric_nsa.nn import radius_graph  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default="shapenet-car", choices=list(ts.CONFIGS))
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--top", type=int, default=30, help="rows per table")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (median) before the trace")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="300 points x 2 clouds, 2 layers")
+    args = ap.parse_args(argv)
+    args.sizes = "small" if args.tiny else None
+    if args.tiny:
+        args.layers, args.width, args.heads = 2, 32, 2
+    device, dtype = args.device, getattr(torch, args.dtype)
+    cuda = device == "cuda"
+    n, bs = ts.sizes_of(args.config, args)
+    model = ts.make_model(args, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, pos, batch, y = ts.make_inputs(n, bs, device, torch.Generator().manual_seed(0))
+    tree, tree_rot = model.build_trees(pos, batch, batch_size=bs)
+    edges = radius_graph(pos, ts.RADIUS, batch, max_num_neighbors=ts.NEIGHBOURS)
+    backend = "triton" if cuda else "reference"
+    with ops.use_backend(backend):
+        step = ts.make_step(
+            "eager", model, opt, (x, pos, batch, edges, tree, tree_rot, y), dtype, device
+        )
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        for _ in range(3):
+            step()
+        times = []
+        for _ in range(args.steps):
+            sync()
+            t = time.perf_counter()
+            step()
+            sync()
+            times.append((time.perf_counter() - t) * 1e3)
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        sync()
+        with profile(activities=acts) as prof:
+            step()
+            sync()
+    kern_n, kern_us = collections.Counter(), collections.Counter()
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):
+            name = e.name if len(e.name) < 70 else e.name[:67] + "..."
+            kern_n[name] += 1
+            kern_us[name] += e.device_time
+    print(f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, width {args.width}")
+    if cuda:
+        print("\n| kernel | count | device ms |\n|---|---|---|")
+        for name, c in kern_n.most_common(args.top):
+            print(f"| {name} | {c} | {kern_us[name] / 1e3:.3f} |")
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top)
+    print("\n" + table)
+    print(
+        f"step wall {statistics.median(times):.2f} ms (median of {args.steps}); "
+        f"device kernels {sum(kern_n.values())}, {sum(kern_us.values()) / 1e3:.2f} ms summed"
+    )
+
+
+if __name__ == "__main__":
+    main()
