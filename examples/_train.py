@@ -122,7 +122,7 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
         "--select-size",
         type=positive_int,
         default=None,
-        help="points per selected block (None: the compression block size)",
+        help="points per selected block (None: the compression block size, at least 16)",
     )
     g.add_argument("--topk", type=positive_int, default=4, help="selected blocks per query")
     g.add_argument("--rotate", type=float, default=45.0, help="angle of the rotated tree (degrees)")

@@ -198,3 +198,16 @@ def test_bad_forward_input(batch_maker):
         conv(x, pos, batch, tree=small)
     with pytest.raises(ValueError, match="holds 5 points"):
         conv(x, pos, batch, tree=build_ball_tree(pos[:5], ball_size=32))
+
+
+@pytest.mark.parametrize(
+    "sizes, select",
+    [
+        (dict(ball_size=128, compress_size=32), 32),
+        (dict(ball_size=128, compress_size=8), 16),  # the kernels take s >= 16
+        (dict(ball_size=8, compress_size=4), 8),  # never above m
+    ],
+)
+def test_default_select_and_group_size(sizes, select):
+    conv = ErwinNSAConv(16, heads=2, **sizes)
+    assert conv.select_size == select and conv.group_size == select

@@ -184,7 +184,8 @@ class ErwinNSAConv(torch.nn.Module):
         compress_size (int): compression block size :math:`c`.
             (default: :obj:`32`)
         select_size (int, optional): selection block size :math:`s`, a
-            multiple of :math:`c`.  (default: :obj:`None`, :math:`c`)
+            multiple of :math:`c`.  (default: :obj:`None`, :math:`\max(c, 16)`
+            capped at :math:`m`: the Triton kernels take :math:`s \ge 16`)
         group_size (int, optional): query group size :math:`g` sharing one
             selection (:obj:`1` selects per query).  (default: :obj:`None`,
             :math:`s`)
@@ -227,7 +228,8 @@ class ErwinNSAConv(torch.nn.Module):
         check_channels("out_channels", out_channels)
         channels = out_channels
         heads = default_heads(channels) if heads is None else heads
-        select_size = compress_size if select_size is None else select_size
+        if select_size is None:  # the smallest block the kernels take (16), at least c, at most m
+            select_size = min(max(compress_size, 16), ball_size)
         group_size = select_size if group_size is None else group_size
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise ValueError(f"'heads' must be a positive int (got {heads!r})")
