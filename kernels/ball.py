@@ -16,7 +16,14 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_float_inputs, check_sizes, dot_precision, head_block
+from ._common import (
+    as_u8,
+    check_float_inputs,
+    check_sizes,
+    custom_op_with_eager_path,
+    dot_precision,
+    head_block,
+)
 from ._tl import LOG2E, M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -236,8 +243,7 @@ def _tiles(kernel: str, m: int, q: torch.Tensor, *launch: int):
     return min(m, cfg["BM"]), min(m, cfg["BN"]), _config.launch_meta(cfg)
 
 
-@torch.library.custom_op("tgnsa::ball_attention_fwd", mutates_args=())
-def ball_attention_fwd(
+def _ball_fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -282,13 +288,13 @@ def ball_attention_fwd(
     return o, lse
 
 
-@ball_attention_fwd.register_fake
-def _(q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps, num_stages):
+def _ball_fwd_fake(
+    q, k, v, pos, mask, sigma, ball_size, scale, block_m, block_n, num_warps, num_stages
+):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-@torch.library.custom_op("tgnsa::ball_attention_bwd", mutates_args=())
-def ball_attention_bwd(
+def _ball_bwd_impl(
     do: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -366,8 +372,7 @@ def ball_attention_bwd(
     return dq, dk, dv, dsigma
 
 
-@ball_attention_bwd.register_fake
-def _(
+def _ball_bwd_fake(
     do, q, k, v, pos, mask, sigma, o, lse, ball_size, scale, block_m, block_n, num_warps, num_stages
 ):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(sigma)
@@ -381,13 +386,28 @@ def _ball_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _ball_backward(ctx, do, dlse):
-    q, k, v, pos, mask, sigma, o, lse = ctx.saved_tensors
-    dq, dk, dv, dsigma = ball_attention_bwd(do, q, k, v, pos, mask, sigma, o, lse, *ctx.args)
-    return dq, dk, dv, None, None, dsigma, None, None, None, None, None, None
+def _ball_backward_with(bwd):
+    """The backward of the forward op, calling the backward op ``bwd``."""
+
+    def backward(ctx, do, dlse):
+        q, k, v, pos, mask, sigma, o, lse = ctx.saved_tensors
+        dq, dk, dv, dsigma = bwd(do, q, k, v, pos, mask, sigma, o, lse, *ctx.args)
+        return dq, dk, dv, None, None, dsigma, None, None, None, None, None, None
+
+    return backward
 
 
-ball_attention_fwd.register_autograd(_ball_backward, setup_context=_ball_setup)
+ball_attention_bwd = torch.library.custom_op("tgnsa::ball_attention_bwd", mutates_args=())(
+    _ball_bwd_impl
+)
+ball_attention_bwd.register_fake(_ball_bwd_fake)
+ball_attention_fwd, _ball_fwd = custom_op_with_eager_path(
+    "tgnsa::ball_attention_fwd", _ball_fwd_impl, _ball_setup, _ball_backward_with, _ball_bwd_impl
+)
+ball_attention_fwd.register_fake(_ball_fwd_fake)
+ball_attention_fwd.register_autograd(
+    _ball_backward_with(ball_attention_bwd), setup_context=_ball_setup
+)
 
 
 def ball_attention(
@@ -425,7 +445,7 @@ def ball_attention(
     check_sizes(ball_size=int(ball_size))
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    o, _ = ball_attention_fwd(
+    o, _ = _ball_fwd(
         q.contiguous(),
         k.contiguous(),
         v.contiguous(),

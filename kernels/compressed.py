@@ -24,7 +24,14 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_float_inputs, cloud_block_ranges, dot_precision, head_block
+from ._common import (
+    as_u8,
+    check_float_inputs,
+    cloud_block_ranges,
+    custom_op_with_eager_path,
+    dot_precision,
+    head_block,
+)
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -229,8 +236,7 @@ def _cmp_bwd_dkdv_kernel(
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
-@torch.library.custom_op("tgnsa::compressed_attention_fwd", mutates_args=())
-def compressed_attention_fwd(
+def _cmp_fwd_impl(
     q: torch.Tensor,
     kc: torch.Tensor,
     vc: torch.Tensor,
@@ -278,13 +284,11 @@ def compressed_attention_fwd(
     return o, lse
 
 
-@compressed_attention_fwd.register_fake
-def _(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_stages):
+def _cmp_fwd_fake(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_stages):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-@torch.library.custom_op("tgnsa::compressed_attention_bwd", mutates_args=())
-def compressed_attention_bwd(
+def _cmp_bwd_impl(
     do: torch.Tensor,
     q: torch.Tensor,
     kc: torch.Tensor,
@@ -362,8 +366,9 @@ def compressed_attention_bwd(
     return dq, dk, dv
 
 
-@compressed_attention_bwd.register_fake
-def _(do, q, kc, vc, block_mask, lo, hi, o, lse, scale, block_m, block_n, num_warps, num_stages):
+def _cmp_bwd_fake(
+    do, q, kc, vc, block_mask, lo, hi, o, lse, scale, block_m, block_n, num_warps, num_stages
+):
     return torch.empty_like(q), torch.empty_like(kc), torch.empty_like(vc)
 
 
@@ -375,13 +380,28 @@ def _cmp_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _cmp_backward(ctx, do, dlse):
-    q, kc, vc, block_mask, lo, hi, o, lse = ctx.saved_tensors
-    dq, dk, dv = compressed_attention_bwd(do, q, kc, vc, block_mask, lo, hi, o, lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+def _cmp_backward_with(bwd):
+    """The backward of the forward op, calling the backward op ``bwd``."""
+
+    def backward(ctx, do, dlse):
+        q, kc, vc, block_mask, lo, hi, o, lse = ctx.saved_tensors
+        dq, dk, dv = bwd(do, q, kc, vc, block_mask, lo, hi, o, lse, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+    return backward
 
 
-compressed_attention_fwd.register_autograd(_cmp_backward, setup_context=_cmp_setup)
+compressed_attention_bwd = torch.library.custom_op(
+    "tgnsa::compressed_attention_bwd", mutates_args=()
+)(_cmp_bwd_impl)
+compressed_attention_bwd.register_fake(_cmp_bwd_fake)
+compressed_attention_fwd, _cmp_fwd = custom_op_with_eager_path(
+    "tgnsa::compressed_attention_fwd", _cmp_fwd_impl, _cmp_setup, _cmp_backward_with, _cmp_bwd_impl
+)
+compressed_attention_fwd.register_fake(_cmp_fwd_fake)
+compressed_attention_fwd.register_autograd(
+    _cmp_backward_with(compressed_attention_bwd), setup_context=_cmp_setup
+)
 
 
 def compressed_attention(
@@ -418,7 +438,7 @@ def compressed_attention(
         scale = q.shape[-1] ** -0.5
     S = q.shape[0]
     lo, hi = cloud_block_ranges(ptr, S, int(block_size))
-    return compressed_attention_fwd(
+    return _cmp_fwd(
         q.contiguous(),
         kc.contiguous(),
         vc.contiguous(),

@@ -17,7 +17,14 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, cloud_block_ranges, dot_precision, head_block, next_pow2
+from ._common import (
+    as_u8,
+    cloud_block_ranges,
+    custom_op_with_eager_path,
+    dot_precision,
+    head_block,
+    next_pow2,
+)
 from ._tl import key_bias, lse2
 
 
@@ -115,8 +122,7 @@ def _select_kernel(
     tl.store(OUT + G * KP + tl.arange(0, KP), top)
 
 
-@torch.library.custom_op("tgnsa::select_blocks", mutates_args=())
-def select_blocks_op(
+def _select_impl(
     q: torch.Tensor,
     kc: torch.Tensor,
     lse: torch.Tensor,
@@ -174,8 +180,7 @@ def select_blocks_op(
     return torch.where(gam == torch.iinfo(torch.int64).max, -1, gam)
 
 
-@select_blocks_op.register_fake
-def _(
+def _select_fake(
     q,
     kc,
     lse,
@@ -193,6 +198,10 @@ def _(
     num_stages,
 ):
     return q.new_empty((q.shape[0] // group_size, topk), dtype=torch.int64)
+
+
+select_blocks_op, _select = custom_op_with_eager_path("tgnsa::select_blocks", _select_impl)
+select_blocks_op.register_fake(_select_fake)
 
 
 def select_blocks(
@@ -238,7 +247,7 @@ def select_blocks(
         scale = q.shape[-1] ** -0.5
     lo, hi = cloud_block_ranges(ptr, q.shape[0], int(block_size))
     with torch.no_grad():
-        return select_blocks_op(
+        return _select(
             q.detach().contiguous(),
             kc.detach().contiguous(),
             lse.detach().float().contiguous(),

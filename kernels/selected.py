@@ -16,7 +16,15 @@ import triton.language as tl
 
 from . import _config
 from ._common import LOG2E as _LOG2E
-from ._common import as_u8, check_float_inputs, check_sizes, dot_precision, head_block, next_pow2
+from ._common import (
+    as_u8,
+    check_float_inputs,
+    check_sizes,
+    custom_op_with_eager_path,
+    dot_precision,
+    head_block,
+    next_pow2,
+)
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
@@ -219,8 +227,7 @@ def _key_tile(block_n: int, s: int, topk: int) -> int:
     return min(block_n, max(16, next_pow2(topk) * s))
 
 
-@torch.library.custom_op("tgnsa::selected_attention_fwd", mutates_args=())
-def selected_attention_fwd(
+def _sel_fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -266,13 +273,13 @@ def selected_attention_fwd(
     return o, lse
 
 
-@selected_attention_fwd.register_fake
-def _(q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps, num_stages):
+def _sel_fwd_fake(
+    q, k, v, mask, idx, select_size, group_size, scale, block_m, block_n, num_warps, num_stages
+):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-@torch.library.custom_op("tgnsa::selected_attention_bwd", mutates_args=())
-def selected_attention_bwd(
+def _sel_bwd_impl(
     do: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -356,8 +363,7 @@ def selected_attention_bwd(
     return dq, dk, dv
 
 
-@selected_attention_bwd.register_fake
-def _(
+def _sel_bwd_fake(
     do,
     q,
     k,
@@ -398,13 +404,28 @@ def _sel_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _sel_backward(ctx, do, dlse):
-    q, k, v, mask, idx, o, lse = ctx.saved_tensors
-    dq, dk, dv = selected_attention_bwd(do, q, k, v, mask, idx, o, lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+def _sel_backward_with(bwd):
+    """The backward of the forward op, calling the backward op ``bwd``."""
+
+    def backward(ctx, do, dlse):
+        q, k, v, mask, idx, o, lse = ctx.saved_tensors
+        dq, dk, dv = bwd(do, q, k, v, mask, idx, o, lse, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+    return backward
 
 
-selected_attention_fwd.register_autograd(_sel_backward, setup_context=_sel_setup)
+selected_attention_bwd = torch.library.custom_op("tgnsa::selected_attention_bwd", mutates_args=())(
+    _sel_bwd_impl
+)
+selected_attention_bwd.register_fake(_sel_bwd_fake)
+selected_attention_fwd, _sel_fwd = custom_op_with_eager_path(
+    "tgnsa::selected_attention_fwd", _sel_fwd_impl, _sel_setup, _sel_backward_with, _sel_bwd_impl
+)
+selected_attention_fwd.register_fake(_sel_fwd_fake)
+selected_attention_fwd.register_autograd(
+    _sel_backward_with(selected_attention_bwd), setup_context=_sel_setup
+)
 
 
 def selected_attention(
@@ -442,7 +463,7 @@ def selected_attention(
     check_sizes(select_size=int(select_size))
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    return selected_attention_fwd(
+    return _sel_fwd(
         q.contiguous(),
         k.contiguous(),
         v.contiguous(),

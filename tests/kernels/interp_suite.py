@@ -119,6 +119,12 @@ def test_compile_fullgraph():
         torch.testing.assert_close(a, b)
 
 
+def test_eager_path_equals_the_registered_ops():
+    from torch_geometric_nsa import kernels as K
+
+    kc.check_eager_path(K)
+
+
 def test_opcheck():
     from torch_geometric_nsa.kernels._common import cloud_block_ranges
 

@@ -281,3 +281,41 @@ def check_nonfinite_isolation(
                     [got[o][~others & mask].flatten() for o in ("ball", "compressed", "selected")]
                 )
                 assert not torch.isfinite(own).all(), f"{where}: the poison had no effect"
+
+
+def check_eager_path(K, device="cpu", dtype=torch.float32):
+    """Plain eager calls of the four ops run their implementations directly (autograd through a
+    ``torch.autograd.Function`` named after the op); under a dispatch mode they go through the
+    registered custom ops.  Both must give the same outputs and gradients, bit for bit."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    H, D, m, c, s, g = 2, 16, 64, 16, 32, 32
+    case = make_case([100, 37], m, H, D, c, device=device)
+    mask, ptr, bm = case["mask"], case["ptr"], case["block_mask"]
+    args = [case[n].to(dtype).requires_grad_() for n in ("q", "k", "v", "kc", "vc", "sigma")]
+
+    def run():
+        q, k, v, kc_, vc_, sigma = args
+        ob = K.ball_attention(q, k, v, case["pos"], mask, sigma, m)
+        oc, lse = K.compressed_attention(q, kc_, vc_, bm, ptr, c)
+        idx = K.select_blocks(q, kc_, lse, bm, mask, ptr, c, s, g, 2)
+        os_ = K.selected_attention(q, k, v, mask, idx, s, g)
+        outs = (ob, oc, lse, idx, os_)
+        grads = torch.autograd.grad((ob + oc + os_).float().square().sum(), args)
+        return outs, grads, (ob.grad_fn.name(), oc.grad_fn.name(), os_.grad_fn.name())
+
+    direct, direct_grads, direct_names = run()
+    with Passthrough():
+        op, op_grads, op_names = run()
+    assert direct_names == (
+        "ball_attention_fwdBackward",
+        "compressed_attention_fwdBackward",
+        "selected_attention_fwdBackward",
+    ), direct_names
+    assert all(n.startswith("GeneratedBackwardFor_tgnsa_") for n in op_names), op_names
+    for a, b in zip(direct + direct_grads, op + op_grads):
+        assert torch.equal(a, b)

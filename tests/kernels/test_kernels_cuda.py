@@ -108,6 +108,13 @@ def test_nonfinite_isolation(dtype):
     kc.check_nonfinite_isolation(K, dtype, device="cuda", cases=kc.KERNEL_NONFINITE_CASES)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_eager_path_equals_the_registered_ops(dtype):
+    from torch_geometric_nsa import kernels as K
+
+    kc.check_eager_path(K, "cuda", dtype)
+
+
 def test_small_sizes_fall_back_to_the_reference():
     """ball_size / select_size below 16: "auto" warns once and runs the reference on CUDA."""
     from torch_geometric_nsa import ops
