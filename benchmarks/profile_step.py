@@ -47,7 +47,7 @@ def main(argv=None):
     cuda = device == "cuda"
     n, bs = ts.sizes_of(args.config, args)
     model = ts.make_model(args, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = ts.make_optimizer(model, device)
     x, pos, batch, y = ts.make_inputs(n, bs, device, torch.Generator().manual_seed(0))
     tree, tree_rot = model.build_trees(pos, batch, batch_size=bs)
     edges = radius_graph(pos, ts.RADIUS, batch, max_num_neighbors=ts.NEIGHBOURS)
