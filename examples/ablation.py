@@ -129,6 +129,22 @@ def run_all(jobs: List[Dict[str, Any]], parallel: int, threads: Optional[int]) -
     pending, running, failures = list(jobs), [], []
     env = _child_env(threads)
     total = len(jobs)
+    try:
+        _run_all(pending, running, failures, parallel, env, total)
+    finally:  # interrupted (Ctrl-C, SIGTERM of a timeout): no orphaned runs
+        for _, proc, log, _ in running:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc, log, _ in running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    return failures
+
+
+def _run_all(pending, running, failures, parallel, env, total) -> None:
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
@@ -158,8 +174,7 @@ def run_all(jobs: List[Dict[str, Any]], parallel: int, threads: Optional[int]) -
                 )
                 print(msg, flush=True)
                 failures.append(msg)
-        running = still
-    return failures
+        running[:] = still
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +281,7 @@ def plot_curves(results: Dict[str, Any], path: str) -> Optional[str]:
                 ha="right", va="bottom", fontsize=7, color="grey",
             )  # fmt: skip
         if timed:
+            axes[2].set_xscale("log")
             axes[2].set_xlabel("training time alone [s] (step × solo time per step)")
             axes[2].set_ylabel(label)
     for ax in axes:
@@ -285,12 +301,27 @@ def plot_curves(results: Dict[str, Any], path: str) -> Optional[str]:
     return path
 
 
-def _fmt(v: float) -> str:
+def _decimals(v: float) -> int:
+    """Decimals that show 4 significant digits of ``v`` (at most 4)."""
     a = abs(v)
-    if a == 0 or 1e-3 <= a < 1e4:
-        digits = max(0, 3 - int(np.floor(np.log10(a)))) if a else 4
-        return f"{v:.{min(digits, 4)}f}"
-    return f"{v:.3e}"
+    return 4 if a == 0 else int(min(4, max(0, 3 - np.floor(np.log10(a)))))
+
+
+def _fmt(v: float, decimals: Optional[int] = None) -> str:
+    if v != 0 and not 1e-3 <= abs(v) < 1e5:
+        return f"{v:.3e}"
+    return f"{v:.{_decimals(v) if decimals is None else decimals}f}"
+
+
+def mean_pm_std(mean: float, std: Optional[float]) -> str:
+    """``mean ± std`` with the decimals of the mean (and one significant digit
+    of a smaller standard deviation)."""
+    if std is None:
+        return _fmt(mean)
+    d = _decimals(mean)
+    if 0 < std < 10**-d:
+        d = min(6, int(-np.floor(np.log10(std))))
+    return f"{_fmt(mean, d)} ± {std:.{d}f}"
 
 
 def render_table(results: Dict[str, Any]) -> str:
@@ -302,11 +333,11 @@ def render_table(results: Dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for model, m in results["models"].items():
-        pm = f" ± {_fmt(m['std'])}" if m["std"] is not None else ""
         ms = f"{1000 * m['solo_step_s']:.1f}" if m.get("solo_step_s") else "–"
         peak = f"{m['peak_gib']:.2f}" if m.get("peak_gib") is not None else "–"
         lines.append(
-            f"| {model} | {m['params']:,} | {_fmt(m['mean'])}{pm} | {ms} | {peak} | {m['steps']} |"
+            f"| {model} | {m['params']:,} | {mean_pm_std(m['mean'], m['std'])} | {ms} | {peak} "
+            f"| {m['steps']} |"
         )
     for name, v in results["baselines"].items():
         lines.append(f"| *{BASELINE_NAMES.get(name, name)}* | 0 | {_fmt(v)} | – | – | – |")
@@ -459,6 +490,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="steps before the timed ones (Triton compilation, allocator warm-up)",
     )
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: time (--time-steps) and tabulate the runs that finished with "
+        "these settings; the others are reported as missing",
+    )
+    parser.add_argument(
         "--out", default=None, help="folder of the runs (None: runs/ablation-<example>)"
     )
     return parser
@@ -467,7 +504,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = get_parser().parse_known_args(argv)
-    command = "python examples/ablation.py " + shlex.join(argv)
+    # the one command that trains, times and tabulates all of it (without --report-only)
+    command = "python examples/ablation.py " + shlex.join(a for a in argv if a != "--report-only")
     example = __import__(args.example)
     script = osp.join(HERE, f"{args.example}.py")
     out = args.out or osp.join("runs", f"ablation-{args.example}")
@@ -477,10 +515,11 @@ def main(argv=None):
     threads = None
     if "--threads" not in rest and args.parallel > 1:
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
-    jobs, plan = [], []
+    jobs, plan, missing = [], [], []
     for seed in args.seeds:
         for model in args.models:
             run = osp.join(out, f"{model}-seed{seed}")
+            log = osp.join(run, "train.log")
             argv_run = rest + [
                 "--model", model, "--seed", str(seed), "--steps", str(args.steps),
                 "--eval-every", str(args.eval_every),
@@ -492,10 +531,16 @@ def main(argv=None):
             plan.append((model, seed, run))
             if _reusable(run, run_args):
                 print(f"reusing {run} (same settings)", flush=True)
+            elif args.report_only:
+                missing.append(
+                    f"{model} seed {seed} MISSING: no finished run with these settings in {run}"
+                    + (f"; the end of its train.log:\n{log_tail(log)}" if osp.isfile(log) else "")
+                )
+                print(missing[-1], flush=True)
             else:
                 cmd = [sys.executable, script] + argv_run
                 jobs.append(dict(cmd=cmd, run=run, name=f"{model} seed {seed}"))
-    failures = run_all(jobs, args.parallel, threads) if jobs else []
+    failures = missing + (run_all(jobs, args.parallel, threads) if jobs else [])
     rows: Dict[str, List[dict]] = {}
     runs: Dict[str, List[str]] = {}
     for model, seed, run in plan:
@@ -543,7 +588,7 @@ def time_alone(args, rest, example, out, models) -> Dict[str, Dict[str, Any]]:
     for model in models:
         run = osp.join(out, f"solo-{model}")
         argv_run = rest + [
-            "--model", model, "--seed", str(args.seeds[0]), "--steps", str(max(n, args.steps)),
+            "--model", model, "--seed", str(args.seeds[0]), "--steps", str(max(n + 1, args.steps)),
             "--stop-after", str(n), "--eval-every", "0", "--ckpt-every", "0",
             "--log-every", "0", "--out", run, "--no-figures", "--no-progress",
         ]  # fmt: skip
@@ -567,7 +612,15 @@ def time_alone(args, rest, example, out, models) -> Dict[str, Dict[str, Any]]:
     return solo
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    import signal
+
+    # a SIGTERM (``timeout``) unwinds like Ctrl-C, so run_all stops its runs
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except AblationError as e:
