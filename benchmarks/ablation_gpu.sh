@@ -17,7 +17,7 @@
 # 3. Here: python examples/ablation_report.py <those results.json> --write (see its --help).
 #
 # Everything can be overridden from the environment: BUDGET (seconds for the whole script),
-# PARALLEL (runs at once per example), SEEDS, MD_STEPS, MD_FLAGS, COSMO_STEPS, COSMO_FLAGS,
+# PARALLEL (runs at once per example), SEEDS, MODELS, MD_STEPS, MD_FLAGS, COSMO_STEPS, COSMO_FLAGS,
 # EXAMPLES ("md cosmology"), WORK (run folders), PY (the interpreter), DEVICE.
 set -o pipefail
 MODE=${1:-run}
@@ -48,6 +48,7 @@ BUDGET=${BUDGET:-540}            # seconds for everything; training gets BUDGET 
 REPORT_S=${REPORT_S:-150}        # seconds kept for the solo timings, tables and figures
 PARALLEL=${PARALLEL:-12}         # runs at once per example (both examples run together)
 SEEDS=${SEEDS:-"0 1 2"}
+MODELS=${MODELS:-"erwin-nsa local-only point-transformer mlp"}
 EXAMPLES=${EXAMPLES:-"md cosmology"}
 DEVICE=${DEVICE:-cuda}
 TIME_STEPS=${TIME_STEPS:-30}
@@ -104,7 +105,7 @@ echo "[$(elapsed)s] training, ${TRAIN_S}s at most"
 PIDS=()
 for ex in $EXAMPLES; do
     # shellcheck disable=SC2046
-    timeout -s TERM "$TRAIN_S" "$PY" examples/ablation.py --example "$ex" --seeds $SEEDS \
+    timeout -s TERM "$TRAIN_S" "$PY" examples/ablation.py --example "$ex" --seeds $SEEDS --models $MODELS \
         --parallel "$PARALLEL" --out "$WORK/$ex" $(flags_of "$ex") $COMMON \
         > "$WORK/$ex.train.log" 2>&1 &
     PIDS+=($!)
@@ -121,7 +122,7 @@ for ex in $EXAMPLES; do
     [ "$LEFT" -gt 20 ] || { echo "no time left for $ex's report"; continue; }
     echo "[$(elapsed)s] $ex: solo timing and report (${LEFT}s at most)"
     # shellcheck disable=SC2046
-    timeout -s TERM "$LEFT" "$PY" examples/ablation.py --example "$ex" --seeds $SEEDS \
+    timeout -s TERM "$LEFT" "$PY" examples/ablation.py --example "$ex" --seeds $SEEDS --models $MODELS \
         --parallel "$PARALLEL" --out "$WORK/$ex" $(flags_of "$ex") $COMMON \
         --report-only --time-steps "$TIME_STEPS" 2>&1 | tail -25
     for f in table.md curves.png results.json; do

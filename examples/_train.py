@@ -15,6 +15,12 @@ does the rest:
   logging and checkpoints;
 * tqdm progress with the loss and the throughput, a ``metrics.jsonl`` line
   every ``--log-every`` steps;
+* with ``--eval-every K``, the held-out error every K steps as
+  ``eval_<metric>`` rows of ``metrics.jsonl`` (on the validation split that an
+  example gives as ``Task.extra["val_dataset"]``, else on the test split,
+  named in each row; the RNG states are restored, so training is unchanged);
+* ``timing.json``: the seconds of every step (data loading excluded), their
+  median and the peak GPU memory of training (also in ``test_metrics.json``);
 * a checkpoint every ``--ckpt-every`` steps holding the model, the optimiser,
   every RNG state (as tensors), the step and the settings; it is read back with
   ``torch.load(weights_only=True)``, so a planted file cannot run code.
