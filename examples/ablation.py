@@ -20,10 +20,12 @@ Runs train with ``--eval-every`` (default: every twentieth of ``--steps``), so
 ``metrics.jsonl`` holds the held-out error during training: on the
 validation split when the example has one, else on the test split (AdK has
 no validation run; nothing is chosen from the curves: the step budget is
-fixed, there is no early stopping).  Times per step under ``--parallel`` share
-the machine, so ``--time-steps K`` afterwards trains each model alone for K
-steps after ``--time-warmup`` steps and the table reports the median of
-those.  The peak GPU memory is ``torch.cuda.max_memory_allocated`` of each
+fixed, there is no early stopping).  Every run keeps its transformed
+samples in memory (``--cache-samples``: the ball trees are built once per
+sample; the examples' transforms are deterministic).  Times per step under
+``--parallel`` share the machine, so ``--time-steps K`` afterwards trains each
+model alone for K steps after ``--time-warmup`` steps and the table reports
+the median of those.  The peak GPU memory is ``torch.cuda.max_memory_allocated`` of each
 training process (per process, so concurrency does not change it).
 
 Output in ``--out`` (default ``runs/ablation-<example>``): a folder per run,
@@ -522,7 +524,7 @@ def main(argv=None):
             log = osp.join(run, "train.log")
             argv_run = rest + [
                 "--model", model, "--seed", str(seed), "--steps", str(args.steps),
-                "--eval-every", str(args.eval_every),
+                "--eval-every", str(args.eval_every), "--cache-samples",
                 "--out", run, "--no-figures", "--no-progress",
             ]  # fmt: skip
             if threads is not None:
@@ -589,7 +591,7 @@ def time_alone(args, rest, example, out, models) -> Dict[str, Dict[str, Any]]:
         run = osp.join(out, f"solo-{model}")
         argv_run = rest + [
             "--model", model, "--seed", str(args.seeds[0]), "--steps", str(max(n + 1, args.steps)),
-            "--stop-after", str(n), "--eval-every", "0", "--ckpt-every", "0",
+            "--stop-after", str(n), "--eval-every", "0", "--ckpt-every", "0", "--cache-samples",
             "--log-every", "0", "--out", run, "--no-figures", "--no-progress",
         ]  # fmt: skip
         run_args = vars(example.get_parser().parse_args(argv_run))
