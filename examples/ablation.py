@@ -581,6 +581,16 @@ def main(argv=None):
     return table
 
 
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def time_alone(args, rest, example, out, models) -> Dict[str, Dict[str, Any]]:
     """Trains each model alone, in this process, for ``--time-warmup`` +
     ``--time-steps`` steps (seed of the first run) and returns the median
@@ -604,6 +614,7 @@ def time_alone(args, rest, example, out, models) -> Dict[str, Dict[str, Any]]:
             print(f"reusing the timing of {model} in {run}", flush=True)
         else:
             print(f"timing {model} alone: {n} steps", flush=True)
+            _free_memory()  # nothing of the previous model in this one's peak
             example.main(argv_run)
         with open(path) as f:
             t = json.load(f)
