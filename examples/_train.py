@@ -15,6 +15,12 @@ does the rest:
   logging and checkpoints;
 * tqdm progress with the loss and the throughput, a ``metrics.jsonl`` line
   every ``--log-every`` steps;
+* with ``--eval-every K``, the held-out error every K steps as
+  ``eval_<metric>`` rows of ``metrics.jsonl`` (on the validation split that an
+  example gives as ``Task.extra["val_dataset"]``, else on the test split,
+  named in each row; the RNG states are restored, so training is unchanged);
+* ``timing.json``: the seconds of every step (data loading excluded), their
+  median and the peak GPU memory of training (also in ``test_metrics.json``);
 * a checkpoint every ``--ckpt-every`` steps holding the model, the optimiser,
   every RNG state (as tensors), the step and the settings; it is read back with
   ``torch.load(weights_only=True)``, so a planted file cannot run code.
@@ -78,6 +84,11 @@ FREE_SETTINGS = frozenset(
         "num_workers",
         "eval_batch_size",
         "compile",
+        # held-out curves do not touch training: the RNG states are restored after
+        # each evaluation (tested), so the loss curve is the same with or without them
+        "eval_every",
+        "eval_samples",
+        "cache_samples",
     }
 )
 #: settings that may change on ``--resume`` when named in ``--allow-change``
@@ -155,6 +166,13 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument(
+        "--cache-samples",
+        action="store_true",
+        help="keep every transformed training (and --eval-every) sample in memory after its "
+        "first use, so each sample's ball trees are built once, not at every step (the "
+        "examples' transforms are deterministic)",
+    )
+    g.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (None: torch's)"
     )
     g = parser.add_argument_group("output")
@@ -187,9 +205,29 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
         default=1,
         help="metrics.jsonl line every this many steps (0: none)",
     )
+    g.add_argument(
+        "--eval-every",
+        type=non_negative_int,
+        default=0,
+        help="evaluate on the held-out split every this many steps and at the end, as "
+        "eval_<metric> rows of metrics.jsonl (the validation split when the example has one, "
+        "else the test split, named in the row; nothing is chosen from it; 0: off)",
+    )
+    g.add_argument(
+        "--eval-samples",
+        type=positive_int,
+        default=None,
+        help="with --eval-every: evenly spaced held-out samples per evaluation (None: all)",
+    )
     g.add_argument("--no-figures", action="store_true", help="skip the figures")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--stop-after",
+        type=positive_int,
+        default=None,
+        help="stop after this many steps (the schedule still spans --steps): no test "
+        "evaluation, timing.json is written (None: all --steps)",
+    )
     parser.set_defaults(**defaults)
     return parser
 
@@ -371,6 +409,33 @@ def train_loader(dataset, args, env: Env, start_step: int) -> DataLoader:
     )
 
 
+class CachedSamples(torch.utils.data.Dataset):
+    """``dataset`` whose samples are kept in memory after their first access
+    (``--cache-samples``), so a deterministic transform such as
+    :class:`BallTree` builds each sample's trees once instead of at every step.
+    Other attributes are those of ``dataset`` (what an example's ``evaluate``
+    reads).  Do not use it with random transforms (augmentations): every epoch
+    would see the first draw."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.cache: Dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx):
+        idx = int(idx)
+        if idx not in self.cache:
+            self.cache[idx] = self.dataset[idx]
+        return self.cache[idx]
+
+    def __getattr__(self, name):
+        if name in ("dataset", "cache"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def test_loader(dataset, args) -> DataLoader:
     return DataLoader(
         dataset,
@@ -431,7 +496,25 @@ def _truncate_jsonl(path: str, step: int) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def plot_loss_curves(metrics_path: str, out_dir: str) -> Optional[str]:
+def eval_metric_key(rows: List[Dict[str, Any]], metric: Optional[str] = None) -> Optional[str]:
+    """The ``eval_<metric>`` key of the held-out rows (the first scalar the
+    task reports when ``metric`` is :obj:`None`)."""
+    for r in rows:
+        if "eval_split" in r:
+            if metric is not None:
+                return f"eval_{metric}" if f"eval_{metric}" in r else None
+            keys = [
+                k for k in r if k.startswith("eval_") and k not in ("eval_split", "eval_seconds")
+            ]
+            return keys[0] if keys else None
+    return None
+
+
+def plot_loss_curves(
+    metrics_path: str, out_dir: str, metric: Optional[str] = None
+) -> Optional[str]:
+    """``loss_curve.png``: the training loss per step (and its running mean),
+    and beside it the held-out ``eval_<metric>`` rows when there are any."""
     try:
         import matplotlib
 
@@ -441,24 +524,32 @@ def plot_loss_curves(metrics_path: str, out_dir: str) -> Optional[str]:
         return None
     rows = read_jsonl(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["test_loss"]) for r in rows if "test_loss" in r]
+    key = eval_metric_key(rows, metric)
+    held = [(r["step"], r[key]) for r in rows if key and key in r]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2 if held else 1, figsize=(11 if held else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     s, l = zip(*train)
     ax.plot(s, l, lw=0.8, alpha=0.5, label="train (per step)")
     if len(l) >= 20:
         w = max(5, len(l) // 50)
         sm = np.convolve(l, np.ones(w) / w, mode="valid")
         ax.plot(s[w - 1 :], sm, lw=1.5, label=f"train ({w}-step mean)")
-    if val:
-        s, l = zip(*val)
-        ax.plot(s, l, "o-", label="test")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (normalised MSE)")
+    ax.set_ylabel("training loss (normalised MSE)")
     ax.legend()
     ax.grid(alpha=0.3)
+    if held:
+        split = next(r["eval_split"] for r in rows if "eval_split" in r)
+        ax = axes[0, 1]
+        s, v = zip(*held)
+        ax.plot(s, v, "o-", ms=3)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{key[5:]} on the {split} split")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out_dir, "loss_curve.png", dpi=120)
 
@@ -591,6 +682,10 @@ class Run:
     opt: torch.optim.Optimizer
     step: int
     out: str
+    #: seconds of every optimiser step of this process (data loading excluded)
+    step_times: List[float] = field(default_factory=list)
+    #: peak bytes allocated on the GPU during training (:obj:`None` on the CPU)
+    peak_bytes: Optional[int] = None
 
     @property
     def metrics_path(self) -> str:
@@ -658,8 +753,90 @@ def _due(step: int, every: int, last: int) -> bool:
     return bool(every) and (step % every == 0 or step == last)
 
 
+def held_out_split(task: Task):
+    """The split of the held-out curves: ``(name, dataset)``, the validation
+    split when the example gives one (``task.extra["val_dataset"]``), else the
+    test split.  Nothing is chosen from the curves (a fixed step budget, no
+    early stopping), so drawing them on the test split tunes nothing."""
+    val = task.extra.get("val_dataset")
+    return ("val", val) if val is not None else ("test", task.test_dataset)
+
+
+def _evenly_spaced(dataset, count: Optional[int]):
+    if count is None or count >= len(dataset):
+        return dataset
+    return dataset.index_select(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+
+
+def evaluate_held_out(run: Run, name: str, dataset) -> Dict[str, Any]:
+    """Evaluates the model on ``dataset``, the split ``name`` (what
+    :func:`held_out_split` gives, ``--eval-samples`` of it), and returns the row
+    for ``metrics.jsonl``: ``step``, ``eval_split``, ``eval_<metric>`` for
+    every scalar metric of the task, ``eval_seconds``.
+
+    The RNG states are restored afterwards (a loader draws its seed from the
+    global RNG), so the training run is the same with or without evaluations.
+    """
+    args, env, task, model = run.args, run.env, run.task, run.model
+    state = rng_state()
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+
+    @torch.no_grad()
+    def predict(batch):
+        return forward(model, copy.copy(batch).to(env.device), use_edges=task.use_edges)
+
+    try:
+        result = task.evaluate(predict, test_loader(dataset, args))
+    finally:
+        set_rng_state(state)
+        model.train(was_training)
+    row: Dict[str, Any] = dict(step=run.step, eval_split=name)
+    for k, v in result.items():
+        if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
+            row[f"eval_{k}"] = float(v)
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    cpu = platform.processor() or platform.machine() or "cpu"
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+def _peak(run: Run) -> None:
+    if run.env.device.type == "cuda":
+        now = torch.cuda.max_memory_allocated(run.env.device)
+        run.peak_bytes = max(run.peak_bytes or 0, now)
+
+
+def timing_summary(run: Run, warmup: int = 5) -> Dict[str, Any]:
+    """Median seconds per step of this process after ``warmup`` steps (all
+    steps when there are no more), and the peak GPU memory in GiB
+    (:obj:`None` on the CPU; training only, evaluations excluded)."""
+    times = run.step_times[warmup:] if len(run.step_times) > warmup else run.step_times
+    return dict(
+        step_s_median=float(np.median(times)) if times else None,
+        peak_gib=None if run.peak_bytes is None else run.peak_bytes / 2**30,
+    )
+
+
 def train(run: Run) -> float:
-    """Trains until ``--steps`` (or ``--stop-after``); returns the seconds spent."""
+    """Trains until ``--steps`` (or ``--stop-after``); returns the seconds spent
+    (the held-out evaluations excluded).
+
+    Every ``--eval-every`` steps (and at the last step) it appends a
+    :func:`evaluate_held_out` row to ``metrics.jsonl``; at the end it writes
+    ``timing.json`` (rank 0): the seconds of every step of this call, their
+    median after 5 warm-up steps, the peak GPU memory of training and the
+    device's name.
+    """
     args, env = run.args, run.env
     stop = min(args.steps, args.stop_after if args.stop_after is not None else args.steps)
     bar = None
@@ -671,15 +848,30 @@ def train(run: Run) -> float:
             dynamic_ncols=True,
         )
     log = open(run.metrics_path, "a") if env.main else None
+    cuda = env.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(env.device)
+        run.peak_bytes = 0
     t_start = time.perf_counter()
-    batches = iter(train_loader(run.task.train_dataset, args, env, run.step))
+    eval_seconds = 0.0
+    train_set = run.task.train_dataset
+    held_out = None
+    if args.eval_every and env.main:
+        split, held_out = held_out_split(run.task)
+        held_out = (split, _evenly_spaced(held_out, args.eval_samples))
+    if args.cache_samples:
+        train_set = CachedSamples(train_set)
+        if held_out is not None:
+            held_out = (held_out[0], CachedSamples(held_out[1]))
+    batches = iter(train_loader(train_set, args, env, run.step))
     while run.step < stop:
         batch = next(batches).to(env.device)
         t0 = time.perf_counter()
         loss = train_step(run, batch)
-        if env.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(env.device)
         dt = time.perf_counter() - t0
+        run.step_times.append(dt)
         run.step += 1
         points = batch.num_nodes * env.world
         if env.main:
@@ -698,14 +890,39 @@ def train(run: Run) -> float:
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", pts_s=f"{points / dt:,.0f}")
                 bar.update(1)
+        if _due(run.step, args.eval_every, args.steps):
+            t_eval = time.perf_counter()
+            if cuda:  # the peak of training, not of the evaluation's batches
+                _peak(run)
+            if env.main:
+                log.write(json.dumps(evaluate_held_out(run, *held_out)) + "\n")
+                log.flush()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(env.device)
+            if env.distributed:
+                dist.barrier()
+            eval_seconds += time.perf_counter() - t_eval
         if _due(run.step, args.ckpt_every, args.steps):
             save_checkpoint(run.ckpt_path, run.model, run.opt, run.step, args, env)
+    seconds = time.perf_counter() - t_start - eval_seconds
+    if cuda:
+        _peak(run)
     del batches  # stops the loader's workers
     if bar is not None:
         bar.close()
     if log is not None:
         log.close()
-    return time.perf_counter() - t_start
+    if env.main:
+        timing = dict(
+            timing_summary(run),
+            warmup_steps=5,
+            step_s=run.step_times,
+            device=device_name(env.device),
+            first_step=run.step - len(run.step_times) + 1,
+        )
+        with open(osp.join(run.out, "timing.json"), "w") as f:
+            json.dump(timing, f)
+    return seconds
 
 
 def report(run: Run, train_seconds: float) -> Dict[str, Any]:
@@ -735,7 +952,8 @@ def report(run: Run, train_seconds: float) -> Dict[str, Any]:
         model=args.model,
         processes=env.world,
     )
-    rows = read_jsonl(run.metrics_path)
+    scalars.update(timing_summary(run), device=device_name(env.device))
+    rows = [r for r in read_jsonl(run.metrics_path) if "loss" in r]
     if rows:
         tail = rows[-max(1, len(rows) // 10) :]
         scalars["final_train_loss"] = float(np.mean([r["loss"] for r in tail]))
@@ -745,7 +963,7 @@ def report(run: Run, train_seconds: float) -> Dict[str, Any]:
     result["scalars"] = scalars
     paths = []
     if not args.no_figures:
-        p = plot_loss_curves(run.metrics_path, run.out)
+        p = plot_loss_curves(run.metrics_path, run.out, task.extra.get("metric"))
         paths += [p] if p else []
         if task.figures is not None:
             paths += [p for p in task.figures(result, run.out) if p]
