@@ -79,10 +79,66 @@ class Views(torch.utils.data.Dataset):
         return self.transform(d) if self.transform is not None else d
 
 
+class RadiusEdges:
+    """Transform: ``edge_index`` of the radius graph of ``pos`` (the local
+    message passing of the models' first layer reads it)."""
+
+    def __init__(self, r: float, max_num_neighbors: int = 32):
+        self.r, self.max_num_neighbors = r, max_num_neighbors
+
+    def __call__(self, data):
+        from torch_geometric_nsa.nn import radius_graph
+
+        data.edge_index = radius_graph(data.pos, self.r, max_num_neighbors=self.max_num_neighbors)
+        return data
+
+    def __repr__(self):
+        return f"RadiusEdges(r={self.r}, max_num_neighbors={self.max_num_neighbors})"
+
+
+class DeviceTrees(torch.nn.Module):
+    """A tree model that builds its ball trees itself, on its device, in
+    every call (``--device-trees``: no :class:`BallTree` transform in the
+    loader, whose CPU tree of a 65k-point view would bound a GPU step)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, pos, batch=None, edge_index=None):
+        return self.model(x, pos, batch, edge_index)
+
+
+def build(args, in_channels, out_channels):
+    model = build_model(args, in_channels, out_channels)
+    if getattr(args, "device_trees", False) and args.model in _train.TREE_MODELS:
+        return DeviceTrees(model)
+    return model
+
+
 def masked_mse(pred, batch):
-    """MSE over the training nodes only (``batch.train_mask``)."""
+    """MSE over the training nodes only (``batch.train_mask``), against
+    ``batch.target`` (the smoothed targets of ``--target-knn``) when the batch
+    has them, else ``batch.y``."""
     m = batch.train_mask
-    return torch.nn.functional.mse_loss(pred[m], batch.y[m])
+    target = batch.target if "target" in batch else batch.y
+    return torch.nn.functional.mse_loss(pred[m], target[m])
+
+
+def knn_targets(box, k: int, box_size: float) -> torch.Tensor:
+    """``[N, 3]``: for every training node the mean normalised velocity of its
+    ``k`` nearest training nodes (itself included; periodic distances), zero
+    elsewhere.  Only training velocities are read."""
+    from scipy.spatial import cKDTree
+
+    m = box.train_mask
+    pos = box.pos[m].double().numpy()
+    tree = cKDTree(pos, boxsize=box_size)
+    _, idx = tree.query(pos, k=k)
+    y = box.y[m]
+    out = torch.zeros_like(box.y)
+    out[m] = y[torch.from_numpy(idx).view(-1, k)].mean(1)
+    return out
 
 
 def box_task(args, dataset):
@@ -90,12 +146,21 @@ def box_task(args, dataset):
     covering every node once, the masked loss."""
     box = dataset[0]
     L = float(dataset.stats["box_size"])
+    if args.target_knn > 1:
+        box.target = knn_targets(box, args.target_knn, L)
     points = args.points or None
     feats = BoxFeatures(L, args.fourier)
     tail = ([PeriodicHalo(L, args.halo)] if args.halo > 0 else []) + [feats]
-    tree = _train.tree_transform(args)
+    tail += [RadiusEdges(args.radius)] if args.radius > 0 else []
+    tree = None if args.device_trees else _train.tree_transform(args)
     tail += [tree] if tree is not None else []
-    view = RandomBoxView(L, points, shift=not args.no_augment, symmetry=not args.no_augment)
+    view = RandomBoxView(
+        L,
+        points,
+        shift=not args.no_augment,
+        symmetry=not args.no_augment,
+        vector_keys=("vel", "y", "target"),
+    )
     train = Views([box], Compose([view] + tail), length=max(1024, 8 * args.batch_size))
     test = Views(box_partition(box, points or box.num_nodes, seed=0), Compose(tail))
     train.stats = test.stats = dataset.stats
@@ -110,7 +175,7 @@ def box_task(args, dataset):
         figures_box,
         summary_box,
         loss=masked_mse,
-        use_edges=False,
+        use_edges=args.radius > 0,
     )
     return task
 
@@ -326,7 +391,7 @@ def get_parser():
     g.add_argument(
         "--points",
         type=_train.non_negative_int,
-        default=8192,
+        default=2048,
         help="whole box: particles per training and evaluation view (0: all 262,144)",
     )
     g.add_argument(
@@ -341,6 +406,26 @@ def get_parser():
         default=4,
         help="whole box: Fourier frequencies per axis of the node features "
         "(0: positions scaled to the box)",
+    )
+    g.add_argument(
+        "--radius",
+        type=float,
+        default=3.0,
+        help="whole box: radius (Mpc/h) of the graph of the first layer's message passing "
+        "(erwin-nsa, local-only; 0: none)",
+    )
+    g.add_argument(
+        "--target-knn",
+        type=_train.non_negative_int,
+        default=32,
+        help="whole box: train on the mean velocity of each training particle's k nearest "
+        "training particles (0, 1: its own velocity); evaluation always uses its own",
+    )
+    g.add_argument(
+        "--device-trees",
+        action="store_true",
+        help="whole box: the model builds its ball trees on its device (for GPUs) instead of "
+        "the loader's BallTree transform",
     )
     g.add_argument(
         "--no-augment",
@@ -361,6 +446,7 @@ def get_parser():
         ball_size=64,
         compress_size=16,
         steps=300,
+        lr=3e-3,
         batch_size=1,
         ckpt_every=100,
     )
@@ -386,7 +472,7 @@ def main(argv=None):
             task = _train.Task(
                 "cosmology", train, test, 3, 3, evaluate, figures, summary, use_edges=False
             )
-    result = _train.main(args, task, build_model)
+    result = _train.main(args, task, build)
     _train.cleanup()
     return result
 
