@@ -96,23 +96,30 @@ class RadiusEdges:
         return f"RadiusEdges(r={self.r}, max_num_neighbors={self.max_num_neighbors})"
 
 
-class DeviceTrees(torch.nn.Module):
-    """A tree model that builds its ball trees itself, on its device, in
-    every call (``--device-trees``: no :class:`BallTree` transform in the
-    loader, whose CPU tree of a 65k-point view would bound a GPU step)."""
+class DeviceGraphs(torch.nn.Module):
+    """A tree model that builds its ball trees and its radius graph itself,
+    on its device, in every call (``--device-graphs``: no :class:`BallTree`
+    and no radius-graph transform in the loader, whose CPU work for a
+    65k-point view would bound a GPU step)."""
 
-    def __init__(self, model):
+    def __init__(self, model, radius: float = 0.0, max_num_neighbors: int = 32):
         super().__init__()
-        self.model = model
+        self.model, self.radius, self.max_num_neighbors = model, radius, max_num_neighbors
 
     def forward(self, x, pos, batch=None, edge_index=None):
+        if edge_index is None and self.radius > 0:
+            from torch_geometric_nsa.nn import radius_graph
+
+            edge_index = radius_graph(
+                pos, self.radius, batch, max_num_neighbors=self.max_num_neighbors
+            )
         return self.model(x, pos, batch, edge_index)
 
 
 def build(args, in_channels, out_channels):
     model = build_model(args, in_channels, out_channels)
-    if getattr(args, "device_trees", False) and args.model in _train.TREE_MODELS:
-        return DeviceTrees(model)
+    if getattr(args, "device_graphs", False) and args.model in _train.TREE_MODELS:
+        return DeviceGraphs(model, args.radius)
     return model
 
 
@@ -151,8 +158,12 @@ def box_task(args, dataset):
     points = args.points or None
     feats = BoxFeatures(L, args.fourier)
     tail = ([PeriodicHalo(L, args.halo)] if args.halo > 0 else []) + [feats]
-    tail += [RadiusEdges(args.radius)] if args.radius > 0 else []
-    tree = None if args.device_trees else _train.tree_transform(args)
+    # the first layer's radius graph and the ball trees, for the models that
+    # read them: built in the loader, or on the model's device (--device-graphs)
+    graphs = args.model in _train.TREE_MODELS and not args.device_graphs
+    edges = graphs and args.radius > 0
+    tail += [RadiusEdges(args.radius)] if edges else []
+    tree = _train.tree_transform(args) if graphs else None
     tail += [tree] if tree is not None else []
     view = RandomBoxView(
         L,
@@ -175,7 +186,7 @@ def box_task(args, dataset):
         figures_box,
         summary_box,
         loss=masked_mse,
-        use_edges=args.radius > 0,
+        use_edges=edges,
     )
     return task
 
@@ -422,10 +433,10 @@ def get_parser():
         "training particles (0, 1: its own velocity); evaluation always uses its own",
     )
     g.add_argument(
-        "--device-trees",
+        "--device-graphs",
         action="store_true",
-        help="whole box: the model builds its ball trees on its device (for GPUs) instead of "
-        "the loader's BallTree transform",
+        help="whole box: the model builds its ball trees and radius graph on its device (for "
+        "GPUs) instead of the loader's transforms",
     )
     g.add_argument(
         "--no-augment",

@@ -45,16 +45,19 @@ def test_masked_loss_reads_training_nodes_only():
     assert not torch.allclose(ex.masked_mse(pred, batch), loss)
 
 
-@pytest.mark.parametrize("model", ["erwin-nsa", "mlp"])
-def test_whole_box_end_to_end(fake_box, tmp_path, model):
+@pytest.mark.parametrize(
+    "model,extra",
+    [("erwin-nsa", []), ("mlp", ["--no-figures"]), ("local-only", ["--device-graphs"])],
+)
+def test_whole_box_end_to_end(fake_box, tmp_path, model, extra):
     ex = load_example("cosmology")
     out = str(tmp_path / "run")
     res = ex.main(
         fake_box
         + TINY
         + ["--model", model, "--points", "400", "--halo", "2", "--steps", "2", "--out", out]
-        + ["--device", "cpu"]
-        + (["--no-figures"] if model == "mlp" else [])
+        + ["--device", "cpu", "--radius", "4"]
+        + extra
     )
     # every test particle predicted exactly once, over the 4 evaluation views
     assert res["test_points"] == res["test_points_covered"] > 300
@@ -79,6 +82,15 @@ def test_whole_box_views(fake_box):
     a, b = task.train_dataset[0], task.train_dataset[0]
     assert int((~a.is_image).sum()) == 400 and not torch.equal(a.n_id[:400], b.n_id[:400])
     assert a.ball_tree_index.numel() >= a.num_nodes  # the BallTree transform ran last
+    assert task.use_edges and a.edge_index.size(1) > 0  # the first layer's radius graph
+    (i, j) = a.edge_index
+    assert bool(((a.pos[i] - a.pos[j]).norm(dim=1) <= 3.0 + 1e-5).all())
+    args = ex.get_parser().parse_args(fake_box + TINY + ["--points", "400", "--device-graphs"])
+    a = ex.box_task(args, ds).train_dataset[0]
+    assert "ball_tree_index" not in a and "edge_index" not in a  # built by the model
+    model = ex.build(args, 24, 3)
+    assert isinstance(model, ex.DeviceGraphs) and model.radius == 3.0
+    assert model(a.x, a.pos).shape == (400, 3)
     views = [task.test_dataset[i] for i in range(len(task.test_dataset))]
     assert len(views) == 4
     ids = torch.cat([v.n_id[~v.is_image] for v in views])
