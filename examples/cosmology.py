@@ -23,12 +23,21 @@ case for the compressed and selected branches.  Each step trains on a view:
 randomly shifted (periodically) and turned by one of the 48 cube symmetries,
 velocities turned with the positions; ``--halo`` adds context-only periodic
 images across the faces.  Node features are periodic Fourier features of the
-positions (``--fourier``).  Evaluation covers every test particle once: a fixed
-random partition of the box into views of ``--points`` particles.  Metrics:
+positions (``--fourier``); the first layer passes messages over a radius graph
+(``--radius``, Erwin's embedding).  The loss targets are, by default, the mean
+velocity of each training particle's 32 nearest training particles
+(``--target-knn``: less virial noise; only training velocities are read).
+Evaluation covers every test particle once: a fixed random partition of the
+box into views of ``--points`` particles.  Metrics:
 RMSE (km/s) on the test slab, next to predicting the training mean velocity,
 predicting zero, and linear theory (density smoothed by 2 Mpc/h, amplitude
 fitted on the training nodes).  Figures: loss curve, predicted vs true
 velocity, a slice of the box coloured by v_x (true, model, linear theory).
+
+On a GPU (no CPU work per step but drawing the view)::
+
+    python examples/cosmology.py --device cuda --device-graphs --num-workers 8
+        --points 65536 --steps 2000 --hidden 64 --layers 4 --heads 4   (one line)
 
 ``--subdivisions 4`` gives the former task (4x4x4 sub-boxes as samples, the
 last x column tested; no model beats the mean there, the examples' README says
