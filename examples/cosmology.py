@@ -265,7 +265,7 @@ def figures_box(result, out):
 
     paths = [_pred_vs_true(result, out, plt)]
     pos, true, pred, lin, L = result["slice"]
-    m = np.abs(pos[:, 2] - L / 2) < L / 16  # a slice of 4 Mpc/h through the box
+    m = np.abs(pos[:, 2] - L / 2) < L / 16  # a slice of L / 8 through the box
     vmin, vmax = np.percentile(true[m, 0], [2, 98])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     shown = np.isfinite(pred[:, 0]) & m
@@ -279,6 +279,7 @@ def figures_box(result, out):
             pos[sel, 0], pos[sel, 1], c=vals[sel, 0], s=2, cmap="coolwarm", vmin=vmin, vmax=vmax
         )
         ax.axvline(0.75 * L, color="k", lw=0.8, ls="--")
+        ax.text(0.875 * L, 0.97 * L, "test", ha="center", va="top", fontsize=9)
         ax.set(title=title, xlabel="x [Mpc/h]", ylabel="y [Mpc/h]", xlim=(0, L), ylim=(0, L))
         ax.set_aspect("equal")
     fig.colorbar(sc, ax=axes, shrink=0.8, label="v_x [km/s]")
