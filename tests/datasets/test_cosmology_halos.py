@@ -450,3 +450,28 @@ def test_linear_velocity_zeldovich():
     assert np.abs(u[:, 1:]).max() < 0.05 * np.abs(u[:, 0]).max()
     # the sign matters: flows go towards the overdensity
     assert np.corrcoef(u[:, 0], -psi[:, 0])[0, 1] < -0.99
+
+
+def test_abacus_whole_box_real_run(tmp_path):
+    """The default on the real run (where it was fetched and abacusutils is
+    installed): one graph of 262,144 particles, slabs by x, the linear-theory
+    reference well below the trivial predictors."""
+    pytest.importorskip("abacusnbody")
+    from torch_geometric_nsa.datasets.cosmology_halos import _find_abacus_dir, linear_velocity
+
+    try:
+        _find_abacus_dir(None)
+    except FileNotFoundError:
+        pytest.skip("fetch the run first: python -m torch_geometric_nsa.datasets.abacus_mini")
+    ds = CosmologyHalos(str(tmp_path), source="abacus")
+    d = ds[0]
+    assert len(ds) == 1 and d.num_nodes == 64**3 and float(ds.stats["box_size"]) == 32.0
+    counts = [int(d.train_mask.sum()), int(d.val_mask.sum()), int(d.test_mask.sum())]
+    assert sum(counts) == 64**3 and counts[2] == 49239
+    v = d.vel.double().numpy()
+    u = linear_velocity(d.pos.numpy(), 32.0, smoothing=2.0)
+    tr, te = d.train_mask.numpy(), d.test_mask.numpy()
+    amp = (u[tr] * v[tr]).sum() / (u[tr] ** 2).sum()
+    rmse = lambda p: float(np.sqrt(((p[te] - v[te]) ** 2).mean()))  # noqa: E731
+    assert 40 < amp < 55  # f a H = 53 km/s per Mpc/h, less the smoothing
+    assert rmse(amp * u) < 130 < 160 < rmse(0 * v)
