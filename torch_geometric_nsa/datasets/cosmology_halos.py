@@ -369,9 +369,11 @@ class BoxFeatures(BaseTransform):
 def box_partition(data: Data, num_points: int, seed: int = 0) -> List[Data]:
     """A fixed random partition of the nodes of :obj:`data` into
     ``ceil(N / num_points)`` views of nearly equal size (uniform random
-    subsets, like :class:`RandomBoxView`'s, without shift or symmetry), each
-    carrying ``n_id``: together they hold every node exactly once, so an
-    evaluation over them covers every masked node once."""
+    subsets, like those of
+    :class:`~torch_geometric_nsa.datasets.cosmology_halos.RandomBoxView`,
+    without shift or symmetry), each carrying ``n_id``: together they hold
+    every node exactly once, so an evaluation over them covers every masked
+    node once."""
     if num_points < 1:
         raise ValueError(f"num_points must be positive (got {num_points})")
     n = data.num_nodes
@@ -456,9 +458,13 @@ class CosmologyHalos(SafeProcessing, InMemoryDataset):
       before it, training the rest).  :obj:`split` does not change the
       graph.  Velocities follow from the density field by a non-local
       integral (linear theory: :math:`\mathbf{v}(\mathbf{k}) \propto i
-      \mathbf{k}\,\delta(\mathbf{k}) / k^2`, see :func:`linear_velocity`), so
-      the task needs context from the whole box.  :class:`RandomBoxView`,
-      :class:`PeriodicHalo`, :class:`BoxFeatures` and :func:`box_partition`
+      \mathbf{k}\,\delta(\mathbf{k}) / k^2`, see
+      :func:`~torch_geometric_nsa.datasets.cosmology_halos.linear_velocity`),
+      so the task needs context from the whole box.
+      :class:`~torch_geometric_nsa.datasets.cosmology_halos.RandomBoxView`,
+      :class:`~torch_geometric_nsa.datasets.cosmology_halos.PeriodicHalo`,
+      :class:`~torch_geometric_nsa.datasets.cosmology_halos.BoxFeatures` and
+      :func:`~torch_geometric_nsa.datasets.cosmology_halos.box_partition`
       make training views and evaluation views of it.  With
       :obj:`subdivisions` :math:`k > 1` the box is instead cut into
       :math:`k^3` cubic sub-boxes, each a sample; sub-boxes with the highest
@@ -476,7 +482,9 @@ class CosmologyHalos(SafeProcessing, InMemoryDataset):
     training split's per-axis mean and standard deviation; the whole box by
     one scale, the root mean square of the training nodes' velocity
     components, and no shift (``y = vel / scale``), so that ``y`` rotates
-    with the positions under :class:`RandomBoxView`.  :attr:`stats` holds
+    with the positions under
+    :class:`~torch_geometric_nsa.datasets.cosmology_halos.RandomBoxView`.
+    :attr:`stats` holds
     ``vel_mean``, ``vel_std``, ``train_vel_mean`` (the training nodes' mean
     velocity, the trivial baseline) and ``box_size``.
 
