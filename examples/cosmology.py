@@ -37,7 +37,8 @@ velocity, a slice of the box coloured by v_x (true, model, linear theory).
 On a GPU (no CPU work per step but drawing the view)::
 
     python examples/cosmology.py --device cuda --device-graphs --num-workers 8
-        --points 65536 --steps 2000 --hidden 64 --layers 4 --heads 4   (one line)
+        --points 65536 --radius 1.5 --steps 2000 --hidden 64 --layers 4 --heads 4
+        (one line)
 
 ``--subdivisions 4`` gives the former task (4x4x4 sub-boxes as samples, the
 last x column tested; no model beats the mean there, the examples' README says
