@@ -463,7 +463,7 @@ def get_parser():
     _train.add_common_args(
         parser,
         hidden=32,
-        layers=2,
+        layers=4,
         heads=2,
         ball_size=64,
         compress_size=16,
