@@ -4,10 +4,12 @@ Nothing is downloaded at run time: each class's ``download()`` says where its
 data comes from; the one fetch command,
 ``python -m torch_geometric_nsa.datasets.abacus_mini``, gets the default
 cosmology data once.  Normalisation statistics always come from the training
-split.  Processed files hold plain tensors and load with
-``torch.load(weights_only=True)`` (a file that does not is refused, never
-executed); they are keyed on every argument, on ``repr(pre_transform)`` and
-on each source file's size and modification time.  Malformed input raises a
+split (the training nodes, for the whole cosmology box).  Processed files hold
+plain tensors and load with ``torch.load(weights_only=True)`` (a file that
+does not is refused, never executed); they are keyed on every argument, on
+``repr(pre_transform)`` and on each source file's size and modification time
+(the Abacus run's: names and sizes, so that a processed folder also loads
+without the run).  Malformed input raises a
 :class:`ValueError` that names the file and the problem.
 """
 
