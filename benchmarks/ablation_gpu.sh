@@ -44,8 +44,8 @@ fi
 OUT=${OUT:-/tmp/nsa-out}
 DEST=$OUT/ablation
 WORK=${WORK:-/tmp/ablation}
-BUDGET=${BUDGET:-540}            # seconds for everything; training gets BUDGET - REPORT_S
-REPORT_S=${REPORT_S:-150}        # seconds kept for the solo timings, tables and figures
+BUDGET=${BUDGET:-570}            # seconds for everything; training gets BUDGET - REPORT_S
+REPORT_S=${REPORT_S:-120}        # seconds kept for the solo timings, tables and figures
 PARALLEL=${PARALLEL:-12}         # runs at once per example (both examples run together)
 SEEDS=${SEEDS:-"0 1 2"}
 MODELS=${MODELS:-"erwin-nsa local-only point-transformer mlp"}
@@ -54,22 +54,26 @@ DEVICE=${DEVICE:-cuda}
 TIME_STEPS=${TIME_STEPS:-30}
 COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export COMMIT
-# AdK: 93 training windows of 3,341 atoms; 2,000 steps of 4 windows are 86 epochs (the held-out
+# AdK: 93 training windows of 3,341 atoms; 1,500 steps of 4 windows are 65 epochs (the held-out
 # curve flattens well before).  Erwin-sized model: width 64, 4 blocks, 4 heads, ball 128,
 # compression (and selection) blocks of 32, top-4.  Eager erwin-nsa steps are launch-bound,
-# ~30-70 ms alone; shared 24 ways they stay under ~150 ms, so 2,000 steps fit the budget.
-MD_STEPS=${MD_STEPS:-2000}
+# ~30-70 ms alone; shared 24 ways they stay under ~200 ms, so 1,500 steps fit the budget.
+MD_STEPS=${MD_STEPS:-1500}
 MD_FLAGS=${MD_FLAGS:-"--trajectory $ADK/adk_dims.npz --test-trajectory $ADK/adk_dims2.npz \
 --root $WORK/data/md --hidden 64 --layers 4 --heads 4 --ball-size 128 --compress-size 32 \
 --topk 4 --batch-size 4 --eval-batch-size 8 --lr 1e-3"}
-# TODO(lead): the cosmology settings come from the `cosmo` helper (data folder to carry, sizes,
-# steps).  These defaults run the current cosmology.py on its default data, which needs the
-# Abacus run readable there (see cosmology.py --help); without it the cosmology ablation fails
-# at once and the AdK one still runs.
-COSMO_STEPS=${COSMO_STEPS:-2000}
-COSMO_FLAGS=${COSMO_FLAGS:-"--batch-size 2 --eval-batch-size 4"}
-# every run: no checkpoints (nothing resumes), trees built once per sample, one CPU thread
-COMMON="--device $DEVICE --cache-samples --ckpt-every 0 --num-workers 0"
+# Cosmology: the whole Abacus box (carry data/CosmologyHalos, processed here by
+#   ABACUS_MINI_N64_L32=<run> python -c "from torch_geometric_nsa.datasets import CosmologyHalos;
+#   CosmologyHalos('data/CosmologyHalos')"; 13 MB, loads without the run or abacusnbody),
+# random views of 16,384 particles per step (samples are random draws: no --cache-samples),
+# trees and radius graph built on the GPU, the same model sizes as AdK.
+COSMO=${COSMO:-data/CosmologyHalos}
+COSMO_STEPS=${COSMO_STEPS:-1500}
+COSMO_FLAGS=${COSMO_FLAGS:-"--root $COSMO --points 16384 --device-graphs --radius 1.5 \
+--hidden 64 --layers 4 --heads 4 --ball-size 128 --compress-size 32 --topk 4 --no-cache-samples"}
+# every run: no checkpoints (nothing resumes), loading in the training process
+# (ablation.py adds --cache-samples unless told --no-cache-samples)
+COMMON="--device $DEVICE --ckpt-every 0 --num-workers 0"
 
 mkdir -p "$DEST" "$WORK"
 LOG=$DEST/driver.log

@@ -166,6 +166,13 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on CUDA, float32 matrix products (cuBLAS and the attention kernels) in TF32 "
+        "(torch.set_float32_matmul_precision('high')); --no-tf32 keeps full float32",
+    )
+    g.add_argument(
         "--cache-samples",
         action="store_true",
         help="keep every transformed training (and --eval-every) sample in memory after its "
@@ -702,6 +709,8 @@ def setup(args, task: Task, build_model: Callable) -> Run:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = setup_env(args.device)
+    if env.device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
     args.out = args.out or osp.join("runs", f"{task.name}-{args.model}")
     if env.main:
         os.makedirs(args.out, exist_ok=True)

@@ -60,11 +60,14 @@ METRIC = {
     "shapenet_car": ("mse", "MSE pressure"),
     "cosmology": ("rmse", "RMSE velocity [km/s]"),
 }
-#: names of the trivial baselines (test metrics named ``<baseline>_<metric>``)
+#: the baselines a table lists (test metrics named ``<baseline>_<metric>``; other such
+#: metrics, e.g. ``val_rmse``, are not baselines)
 BASELINE_NAMES = {
     "zero": "zero displacement",
     "const_vel": "constant velocity",
     "mean_baseline": "mean of the training targets",
+    "zero_baseline": "zero velocity",
+    "linear_theory": "linear theory from the positions",
 }
 #: settings of a run that must match for reuse although they are free on ``--resume``
 EVAL_SETTINGS = ("eval_every", "eval_samples")
@@ -223,8 +226,9 @@ def curves_of(runs: List[str], eval_key: str, steps: int) -> Dict[str, Any]:
             split = evals[0]["eval_split"]
             # the trivial baselines on the same held-out samples (eval_<name>_<metric>)
             for k, v in evals[-1].items():
-                if k.startswith("eval_") and k.endswith("_" + metric) and k != eval_key:
-                    baselines.setdefault(k[len("eval_") : -len(metric) - 1], v)
+                name = k[len("eval_") : -len(metric) - 1]
+                if k.startswith("eval_") and k.endswith("_" + metric) and name in BASELINE_NAMES:
+                    baselines.setdefault(name, v)
     return dict(
         train=_band(train),
         train_smoothing=window,
@@ -419,8 +423,9 @@ def summarise(
         )
         device = device or (timing or {}).get("device") or rs[0].get("device")
         for k, val in rs[0].items():
-            if k.endswith("_" + key) and isinstance(val, float):
-                baselines.setdefault(k[: -len(key) - 1], val)
+            name = k[: -len(key) - 1]
+            if k.endswith("_" + key) and isinstance(val, float) and name in BASELINE_NAMES:
+                baselines.setdefault(name, val)
     return dict(
         example=example_name,
         metric=key,
@@ -492,6 +497,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="steps before the timed ones (Triton compilation, allocator warm-up)",
     )
     parser.add_argument(
+        "--cache-samples",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pass --cache-samples to every run (trees built once per sample); turn it off for "
+        "examples whose training samples are random draws (cosmology's views)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing: time (--time-steps) and tabulate the runs that finished with "
@@ -524,9 +536,9 @@ def main(argv=None):
             log = osp.join(run, "train.log")
             argv_run = rest + [
                 "--model", model, "--seed", str(seed), "--steps", str(args.steps),
-                "--eval-every", str(args.eval_every), "--cache-samples",
+                "--eval-every", str(args.eval_every),
                 "--out", run, "--no-figures", "--no-progress",
-            ]  # fmt: skip
+            ] + (["--cache-samples"] if args.cache_samples else [])  # fmt: skip
             if threads is not None:
                 argv_run += ["--threads", str(threads)]
             run_args = vars(example.get_parser().parse_args(argv_run))  # exits on a bad flag
@@ -601,9 +613,9 @@ def time_alone(args, rest, example, out, models) -> Dict[str, Dict[str, Any]]:
         run = osp.join(out, f"solo-{model}")
         argv_run = rest + [
             "--model", model, "--seed", str(args.seeds[0]), "--steps", str(max(n + 1, args.steps)),
-            "--stop-after", str(n), "--eval-every", "0", "--ckpt-every", "0", "--cache-samples",
+            "--stop-after", str(n), "--eval-every", "0", "--ckpt-every", "0",
             "--log-every", "0", "--out", run, "--no-figures", "--no-progress",
-        ]  # fmt: skip
+        ] + (["--cache-samples"] if args.cache_samples else [])  # fmt: skip
         run_args = vars(example.get_parser().parse_args(argv_run))
         path = osp.join(run, "timing.json")
         reuse = _reusable(run, run_args, "timing.json")
