@@ -121,26 +121,33 @@ def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     return lo, hi
 
 
-def custom_op_with_eager_path(name, impl, setup_context=None, backward_with=None, bwd_impl=None):
-    """The custom op ``name`` made from ``impl``, and a caller of it for plain eager calls.
+def custom_ops_with_eager_path(
+    name, impl, fake, *, bwd_impl=None, bwd_fake=None, setup_context=None, backward_with=None
+):
+    """Registers the custom op ``name`` (implementation ``impl``, fake ``fake``) and, when
+    ``bwd_impl`` is given, its backward op ``<name without _fwd>_bwd`` and the autograd that
+    calls it (``backward_with(bwd) -> backward`` makes the backward around a backward op).
 
     Every call through the dispatcher pays for the custom op's Python layers (autograd wrapper,
     argument defaults, redispatch, the compiler's disable guard): about 0.1-0.3 ms of host time
     per call, which adds up to a large share of a launch-bound training step.  The returned
-    ``call`` runs ``impl`` directly (inside a ``torch.autograd.Function`` built from the same
-    ``setup_context`` and backward, the backward calling ``bwd_impl`` directly) when the call is
-    plain eager: not traced by ``torch.compile``, no dispatch mode active (fake tensors, op
-    counters, ...) and plain tensors only.  Otherwise it calls the custom op, so tracing, fake
-    tensors and ``opcheck`` see exactly the registered op.
+    ``call`` runs ``impl`` directly (inside a ``torch.autograd.Function`` named after the op,
+    with the same ``setup_context`` and a backward that calls ``bwd_impl`` directly) when the
+    call is plain eager: not traced by ``torch.compile``, no dispatch mode active (fake tensors,
+    op counters, ...) and plain tensors only.  Otherwise it calls the custom op, so tracing,
+    fake tensors and ``opcheck`` see exactly the registered ops.
 
-    Returns ``(op, call)``; register the op's fake and autograd on ``op`` as usual (the autograd
-    with ``backward_with(bwd_op)``).
+    Returns ``(op, bwd_op, call)`` (``bwd_op`` is ``None`` without ``bwd_impl``).
     """
     op = torch.library.custom_op(name, mutates_args=())(impl)
-    if setup_context is None:
-        direct = impl
+    op.register_fake(fake)
+    if bwd_impl is None:
+        bwd_op, direct = None, impl
     else:
-        backward = backward_with(bwd_impl)
+        assert name.endswith("_fwd"), name
+        bwd_op = torch.library.custom_op(name[: -len("_fwd")] + "_bwd", mutates_args=())(bwd_impl)
+        bwd_op.register_fake(bwd_fake)
+        op.register_autograd(backward_with(bwd_op), setup_context=setup_context)
 
         def forward(ctx, *args):
             out = impl(*args)
@@ -151,7 +158,7 @@ def custom_op_with_eager_path(name, impl, setup_context=None, backward_with=None
         fn = type(
             name.split("::")[-1],
             (torch.autograd.Function,),
-            dict(forward=staticmethod(forward), backward=staticmethod(backward)),
+            dict(forward=staticmethod(forward), backward=staticmethod(backward_with(bwd_impl))),
         )
         direct = fn.apply
 
@@ -160,7 +167,7 @@ def custom_op_with_eager_path(name, impl, setup_context=None, backward_with=None
             return direct(*args)
         return op(*args)
 
-    return op, call
+    return op, bwd_op, call
 
 
 def _plain_eager(args) -> bool:

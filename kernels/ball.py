@@ -20,7 +20,7 @@ from ._common import (
     as_u8,
     check_float_inputs,
     check_sizes,
-    custom_op_with_eager_path,
+    custom_ops_with_eager_path,
     dot_precision,
     head_block,
 )
@@ -397,16 +397,14 @@ def _ball_backward_with(bwd):
     return backward
 
 
-ball_attention_bwd = torch.library.custom_op("tgnsa::ball_attention_bwd", mutates_args=())(
-    _ball_bwd_impl
-)
-ball_attention_bwd.register_fake(_ball_bwd_fake)
-ball_attention_fwd, _ball_fwd = custom_op_with_eager_path(
-    "tgnsa::ball_attention_fwd", _ball_fwd_impl, _ball_setup, _ball_backward_with, _ball_bwd_impl
-)
-ball_attention_fwd.register_fake(_ball_fwd_fake)
-ball_attention_fwd.register_autograd(
-    _ball_backward_with(ball_attention_bwd), setup_context=_ball_setup
+ball_attention_fwd, ball_attention_bwd, _ball_fwd = custom_ops_with_eager_path(
+    "tgnsa::ball_attention_fwd",
+    _ball_fwd_impl,
+    _ball_fwd_fake,
+    bwd_impl=_ball_bwd_impl,
+    bwd_fake=_ball_bwd_fake,
+    setup_context=_ball_setup,
+    backward_with=_ball_backward_with,
 )
 
 

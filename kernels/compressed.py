@@ -28,7 +28,7 @@ from ._common import (
     as_u8,
     check_float_inputs,
     cloud_block_ranges,
-    custom_op_with_eager_path,
+    custom_ops_with_eager_path,
     dot_precision,
     head_block,
 )
@@ -394,16 +394,14 @@ def _cmp_backward_with(bwd):
     return backward
 
 
-compressed_attention_bwd = torch.library.custom_op(
-    "tgnsa::compressed_attention_bwd", mutates_args=()
-)(_cmp_bwd_impl)
-compressed_attention_bwd.register_fake(_cmp_bwd_fake)
-compressed_attention_fwd, _cmp_fwd = custom_op_with_eager_path(
-    "tgnsa::compressed_attention_fwd", _cmp_fwd_impl, _cmp_setup, _cmp_backward_with, _cmp_bwd_impl
-)
-compressed_attention_fwd.register_fake(_cmp_fwd_fake)
-compressed_attention_fwd.register_autograd(
-    _cmp_backward_with(compressed_attention_bwd), setup_context=_cmp_setup
+compressed_attention_fwd, compressed_attention_bwd, _cmp_fwd = custom_ops_with_eager_path(
+    "tgnsa::compressed_attention_fwd",
+    _cmp_fwd_impl,
+    _cmp_fwd_fake,
+    bwd_impl=_cmp_bwd_impl,
+    bwd_fake=_cmp_bwd_fake,
+    setup_context=_cmp_setup,
+    backward_with=_cmp_backward_with,
 )
 
 

@@ -20,7 +20,7 @@ from ._common import LOG2E as _LOG2E
 from ._common import (
     as_u8,
     cloud_block_ranges,
-    custom_op_with_eager_path,
+    custom_ops_with_eager_path,
     dot_precision,
     head_block,
     next_pow2,
@@ -200,8 +200,9 @@ def _select_fake(
     return q.new_empty((q.shape[0] // group_size, topk), dtype=torch.int64)
 
 
-select_blocks_op, _select = custom_op_with_eager_path("tgnsa::select_blocks", _select_impl)
-select_blocks_op.register_fake(_select_fake)
+select_blocks_op, _, _select = custom_ops_with_eager_path(
+    "tgnsa::select_blocks", _select_impl, _select_fake
+)
 
 
 def select_blocks(

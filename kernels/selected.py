@@ -20,7 +20,7 @@ from ._common import (
     as_u8,
     check_float_inputs,
     check_sizes,
-    custom_op_with_eager_path,
+    custom_ops_with_eager_path,
     dot_precision,
     head_block,
     next_pow2,
@@ -415,16 +415,14 @@ def _sel_backward_with(bwd):
     return backward
 
 
-selected_attention_bwd = torch.library.custom_op("tgnsa::selected_attention_bwd", mutates_args=())(
-    _sel_bwd_impl
-)
-selected_attention_bwd.register_fake(_sel_bwd_fake)
-selected_attention_fwd, _sel_fwd = custom_op_with_eager_path(
-    "tgnsa::selected_attention_fwd", _sel_fwd_impl, _sel_setup, _sel_backward_with, _sel_bwd_impl
-)
-selected_attention_fwd.register_fake(_sel_fwd_fake)
-selected_attention_fwd.register_autograd(
-    _sel_backward_with(selected_attention_bwd), setup_context=_sel_setup
+selected_attention_fwd, selected_attention_bwd, _sel_fwd = custom_ops_with_eager_path(
+    "tgnsa::selected_attention_fwd",
+    _sel_fwd_impl,
+    _sel_fwd_fake,
+    bwd_impl=_sel_bwd_impl,
+    bwd_fake=_sel_bwd_fake,
+    setup_context=_sel_setup,
+    backward_with=_sel_backward_with,
 )
 
 
