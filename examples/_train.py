@@ -270,6 +270,9 @@ class Task:
         summary: ``summary(result) -> str`` printed at the end.
         loss: ``loss(pred, batch) -> Tensor`` (default: MSE against ``batch.y``).
         use_edges: hand ``batch.edge_index`` to the model's embedding.
+        extra: optional keys the loop reads: ``"val_dataset"`` (the split of the
+            ``--eval-every`` rows; default the test set) and ``"metric"`` (the
+            test metric the loss-curve figure plots next to the loss).
     """
 
     name: str
