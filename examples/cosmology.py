@@ -350,17 +350,7 @@ def figures(result, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-    for i, ax in enumerate(axes):
-        t, p = result["true"][:, i], result["pred"][:, i]
-        lo, hi = np.percentile(t, [0.5, 99.5])
-        ax.hexbin(t, p, gridsize=60, bins="log", extent=(lo, hi, lo, hi))
-        ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
-        ax.set_xlabel(f"true v{'xyz'[i]} [km/s]")
-        ax.set_ylabel(f"predicted v{'xyz'[i]}")
-    fig.tight_layout()
-    paths.append(_train.save_figure(fig, out, "pred_vs_true.png"))
+    paths = [_pred_vs_true(result, out, plt)]
     pos, true, pred = result["cloud"]
     z = pos[:, 2]
     m = np.abs(z - np.median(z)) < 0.15 * (z.max() - z.min())
