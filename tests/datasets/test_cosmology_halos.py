@@ -274,13 +274,7 @@ def _zeldovich_box(n=16, box=32.0, eps=1.5, seed=0):
 
 
 @pytest.fixture
-def fake_run(tmp_path, monkeypatch):
-    from torch_geometric_nsa.datasets import cosmology_halos
-
-    run = tmp_path / "Mini_N64_L32"
-    slab = run / "slices" / "z0.000" / "field_pack9"
-    slab.mkdir(parents=True)
-    (slab / "slab000.field.pack9.asdf").write_bytes(b"x" * 10)
+def fake_run(fake_abacus_run):
     pos, vel, _ = _zeldovich_box()
     calls = []
 
@@ -288,9 +282,7 @@ def fake_run(tmp_path, monkeypatch):
         calls.append(path)
         return pos, vel, 32.0
 
-    monkeypatch.setattr(cosmology_halos, "read_abacus_particles", fake_reader)
-    monkeypatch.delenv("ABACUS_MINI_N64_L32", raising=False)
-    return str(run), pos, vel, calls
+    return fake_abacus_run(pos, vel, 32.0, fake_reader), pos, vel, calls
 
 
 def test_whole_box_masks(tmp_path, fake_run):

@@ -10,20 +10,13 @@ from _example_helpers import TINY, load_example
 
 
 @pytest.fixture
-def fake_box(tmp_path, monkeypatch):
-    from torch_geometric_nsa.datasets import cosmology_halos
-
-    run = tmp_path / "Mini_N64_L32"
-    slab = run / "slices" / "z0.000" / "field_pack9"
-    slab.mkdir(parents=True)
-    (slab / "slab000.field.pack9.asdf").write_bytes(b"x" * 10)
+def fake_box(tmp_path, fake_abacus_run):
     rng = np.random.default_rng(0)
     n, box = 1500, 32.0
     pos = rng.uniform(-box / 2, box / 2, (n, 3)).astype(np.float32)
     vel = (20 * np.sin(2 * np.pi * pos / box) + rng.normal(0, 5, (n, 3))).astype(np.float32)
-    monkeypatch.setattr(cosmology_halos, "read_abacus_particles", lambda path: (pos, vel, box))
-    monkeypatch.delenv("ABACUS_MINI_N64_L32", raising=False)
-    return ["--abacus-dir", str(run), "--root", str(tmp_path / "data")]
+    run = fake_abacus_run(pos, vel, box)
+    return ["--abacus-dir", run, "--root", str(tmp_path / "data")]
 
 
 def test_masked_loss_reads_training_nodes_only():
