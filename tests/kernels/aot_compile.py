@@ -76,10 +76,15 @@ def _spec(value):
     raise TypeError(f"unsupported launch argument {value!r}")
 
 
+#: tree kernels that are recorded without running
+RECORD_ONLY = ("_small_kernel",)
+
+
 class Recorder:
-    """Records every kernel launch of the interpreter.  Attention kernels are recorded only (their
-    outputs are never read, and interpreting the GPU's large tiles is slow); the tree build's
-    kernels also run, since the build reads back a size that its first kernel computes."""
+    """Records every kernel launch of the interpreter.  Attention kernels and the tree's
+    one-kernel build of small clouds are recorded only (their outputs are never read, and
+    interpreting the GPU's large tiles and in-register sorts is slow); the other tree kernels
+    also run, since the build reads back a size that its first kernel computes."""
 
     def __init__(self):
         self.records: dict[str, dict] = {}
@@ -94,7 +99,7 @@ class Recorder:
         def run(fn_self, *args, grid, warmup, **kwargs):
             if recorder.target is not None and not warmup:
                 recorder.add(fn_self.fn, args, kwargs)
-                if ".kernels." in fn_self.fn.__module__:
+                if ".kernels." in fn_self.fn.__module__ or fn_self.fn.__name__ in RECORD_ONLY:
                     return None
             return original(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -159,8 +164,8 @@ def _drive_tree(block, dim, capacity):
     from torch_geometric_nsa import build_ball_tree
     from torch_geometric_nsa.tree import build as tb
 
-    old_block, old_use = tt._BLOCK, tb._use_triton
-    tt._BLOCK, tb._use_triton = block, (lambda posf: True)
+    old_block, old_use, old_small = tt._BLOCK, tb._use_triton, tt._SMALL_MAX
+    tt._BLOCK, tb._use_triton, tt._SMALL_MAX = block, (lambda posf: True), 0  # the general path
     try:
         gen = torch.Generator().manual_seed(block + dim)
         sizes = torch.tensor([block + 5, 3, 2 * block])
@@ -171,7 +176,20 @@ def _drive_tree(block, dim, capacity):
             num_slots = tb.slot_capacity(int(sizes.sum()), 3, 32)
         build_ball_tree(pos, batch, ball_size=32, batch_size=3, num_slots=num_slots)
     finally:
-        tt._BLOCK, tb._use_triton = old_block, old_use
+        tt._BLOCK, tb._use_triton, tt._SMALL_MAX = old_block, old_use, old_small
+
+
+def _drive_small_tree(max_slots, dim):
+    """The one-kernel build of small clouds (``_small_kernel``, recorded only) at the block size
+    of clouds of ``max_slots`` slots."""
+    import torch
+
+    from torch_geometric_nsa.tree import _triton as tt
+
+    sizes = torch.tensor([max_slots, 3])
+    pos = torch.rand(int(sizes.sum()), dim)
+    batch = torch.repeat_interleave(torch.arange(2), sizes)
+    tt.build_layout_triton(pos, batch, 16, None, None)
 
 
 #: user settings the ops are driven with: (m, c, s, g, topk, heads, spatial dims)
@@ -216,6 +234,9 @@ def capture(out_path: str) -> int:
             for dim in (1, 2, 3):
                 _drive_tree(block, dim, capacity=False)
         _drive_tree(1024, 3, capacity=True)
+        for max_slots, dims in ((16, (1, 3)), (512, (2,)), (1024, (3,)), (4096, (1, 3))):
+            for dim in dims:
+                _drive_small_tree(max_slots, dim)
     rec.target = None
     with open(out_path, "w") as f:
         json.dump(sorted(rec.records.values(), key=lambda r: json.dumps(r, sort_keys=True)), f)

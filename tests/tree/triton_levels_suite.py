@@ -20,6 +20,15 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch_geometric_nsa.tree._triton as tt  # noqa: E402
 from torch_geometric_nsa import build_ball_tree  # noqa: E402
 from torch_geometric_nsa.tree._triton import build_layout_triton  # noqa: E402
+from torch_geometric_nsa.tree.build import _build_coordinates  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def general_path(monkeypatch):
+    """The general build (torch sorts, level kernels) unless a test asks for the
+    one-kernel build of small clouds (``small``): interpreting its in-register
+    sorts costs seconds per cloud of a few hundred points."""
+    monkeypatch.setattr(tt, "_SMALL_MAX", 0)
 
 
 # Block sizes: small blocks put nodes across blocks and many nodes in a block.
@@ -28,12 +37,28 @@ def path(request, monkeypatch):
     monkeypatch.setattr(tt, "_BLOCK", request.param)
 
 
+@pytest.fixture
+def small(monkeypatch):
+    """The one-kernel build (``_small_kernel``); counts its calls."""
+    calls = []
+    build = tt._build_small
+
+    def counted(*args):
+        calls.append(args[-1])  # max_slots
+        return build(*args)
+
+    monkeypatch.setattr(tt, "_SMALL_MAX", 128)
+    monkeypatch.setattr(tt, "_build_small", counted)
+    return calls
+
+
 def check(pos, batch, m, batch_size=None, num_slots=None):
     want = build_ball_tree(
         pos, batch, ball_size=m, batch_size=batch_size, num_slots=num_slots
     )  # CPU: the torch loop
-    # a non-contiguous float32 copy: the kernels read it contiguous
-    posf = pos.float().T.contiguous().T
+    # the coordinates build_ball_tree builds on (clouds moved to their corners in
+    # float64), as a non-contiguous float32 copy: the kernels read it contiguous
+    posf = _build_coordinates(pos, batch, None).T.contiguous().T
     got = build_layout_triton(posf, batch, m, batch_size, num_slots)
     for name in ("perm", "mask", "ptr", "inverse", "slot_batch"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
@@ -118,3 +143,36 @@ def test_bad_values_raise(pos, batch, match):
         build_layout_triton(pos, torch.tensor(batch), 16, None, None)
     with pytest.raises(ValueError, match="batch_size=1"):
         build_layout_triton(torch.rand(3, 2), torch.tensor([0, 1, 1]), 16, 1, None)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 5])
+def test_small_clouds_one_kernel(small, dim):
+    gen = torch.Generator().manual_seed(20 + dim)
+    # a gap (cloud 2 empty), single points, sizes that fill no ball, the largest
+    # cloud just at the limit (128 slots), exact ties on an axis, a far origin
+    sizes = [37, 1, 0, 121, 3] if dim < 5 else [60, 1]
+    pos = torch.randn(sum(sizes), dim, generator=gen, dtype=torch.float64) * 1e-3 + 5.0
+    pos[::4, 0] = pos[2, 0]
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    check(pos, batch, 16)
+    assert small == [128 if dim < 5 else 64]
+
+
+def test_small_clouds_ties_and_zeros(small):
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(6.0), torch.arange(5.0), torch.arange(2.0), indexing="ij"), -1
+    ).view(-1, 3)  # 60 points, equal spreads (lowest axis wins), ties everywhere
+    same = torch.full((9, 3), -0.0)
+    same[::2] = 0.0  # signed zeros are the same coordinate
+    pos = torch.cat([grid, same, torch.tensor([[0.5, 1.0, -2.0]])])
+    check(pos, batch_of([60, 9, 1]), 16)
+    check(same, torch.zeros(9, dtype=torch.long), 8)
+    assert small == [64, 16]
+
+
+def test_small_path_only_below_its_limit(small):
+    gen = torch.Generator().manual_seed(4)
+    pos = torch.randn(140, 2, generator=gen)
+    check(pos, batch_of([139, 1]), 16)  # 144 slots > 128: the general build
+    check(pos, torch.ones(140, dtype=torch.long), 16, batch_size=3, num_slots=256)  # capacity
+    assert small == []

@@ -45,6 +45,9 @@ from .layout import TreeLayout
 ENABLED = os.environ.get("TORCH_GEOMETRIC_NSA_TREE_TRITON", "1") != "0"
 
 _BLOCK = 1024
+#: batches whose clouds all have at most this many slots take ``_small_kernel``: one program
+#: per cloud, three launches for the whole build instead of about 40
+_SMALL_MAX = 4096
 
 
 @triton.jit
@@ -203,8 +206,16 @@ def _subtree_kernel(
     mask = offs < end
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
-    cur = lists_a
-    nxt = lists_b
+    _levels(lists_a, lists_b, where, coord, flag, csum, offs, mask, node, length, end, N, LEVELS, D)
+
+
+@triton.jit
+def _levels(
+    cur, nxt, where, coord, flag, csum, offs, mask, node, length, end, N, LEVELS, D: tl.constexpr
+):
+    """``LEVELS`` levels of nodes that all lie inside this program's block
+    ``offs``; the lists ping-pong between ``cur`` and ``nxt`` (the last level
+    writes ``nxt`` if ``LEVELS`` is odd, else ``cur``)."""
     for _ in range(LEVELS):
         last = tl.minimum(node + length, end) - 1
         _flags(cur, where, coord, flag, offs, mask, node, length, last, N, D)
@@ -378,6 +389,108 @@ def _layout_kernel(
     tl.store(inverse + p, slot, mask=real)
 
 
+#: larger than every sort key of ``_small_kernel`` (44 bits at most): lanes past the cloud
+_PAST = tl.constexpr(2**62)
+
+
+@triton.jit
+def _small_kernel(
+    posf,
+    order,
+    lists_a,
+    lists_b,
+    where,
+    coord,
+    flag,
+    csum,
+    node_ptr,
+    ptr,
+    slots,
+    perm,
+    mask_out,
+    slot_batch,
+    inverse,
+    N,
+    LEVELS: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    SHIFT: tl.constexpr,
+):
+    """The whole build of one cloud of at most ``BLOCK`` slots, one program
+    per cloud: the canonical order and the axis lists by sorts in registers
+    (``_canonical``'s torch sorts and ``_prologue_kernel``), every level
+    (``_levels``) and the cloud's slots of the layout (``_layout_kernel``).
+
+    A sort key is ``(ordered bits << SHIFT) | position``: the position makes
+    every key distinct, so the (unstable) bitonic ``tl.sort`` orders ties by
+    position, i.e. stably, and the sorted key's low bits say where each entry
+    came from.  The canonical order takes ``D`` such sorts, least significant
+    axis first; the list of axis ``d >= 1`` one more."""
+    b = tl.program_id(0).to(tl.int64)
+    first = tl.load(node_ptr + b)
+    n = tl.load(node_ptr + b + 1) - first
+    i = tl.arange(0, BLOCK).to(tl.int64)
+    mask = i < n
+    offs = first + i
+    src = offs  # the point at canonical position i, so far
+    for j in tl.static_range(D):
+        key = (_ordered(posf + src * D + (D - 1 - j), mask) << SHIFT) | i
+        key = tl.sort(tl.where(mask, key, _PAST))
+        tl.store(order + offs, src, mask=mask)
+        tl.debug_barrier()
+        src = tl.load(order + first + (key & (BLOCK - 1)), mask=mask, other=0)
+        tl.debug_barrier()
+    tl.store(order + offs, src, mask=mask)
+    for d in tl.static_range(D):
+        x = tl.load(posf + src * D + d, mask=mask, other=0.0)
+        tl.store(coord + d * N + offs, x, mask=mask)
+        if d == 0:
+            q = offs
+        else:
+            key = (_ordered(posf + src * D + d, mask) << SHIFT) | i
+            key = tl.sort(tl.where(mask, key, _PAST))
+            q = first + (key & (BLOCK - 1))
+        tl.store(lists_a + d * N + offs, q.to(tl.int32), mask=mask)
+        tl.store(where + d * N + q, offs.to(tl.int32), mask=mask)
+    tl.debug_barrier()
+    count = tl.load(slots + b)
+    node = tl.zeros([BLOCK], dtype=tl.int32) + first.to(tl.int32)
+    length = tl.zeros([BLOCK], dtype=tl.int32) + count.to(tl.int32)
+    _levels(
+        lists_a,
+        lists_b,
+        where,
+        coord,
+        flag,
+        csum,
+        offs,
+        mask,
+        node,
+        length,
+        first + n,
+        N,
+        LEVELS,
+        D,
+    )
+    tl.debug_barrier()
+    if LEVELS % 2 == 1:
+        final = lists_b
+    else:
+        final = lists_a
+    # the cloud's slots: real points in tree order, pads repeating the last one
+    slot = tl.load(ptr + b) + i
+    used = i < count
+    p = tl.load(
+        order + tl.load(final + first + tl.minimum(i, n - 1), mask=used, other=0),
+        mask=used,
+        other=0,
+    )
+    tl.store(perm + slot, p, mask=used)
+    tl.store(mask_out + slot, mask.to(tl.int8), mask=used)
+    tl.store(slot_batch + slot, b + 0 * i, mask=used)
+    tl.store(inverse + p, slot, mask=mask)
+
+
 def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
@@ -434,6 +547,8 @@ def build_layout_triton(
     )
     if capacity:
         torch._assert_async(ptr[-1] <= num_slots, "num_slots is smaller than the layout needs")
+    elif max_slots <= _SMALL_MAX:
+        return _build_small(posf, node_ptr, ptr, slots, ball_size, num_slots, max_slots)
     slots = slots[:-1]
     order, final = _tree_lists(posf, batch, slots, node_ptr, unit_ptr, max_slots)
     perm = torch.empty(num_slots, **i64)
@@ -455,6 +570,60 @@ def build_layout_triton(
         SEARCH=_bits(batch_size) + 1,
         BLOCK=_BLOCK,
         num_warps=4,
+    )
+    return TreeLayout(
+        perm=perm, mask=mask, ptr=ptr, inverse=inverse, slot_batch=slot_batch, ball_size=ball_size
+    )
+
+
+def _num_levels(max_slots: int) -> int:
+    return max(1, math.ceil(math.log2(max(max_slots, 2))))
+
+
+def _build_small(
+    posf: Tensor,
+    node_ptr: Tensor,
+    ptr: Tensor,
+    slots: Tensor,
+    ball_size: int,
+    num_slots: int,
+    max_slots: int,
+) -> TreeLayout:
+    """The layout of a batch whose clouds have at most ``_SMALL_MAX`` slots:
+    one ``_small_kernel`` program per cloud (every slot belongs to a cloud:
+    no capacity tail)."""
+    num_points, dim = posf.shape
+    device = posf.device
+    block = max(32, triton.next_power_of_2(max_slots))
+    i32 = dict(dtype=torch.int32, device=device)
+    lists_a, lists_b, where, flag, csum = torch.empty(5, dim, num_points, **i32)
+    coord = torch.empty(dim, num_points, dtype=torch.float32, device=device)
+    order = torch.empty(num_points, dtype=torch.long, device=device)
+    perm = torch.empty(num_slots, dtype=torch.long, device=device)
+    mask = torch.empty(num_slots, dtype=torch.bool, device=device)
+    slot_batch, inverse = torch.empty_like(perm), torch.empty_like(order)
+    _small_kernel[(node_ptr.numel() - 1,)](
+        posf,
+        order,
+        lists_a,
+        lists_b,
+        where,
+        coord,
+        flag,
+        csum,
+        node_ptr,
+        ptr,
+        slots,
+        perm,
+        mask.view(torch.int8),
+        slot_batch,
+        inverse,
+        num_points,
+        LEVELS=_num_levels(max_slots),
+        D=dim,
+        BLOCK=block,
+        SHIFT=int(math.log2(block)),
+        num_warps=4 if block <= 1024 else 8,
     )
     return TreeLayout(
         perm=perm, mask=mask, ptr=ptr, inverse=inverse, slot_batch=slot_batch, ball_size=ball_size
@@ -517,7 +686,7 @@ def _tree_lists(
         num_warps=4,
     )
 
-    num_levels = max(1, math.ceil(math.log2(max(max_slots, 2))))
+    num_levels = _num_levels(max_slots)
     fused = min(num_levels, int(math.log2(_BLOCK)))
     for _ in range(num_levels - fused):  # nodes of more than _BLOCK slots
         _flag_kernel[grid](
