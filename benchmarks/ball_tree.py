@@ -7,7 +7,10 @@
     python benchmarks/ball_tree.py --devices cpu --sizes small   # CPU smoke run
 
 Speed: median wall time of the build (CUDA timed with synchronisation, after a
-warm-up), 1 x {1k..1M} and 16 x {1k..16k} points, uniform in the unit cube.
+warm-up), 1 x {1k..1M} and 16 x {1k..16k} points, uniform in the unit cube, and
+1 x 3,586 (a ShapeNet car's size) and 32 x 900 (a batch of MD frames).  On CUDA also
+the general path for clouds of at most 4,096 slots (which otherwise take the
+one-kernel build), the torch level loop and capacity mode (no sync), same run.
 balltree-erwin (the anchor; OpenMP on all CPU cores) is timed when importable.
 
 Quality: mean ball radius (largest distance of a ball's points from their
@@ -62,6 +65,19 @@ def torch_level_loop():
         _triton.ENABLED = enabled
 
 
+@contextlib.contextmanager
+def general_path():
+    """The general CUDA build (torch sorts, then the presorted level loop) for clouds small
+    enough for the one-kernel build, as its baseline in the same run."""
+    from torch_geometric_nsa.tree import _triton
+
+    small, _triton._SMALL_MAX = _triton._SMALL_MAX, 0
+    try:
+        yield
+    finally:
+        _triton._SMALL_MAX = small
+
+
 def speed(configs, devices, repeats):
     rows = []
     for clouds, n in configs:
@@ -75,6 +91,10 @@ def speed(configs, devices, repeats):
                 lambda: build_ball_tree(p, b, ball_size=128), dev, reps
             )
             if dev == "cuda":
+                with general_path():
+                    row["ours cuda, general path (ms)"] = timeit(
+                        lambda: build_ball_tree(p, b, ball_size=128), dev, reps
+                    )
                 with torch_level_loop():
                     row["ours cuda, torch loop (ms)"] = timeit(
                         lambda: build_ball_tree(p, b, ball_size=128), dev, reps
@@ -239,6 +259,7 @@ def main():
             sizes = [1024, 4096, 16384]
             sizes += [] if size == "quick" else [65536, 262144, 1048576]
             configs = [(1, n) for n in sizes] + [(16, n) for n in (1024, 4096, 16384)]
+            configs += [(1, 3586), (32, 900)]  # ShapeNet-Car, a batch of MD frames
         rows = speed(configs, devices, args.repeats)
         if "cuda" in devices:
             no_sync = check_no_sync()

@@ -10,9 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TMP=$(mktemp -d)
-$PY -m pip download -q --no-deps --no-binary :all: -d "$TMP" balltree-erwin==0.1.0
-tar xzf "$TMP"/balltree_erwin-0.1.0.tar.gz -C "$TMP"
 $PY -m pip install -q cython
+# no build isolation: an isolated build would compile numpy from source just to read metadata
+$PY -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$TMP" balltree-erwin==0.1.0
+tar xzf "$TMP"/balltree_erwin-0.1.0.tar.gz -C "$TMP"
 $PY -m cython --cplus -3 "$TMP"/balltree_erwin-0.1.0/balltree/balltree.pyx \
     -o "$TMP"/balltree_erwin-0.1.0/balltree/balltree.cpp
 rm -rf .bench_deps/balltree_erwin && mkdir -p .bench_deps/balltree_erwin
