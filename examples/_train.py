@@ -1000,10 +1000,11 @@ def capture_summary(run: Run, warmup: int = 5) -> Dict[str, Any]:
     the others (after ``warmup`` steps; this call's steps)."""
     step = run.captured
     first = run.step - len(run.step_times) + 1
+    skip = warmup if len(run.step_times) > warmup else 0  # as timing_summary
     replays = [
         t
         for i, t in enumerate(run.step_times)
-        if i >= warmup and first + i not in run.new_bucket_steps
+        if i >= skip and first + i not in run.new_bucket_steps
     ]
     return dict(
         recorded=step.cuda_graphs,

@@ -5,8 +5,10 @@ padding, the per-point (masked) loss, the learning-rate schedule, clipping,
 device-built edges, evaluation, checkpoints and the refusals.  The graphs
 themselves are tested on a GPU in tests/test_capture.py."""
 
+import importlib.util
 import json
 import os.path as osp
+import shlex
 from types import SimpleNamespace
 
 import numpy as np
@@ -183,3 +185,88 @@ def test_fit_optimizer_moves_the_state():
     assert steps and all(s.device.type == "cpu" and float(s) == 1 for s in steps)
     _train.set_lr(opt2, 0.1)
     assert g2["lr"] == 0.1
+
+
+def test_example_loop_benchmark_runs_both_modes(md_args, tmp_path):
+    """benchmarks/example_loop.py, on the CPU and the tiny trajectory."""
+    path = osp.join(osp.dirname(__file__), "..", "..", "benchmarks", "example_loop.py")
+    spec = importlib.util.spec_from_file_location("example_loop", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    flags = " ".join(shlex.quote(a) for a in md_args) + " --batch-size 2"
+    out = tmp_path / "out"
+    rows = bench.main(
+        ["--configs", "md", "--device", "cpu", "--steps", "3", "--schedule", "6"]
+        + ["--work", str(tmp_path / "work"), "--out", str(out), "--md-flags", flags]
+    )
+    assert [r["mode"] for r in rows] == ["eager", "cuda-graphs"]
+    eager, graphs = rows
+    assert "error" not in eager and "error" not in graphs
+    assert eager["steps"] == graphs["steps"] == 3 and graphs["points_per_step"] == 120
+    assert graphs["buckets"] == 1 and graphs["new_buckets"] == 1 and graphs["graphs"] == 0
+    assert graphs["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-5)
+    assert graphs["median_ms"] > 0 and graphs["points_per_s"] > 0
+    with open(out / "example_loop.json") as f:
+        saved = json.load(f)
+    assert saved["rows"] == rows and "| md | cuda-graphs | 3 | 120 |" in saved["table"]
+
+
+# --------------------------------------------------------------------------- on a GPU
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.cuda
+@cuda
+def test_fit_optimizer_resumes_into_capturable_adamw_on_cuda():
+    """An eager run's AdamW state (step counters on the CPU) continues as a
+    capturable one (counters on the GPU, tensor lr) and back."""
+    model = torch.nn.Linear(3, 2).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5)
+    x = torch.randn(4, 3, device="cuda")
+    model(x).sum().backward()
+    opt.step()
+    assert all(s["step"].device.type == "cpu" for s in opt.state.values())
+    _train.fit_optimizer(opt, capturable=True, tensor_lr=True)
+    assert all(s["step"].device.type == "cuda" for s in opt.state.values())
+    assert opt.param_groups[0]["lr"].device.type == "cuda"
+    _train.set_lr(opt, 0.1)
+    model(x).sum().backward()
+    opt.step()  # capturable AdamW refuses step counters on another device
+    _train.fit_optimizer(opt, capturable=False, tensor_lr=False)
+    assert all(s["step"].device.type == "cpu" for s in opt.state.values())
+    model(x).sum().backward()
+    opt.step()
+    assert all(float(s["step"]) == 3 for s in opt.state.values())
+
+
+@pytest.mark.cuda
+@cuda
+def test_md_cuda_graphs_on_cuda_records_one_graph(md_args, tmp_path):
+    md = load_example("md")
+    common = md_args + ["--steps", "6", "--batch-size", "2", "--no-figures", "--device", "cuda"]
+    common += ["--no-tf32", "--eval-every", "3", "--ckpt-every", "3"]
+    eager, graphs = str(tmp_path / "eager"), str(tmp_path / "graphs")
+    res_e = md.main(common + ["--out", eager])
+    res_g = md.main(common + ["--out", graphs, "--cuda-graphs"])
+    assert _losses(graphs)[0] == pytest.approx(_losses(eager)[0], rel=1e-4)
+    assert _losses(graphs) == pytest.approx(_losses(eager), rel=1e-2)
+    assert res_g["rmse"] == pytest.approx(res_e["rmse"], rel=1e-2)
+    t = _timing(graphs)["cuda_graphs"]
+    assert t["recorded"] is True and t["num_graphs"] == 1 and t["batches_per_bucket"] == [6]
+
+
+@pytest.mark.cuda
+@cuda
+def test_cosmology_device_graphs_on_cuda(fake_box, tmp_path):
+    ex = load_example("cosmology")
+    common = fake_box + TINY + ["--points", "400", "--halo", "2", "--steps", "4"]
+    common += ["--device", "cuda", "--radius", "4", "--no-figures", "--ckpt-every", "0"]
+    common += ["--device-graphs", "--no-tf32"]
+    eager, graphs = str(tmp_path / "eager"), str(tmp_path / "graphs")
+    ex.main(common + ["--out", eager])
+    res = ex.main(common + ["--out", graphs, "--cuda-graphs"])
+    assert _losses(graphs)[0] == pytest.approx(_losses(eager)[0], rel=1e-4)
+    assert _losses(graphs) == pytest.approx(_losses(eager), rel=1e-2)
+    assert np.isfinite(res["rmse"])
+    t = _timing(graphs)["cuda_graphs"]
+    assert t["recorded"] is True and t["num_graphs"] == len(t["buckets"]) >= 1
