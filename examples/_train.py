@@ -177,11 +177,10 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     g.add_argument(
         "--cuda-graphs",
         action="store_true",
-        help="erwin-nsa, local-only: pad each training batch to one of a few size buckets "
-        "(estimated from the data, new ones added for larger batches) and replay one CUDA "
-        "graph of the whole step per bucket (torch_geometric_nsa.capture.CapturedTrainStep; "
-        "it builds the trees itself, the loader's are used by evaluation only); on the CPU the "
-        "padded step runs eagerly; not with --compile or torchrun",
+        help="erwin-nsa, local-only: pad each training batch to a size bucket and replay one "
+        "CUDA graph of the whole step per bucket (torch_geometric_nsa.capture.CapturedTrainStep, "
+        "which builds the trees itself: the loader's serve evaluation only; on the CPU the "
+        "padded step runs eagerly; not with --compile or torchrun)",
     )
     g.add_argument(
         "--tf32",
