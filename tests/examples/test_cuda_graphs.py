@@ -146,6 +146,34 @@ def test_masked_targets_are_the_masked_loss():
         assert torch.allclose(weighted, ex.masked_mse(pred, batch))
 
 
+def test_sample_sizes_read_the_stored_sizes_and_restore_the_rng():
+    from torch_geometric.data import Data, InMemoryDataset
+
+    class Toy(InMemoryDataset):
+        def __init__(self, sizes, transform=None):
+            super().__init__(None, transform=transform)
+            data = [
+                Data(pos=torch.rand(n, 3), edge_index=torch.zeros(2, 2 * n, dtype=torch.long))
+                for n in sizes
+            ]
+            self._data, self.slices = self.collate(data)
+
+    def noisy(d):  # a random transform, like cosmology's views
+        d.noise = torch.rand(1)
+        return d
+
+    ds = Toy([5, 50, 7, 9, 11, 13, 300], transform=noisy)
+    torch.manual_seed(0)
+    points, edges = _train.sample_sizes(ds, count=2)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))  # the probe drew nothing from the global RNG
+    assert points[:2] == [5, 300] and edges == [10, 600]  # samples 0 and 6, transformed
+    # an index_select'ed subset: its own stored sizes, not the parent's
+    points, _ = _train.sample_sizes(ds.index_select([1, 2, 3]), count=1)
+    assert min(points) == 7 and max(points) == 50
+
+
 def _args(**kw):
     base = dict(cuda_graphs=True, model="erwin-nsa", compile=False)
     return SimpleNamespace(**{**base, **kw})
