@@ -10,6 +10,10 @@ does the rest:
   :class:`~torch_geometric_nsa.transforms.BallTree` transform
   (:func:`tree_transform`); the loop consumes :class:`~torch_geometric.data.Batch`
   objects and hands the collated trees to the model (:func:`forward`);
+* with ``--cuda-graphs`` (tree models), every training step padded to one of
+  a few size buckets and replayed as one CUDA graph per bucket
+  (:class:`~torch_geometric_nsa.capture.CapturedTrainStep`, see
+  :func:`captured_train_step`);
 * single process, or DistributedDataParallel under ``torchrun`` (gloo on CPU,
   nccl on CUDA) with a :class:`~torch.utils.data.DistributedSampler`, rank-0
   logging and checkpoints;
@@ -20,7 +24,8 @@ does the rest:
   example gives as ``Task.extra["val_dataset"]``, else on the test split,
   named in each row; the RNG states are restored, so training is unchanged);
 * ``timing.json``: the seconds of every step (data loading excluded), their
-  median and the peak GPU memory of training (also in ``test_metrics.json``);
+  median and the peak GPU memory of training (also in ``test_metrics.json``),
+  with ``--cuda-graphs`` also the buckets and graphs (:func:`capture_summary`);
 * a checkpoint every ``--ckpt-every`` steps holding the model, the optimiser,
   every RNG state (as tensors), the step and the settings; it is read back with
   ``torch.load(weights_only=True)``, so a planted file cannot run code.
@@ -52,6 +57,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler, Sampler
 from torch_geometric.loader import DataLoader
 
+from torch_geometric_nsa.capture import CapacityBuckets, CapturedTrainStep, mse_per_point
 from torch_geometric_nsa.transforms import BallTree
 
 try:
@@ -84,6 +90,9 @@ FREE_SETTINGS = frozenset(
         "num_workers",
         "eval_batch_size",
         "compile",
+        # the padded step computes the same loss and gradients (tested), and a checkpoint's
+        # optimiser state loads with or without it (fit_optimizer)
+        "cuda_graphs",
         # held-out curves do not touch training: the RNG states are restored after
         # each evaluation (tested), so the loss curve is the same with or without them
         "eval_every",
@@ -165,6 +174,14 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     )
     g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="erwin-nsa, local-only: pad each training batch to a size bucket and replay one "
+        "CUDA graph of the whole step per bucket (torch_geometric_nsa.capture.CapturedTrainStep, "
+        "which builds the trees itself: the loader's serve evaluation only; on the CPU the "
+        "padded step runs eagerly; not with --compile or torchrun)",
+    )
     g.add_argument(
         "--tf32",
         action=argparse.BooleanOptionalAction,
@@ -269,6 +286,13 @@ class Task:
         figures: ``figures(result, out_dir) -> [paths]``.
         summary: ``summary(result) -> str`` printed at the end.
         loss: ``loss(pred, batch) -> Tensor`` (default: MSE against ``batch.y``).
+        loss_targets: ``loss_targets(batch) -> (target, weight)``, the per-point
+            form of :obj:`loss` that ``--cuda-graphs`` trains with: the loss is
+            the weighted mean over the points of the squared error against
+            ``target`` (averaged over its channels) with weights ``weight``
+            (``[N]``, or a bool mask; :obj:`None`: the plain mean).  Default:
+            ``(batch.y, None)``, the default MSE; a task with its own
+            :obj:`loss` must give it to be trained with ``--cuda-graphs``.
         use_edges: hand ``batch.edge_index`` to the model's embedding.
         extra: optional keys the loop reads: ``"val_dataset"`` (the split of the
             ``--eval-every`` rows; default the test set) and ``"metric"`` (the
@@ -285,11 +309,17 @@ class Task:
     summary: Optional[Callable] = None
     loss: Optional[Callable] = None
     use_edges: bool = True
+    loss_targets: Optional[Callable] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def mse_loss(pred: Tensor, batch) -> Tensor:
     return torch.nn.functional.mse_loss(pred, batch.y)
+
+
+def mse_targets(batch):
+    """The per-point form of :func:`mse_loss`: ``batch.y``, uniform weights."""
+    return batch.y, None
 
 
 # ---------------------------------------------------------------------------
@@ -696,6 +726,14 @@ class Run:
     step_times: List[float] = field(default_factory=list)
     #: peak bytes allocated on the GPU during training (:obj:`None` on the CPU)
     peak_bytes: Optional[int] = None
+    #: ``--cuda-graphs``: the captured step (made at the first training batch)
+    captured: Optional[CapturedTrainStep] = None
+    #: ``--cuda-graphs``: the steps that opened a new bucket (on the GPU: ran
+    #: eagerly and recorded its graph)
+    new_bucket_steps: List[int] = field(default_factory=list)
+    #: ``--cuda-graphs``: real and padded points of the training steps
+    real_points: int = 0
+    padded_points: int = 0
 
     @property
     def metrics_path(self) -> str:
@@ -712,6 +750,7 @@ def setup(args, task: Task, build_model: Callable) -> Run:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = setup_env(args.device)
+    check_cuda_graphs(args, env, task)
     if env.device.type == "cuda":
         torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
     args.out = args.out or osp.join("runs", f"{task.name}-{args.model}")
@@ -729,6 +768,8 @@ def setup(args, task: Task, build_model: Callable) -> Run:
         for name in ("metrics.jsonl", "test_metrics.json"):
             if osp.isfile(osp.join(args.out, name)):
                 os.remove(osp.join(args.out, name))
+    graphs = getattr(args, "cuda_graphs", False)
+    fit_optimizer(opt, capturable=graphs and env.device.type == "cuda", tensor_lr=graphs)
     if env.main:
         with open(osp.join(args.out, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=1)
@@ -743,9 +784,7 @@ def setup(args, task: Task, build_model: Callable) -> Run:
 
 def train_step(run: Run, batch) -> float:
     """One optimiser step on ``batch``; returns the loss (averaged over processes)."""
-    lr = lr_at(run.step, run.args)
-    for group in run.opt.param_groups:
-        group["lr"] = lr
+    set_lr(run.opt, lr_at(run.step, run.args))
     run.net.train()
     run.opt.zero_grad(set_to_none=True)
     pred = forward(run.model, batch, run.net, run.task.use_edges)
@@ -759,6 +798,224 @@ def train_step(run: Run, batch) -> float:
         dist.all_reduce(value)
         value /= run.env.world
     return float(value)
+
+
+# ---------------------------------------------------------------------------
+# --cuda-graphs: the training step as one CUDA graph per capacity bucket
+# ---------------------------------------------------------------------------
+#: growth factor of consecutive capacity buckets (at most 20% of a padded batch is padding)
+BUCKET_RATIO = 1.25
+#: every point capacity is a multiple of it
+POINT_MULTIPLE = 128
+#: every edge capacity is a multiple of it
+EDGE_MULTIPLE = 1024
+#: training samples drawn (as the loader yields them) to estimate the sizes of the batches
+SIZE_PROBES = 4
+
+
+def check_cuda_graphs(args, env: Env, task: Task) -> None:
+    """Refuses ``--cuda-graphs`` with what it does not support, naming it."""
+    if not getattr(args, "cuda_graphs", False):
+        return
+    problems = []
+    if args.model not in TREE_MODELS:
+        problems.append(
+            f"--model {args.model} is not a tree model (only {', '.join(TREE_MODELS)} have a "
+            "captured step)"
+        )
+    if args.compile:
+        problems.append("it excludes --compile (the whole step is already one CUDA graph)")
+    if env.distributed:
+        problems.append(
+            f"it runs in one process only ({env.world} under torchrun): the captured step does "
+            "not all-reduce the gradients"
+        )
+    if task.loss is not None and task.loss_targets is None:
+        problems.append(
+            f"the {task.name} task's loss has no per-point form (Task.loss_targets) to train with"
+        )
+    if problems:
+        raise ValueError("--cuda-graphs: " + "; ".join(problems))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Sets the learning rate of every group; a tensor ``lr`` (``--cuda-graphs``:
+    recorded in the graphs by address) is overwritten in place."""
+    for group in opt.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def fit_optimizer(opt: torch.optim.Optimizer, capturable: bool, tensor_lr: bool) -> None:
+    """Puts an AdamW (new, or just loaded from a checkpoint, whose saved
+    groups replace the settings) into the form the training step needs:
+    ``capturable`` (step counters on the parameters' device) for CUDA graphs,
+    the learning rate as a 0-dim tensor on the parameters' device (updated in
+    place by :func:`set_lr`) or a float.  So a checkpoint written with or
+    without ``--cuda-graphs`` resumes in either mode."""
+    for group in opt.param_groups:
+        params = group["params"]
+        group["capturable"] = capturable
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=params[0].device) if tensor_lr else lr
+        for p in params:
+            state = opt.state.get(p)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if capturable else "cpu")
+
+
+def capture_model(model: torch.nn.Module):
+    """``(bare, graph)``: the ErwinNSA-like model a captured step trains, and
+    ``graph(pos, batch)``, the edges a wrapper (cosmology's ``DeviceGraphs``,
+    exposing the bare model as ``.model``) builds in its forward, which
+    cannot be recorded: :func:`captured_train_step` computes them eagerly
+    before the step (:obj:`None` for a bare model)."""
+    if all(hasattr(model, a) for a in ("ball_size", "rotate", "uses_rotation")):
+        return model, None
+    inner = getattr(model, "model", None)
+    if isinstance(inner, torch.nn.Module):
+        return inner, getattr(model, "graph", None)
+    return model, None  # CapturedTrainStep names what is missing
+
+
+def sample_sizes(dataset, count: int = SIZE_PROBES):
+    """``(points, edges)``: the point and edge counts (edges :obj:`None` when a
+    sample has no ``edge_index``) of ``count`` evenly spaced samples as the
+    loader yields them (transforms applied; every RNG state restored, so the
+    run is unchanged), the points also of every stored sample of an
+    :class:`~torch_geometric.data.InMemoryDataset` (cheap: its slices)."""
+    state = rng_state()
+    try:
+        idx = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
+        samples = [dataset[int(i)] for i in idx]
+    finally:
+        set_rng_state(state)
+    points = [int(d.num_nodes) for d in samples]
+    edges = None
+    if all(getattr(d, "edge_index", None) is not None for d in samples):
+        edges = [int(d.edge_index.size(1)) for d in samples]
+    slices = getattr(dataset, "slices", None)
+    if isinstance(slices, dict) and "pos" in slices and hasattr(dataset, "indices"):
+        ptr = slices["pos"]
+        counts = (ptr[1:] - ptr[:-1])[torch.as_tensor(list(dataset.indices()), dtype=torch.long)]
+        points += [int(counts.min()), int(counts.max())]
+    return points, edges
+
+
+def make_captured_step(run: Run, batch, edge_index: Optional[Tensor]) -> CapturedTrainStep:
+    """The :class:`CapturedTrainStep` of a run, made at its first batch.
+
+    Buckets (:data:`BUCKET_RATIO` apart, ``grow=True``): points between
+    ``--batch-size`` times the smallest and the largest sample of
+    :func:`sample_sizes` (and the first batch); edges likewise, or from the
+    first batch's count when they are built on the device.  A larger batch
+    later adds a bucket (one more graph; ``timing.json`` lists them) instead of
+    failing.  The loss is the per-point MSE (:attr:`Task.loss_targets`), in
+    float32 like the eager step (no autocast), clipped at ``--clip``."""
+    args, task = run.args, run.task
+    bs = args.batch_size
+    points, edges = sample_sizes(task.train_dataset)
+    n = batch.num_nodes
+    point_buckets = CapacityBuckets(
+        max(bs * max(points), n),
+        min_size=min(bs * min(points), n),
+        ratio=BUCKET_RATIO,
+        multiple=POINT_MULTIPLE,
+        grow=True,
+    )
+    edge_buckets = None
+    if edge_index is not None:
+        e = edge_index.size(1)
+        lo, hi = (bs * min(edges), bs * max(edges)) if edges and task.use_edges else (e, e)
+        edge_buckets = CapacityBuckets(
+            max(hi, e, 1),
+            min_size=max(1, min(lo, e)),
+            ratio=BUCKET_RATIO,
+            multiple=EDGE_MULTIPLE,
+            grow=True,
+        )
+    bare, _ = capture_model(run.model)
+    step = CapturedTrainStep(
+        bare,
+        run.opt,
+        point_buckets,
+        max_clouds=bs,
+        edge_buckets=edge_buckets,
+        loss_fn=mse_per_point,
+        max_grad_norm=args.clip or None,
+    )
+    if run.env.main:
+        print(
+            f"[{task.name}] --cuda-graphs: point buckets {list(point_buckets.capacities)}"
+            + (f", edge buckets {list(edge_buckets.capacities)}" if edge_buckets else "")
+            + ("" if step.cuda_graphs else " (not on CUDA: the padded step runs eagerly)"),
+            flush=True,
+        )
+    return step
+
+
+def captured_train_step(run: Run, batch) -> float:
+    """:func:`train_step` with ``--cuda-graphs``: the same learning rate
+    (:func:`lr_at`, written into the tensor ``lr``), loss
+    (:attr:`Task.loss_targets`), clipping and AdamW, through the run's
+    :class:`CapturedTrainStep` (made at the first batch by
+    :func:`make_captured_step`).  The batch's trees are not read: the step
+    builds those of the padded batch; edges built by the model (cosmology's
+    ``--device-graphs``) are computed here, eagerly, with the model's own
+    function."""
+    args, task = run.args, run.task
+    set_lr(run.opt, lr_at(run.step, args))
+    _, graph = capture_model(run.model)
+    edge_index = getattr(batch, "edge_index", None) if task.use_edges else None
+    if edge_index is None and graph is not None:
+        edge_index = graph(batch.pos, batch.batch)
+    if run.captured is None:
+        run.captured = make_captured_step(run, batch, edge_index)
+    step = run.captured
+    target, weight = (task.loss_targets or mse_targets)(batch)
+    buckets = len(step.buckets)
+    loss = step(
+        batch.x,
+        batch.pos,
+        batch.batch,
+        target,
+        edge_index,
+        num_graphs=batch.num_graphs,
+        weight=weight,
+    )
+    if len(step.buckets) > buckets:
+        run.new_bucket_steps.append(run.step + 1)
+    run.real_points += batch.num_nodes
+    run.padded_points += step.point_buckets(batch.num_nodes)
+    return float(loss)
+
+
+def capture_summary(run: Run, warmup: int = 5) -> Dict[str, Any]:
+    """The ``cuda_graphs`` entry of ``timing.json``: graphs recorded, buckets
+    ``[points, edges]`` and their batches, the steps that opened a bucket, the
+    capacities, the padding's share of the points and the median step of
+    the others (after ``warmup`` steps; this call's steps)."""
+    step = run.captured
+    first = run.step - len(run.step_times) + 1
+    skip = warmup if len(run.step_times) > warmup else 0  # as timing_summary
+    replays = [
+        t
+        for i, t in enumerate(run.step_times)
+        if i >= skip and first + i not in run.new_bucket_steps
+    ]
+    return dict(
+        recorded=step.cuda_graphs,
+        num_graphs=step.num_graphs,
+        buckets=[list(k) for k in step.buckets],
+        batches_per_bucket=[step.calls[k] for k in step.buckets],
+        new_bucket_steps=list(run.new_bucket_steps),
+        point_capacities=list(step.point_buckets.capacities),
+        edge_capacities=None if step.edge_buckets is None else list(step.edge_buckets.capacities),
+        padding_fraction=1 - run.real_points / max(1, run.padded_points),
+        step_s_median_same_bucket=float(np.median(replays)) if replays else None,
+    )
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -876,10 +1133,11 @@ def train(run: Run) -> float:
         if held_out is not None:
             held_out = (held_out[0], CachedSamples(held_out[1]))
     batches = iter(train_loader(train_set, args, env, run.step))
+    graphs = getattr(args, "cuda_graphs", False)
     while run.step < stop:
         batch = next(batches).to(env.device)
         t0 = time.perf_counter()
-        loss = train_step(run, batch)
+        loss = (captured_train_step if graphs else train_step)(run, batch)
         if cuda:
             torch.cuda.synchronize(env.device)
         dt = time.perf_counter() - t0
@@ -932,6 +1190,8 @@ def train(run: Run) -> float:
             device=device_name(env.device),
             first_step=run.step - len(run.step_times) + 1,
         )
+        if run.captured is not None:
+            timing["cuda_graphs"] = capture_summary(run)
         with open(osp.join(run.out, "timing.json"), "w") as f:
             json.dump(timing, f)
     return seconds

@@ -116,13 +116,18 @@ class DeviceGraphs(torch.nn.Module):
         super().__init__()
         self.model, self.radius, self.max_num_neighbors = model, radius, max_num_neighbors
 
-    def forward(self, x, pos, batch=None, edge_index=None):
-        if edge_index is None and self.radius > 0:
-            from torch_geometric_nsa.nn import radius_graph
+    def graph(self, pos, batch=None):
+        """The radius graph of the first layer (:obj:`None` without a radius);
+        ``--cuda-graphs`` computes it with this, eagerly, before the recorded step."""
+        if not self.radius > 0:
+            return None
+        from torch_geometric_nsa.nn import radius_graph
 
-            edge_index = radius_graph(
-                pos, self.radius, batch, max_num_neighbors=self.max_num_neighbors
-            )
+        return radius_graph(pos, self.radius, batch, max_num_neighbors=self.max_num_neighbors)
+
+    def forward(self, x, pos, batch=None, edge_index=None):
+        if edge_index is None:
+            edge_index = self.graph(pos, batch)
         return self.model(x, pos, batch, edge_index)
 
 
@@ -140,6 +145,12 @@ def masked_mse(pred, batch):
     m = batch.train_mask
     target = batch.target if "target" in batch else batch.y
     return torch.nn.functional.mse_loss(pred[m], target[m])
+
+
+def masked_targets(batch):
+    """:func:`masked_mse` per point (``--cuda-graphs``): its targets, and the
+    training mask as the loss weights (the weighted mean is the masked mean)."""
+    return (batch.target if "target" in batch else batch.y), batch.train_mask
 
 
 def knn_targets(box, k: int, box_size: float) -> torch.Tensor:
@@ -197,6 +208,7 @@ def box_task(args, dataset):
         summary_box,
         loss=masked_mse,
         use_edges=edges,
+        loss_targets=masked_targets,
     )
     return task
 

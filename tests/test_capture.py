@@ -69,6 +69,25 @@ def test_bucket_choice_is_smallest_capacity_above_the_size():
         b.max_padding(129)
 
 
+def test_growing_buckets_continue_the_progression():
+    fixed = CapacityBuckets(1000, min_size=100, ratio=1.5, multiple=32)
+    b = CapacityBuckets(1000, min_size=100, ratio=1.5, multiple=32, grow=True)
+    assert b.capacities == fixed.capacities
+    last = b.capacities[-1]
+    assert b(500) == fixed(500) and b.capacities == fixed.capacities  # no growth needed
+    cap = b(5 * last)
+    assert cap > 5 * last and b.capacities[: len(fixed)] == fixed.capacities
+    assert b.capacities[-1] == cap and b.capacities[-2] <= 5 * last
+    assert b.max_size == 5 * last
+    # the same progression the constructor would have built for that range
+    assert (
+        b.capacities == CapacityBuckets(5 * last, min_size=100, ratio=1.5, multiple=32).capacities
+    )
+    assert b.max_padding(cap) == cap - b.capacities[-2]
+    with pytest.raises(ValueError, match="or pass grow=True"):
+        fixed(5 * last)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -157,6 +176,42 @@ def test_pad_batch_rejects_bad_sizes():
         pad_batch(x, pos[:-1], batch, capacity=100, **kw)
     with pytest.raises(ValueError, match="dummy_clouds"):
         pad_batch(x, pos, batch, capacity=100, dummy_clouds=0, **kw)
+
+
+def test_pad_batch_weights_give_the_weighted_mean():
+    x, pos, batch, y, _ = make_batch([40, 30], seed=6)
+    n = x.size(0)
+    gen = torch.Generator().manual_seed(1)
+    pred = torch.randn(n, 3, generator=gen)
+    mask = torch.rand(n, generator=gen) < 0.3
+    assert 0 < int(mask.sum()) < n
+    kw = dict(capacity=96, max_clouds=2, ball_size=32)
+    padded_pred = torch.cat([pred, torch.full((96 - n, 3), 7.0)])
+
+    def loss_of(p):
+        return (mse_per_point(padded_pred, p.y) * p.weight).sum()
+
+    # a bool mask: the masked MSE (cosmology's loss over its training nodes)
+    p = pad_batch(x, pos, batch, y, weight=mask, **kw)
+    masked = torch.nn.functional.mse_loss(pred[mask], y[mask])
+    assert torch.allclose(loss_of(p), masked, rtol=1e-6)
+    assert not p.weight[n:].any() and not p.weight[:n][~mask].any()
+    assert torch.allclose(p.weight.sum(), torch.tensor(1.0))
+    # float weights: the weighted mean; the uniform default is the plain mean
+    w = torch.rand(n, generator=gen)
+    p = pad_batch(x, pos, batch, y, weight=w, **kw)
+    per_point = mse_per_point(pred, y)
+    assert torch.allclose(loss_of(p), (w * per_point).sum() / w.sum(), rtol=1e-6)
+    p = pad_batch(x, pos, batch, y, weight=None, out=p, **kw)
+    assert torch.allclose(loss_of(p), torch.nn.functional.mse_loss(pred, y), rtol=1e-6)
+    # no weight at all: a zero loss, not NaN
+    p = pad_batch(x, pos, batch, y, weight=torch.zeros(n, dtype=torch.bool), out=p, **kw)
+    assert not p.weight.any() and loss_of(p) == 0
+    for bad in (mask[:-1], mask.view(-1, 1), [1.0] * n):
+        with pytest.raises(
+            ValueError, match=f"'weight' must be a real or bool tensor of shape \\[{n}\\]"
+        ):
+            pad_batch(x, pos, batch, y, weight=bad, **kw)
 
 
 def test_padded_trees_are_the_builds_capacity_mode_layouts():
@@ -276,6 +331,33 @@ def test_padding_gets_no_loss_weight_and_no_gradient():
     assert torch.equal(loss, loss2) and len(grads) == len(grads2) > 0
     for g, g2 in zip(grads, grads2):
         assert torch.allclose(g, g2, atol=1e-7)
+
+
+def test_weighted_step_trains_like_the_masked_eager_step():
+    """A mask as loss weights: loss and gradients of cosmology's masked MSE."""
+    model = make_model(seed=3)
+    twin = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step = CapturedTrainStep(
+        twin,
+        torch.optim.AdamW(twin.parameters(), lr=1e-2),
+        CapacityBuckets(300, min_size=100, multiple=8),
+        max_clouds=3,
+        edge_buckets=ONE_EDGE_BUCKET,
+        max_grad_norm=1.0,
+    )
+    for i, sizes in enumerate(BATCHES[:2]):
+        x, pos, b, y, edges = make_batch(sizes, seed=40 + i)
+        mask = torch.rand(x.size(0), generator=torch.Generator().manual_seed(i)) < 0.5
+        opt.zero_grad()
+        ref = torch.nn.functional.mse_loss(model(x, pos, b, edges)[mask], y[mask])
+        ref.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss = step(x, pos, b, y, edges, num_graphs=len(sizes), weight=mask)
+        assert torch.allclose(loss, ref.detach(), rtol=1e-5, atol=1e-6), i
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), i
 
 
 def test_step_arguments_are_checked():

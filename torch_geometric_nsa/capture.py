@@ -61,9 +61,19 @@ class CapacityBuckets:
             (default: :obj:`1.25`)
         multiple (int): every capacity is a multiple of it.
             (default: :obj:`1`)
+        grow (bool): a size above the largest capacity adds capacities,
+            continuing the progression (a new bucket: one more graph),
+            instead of raising an error.  (default: :obj:`False`)
     """
 
-    def __init__(self, max_size: int, min_size: int = 1, ratio: float = 1.25, multiple: int = 1):
+    def __init__(
+        self,
+        max_size: int,
+        min_size: int = 1,
+        ratio: float = 1.25,
+        multiple: int = 1,
+        grow: bool = False,
+    ):
         for name, v in (("max_size", max_size), ("min_size", min_size), ("multiple", multiple)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"'{name}' must be a positive int (got {v!r})")
@@ -72,15 +82,17 @@ class CapacityBuckets:
         if not float(ratio) > 1.0 or not math.isfinite(ratio):
             raise ValueError(f"'ratio' must be a finite number above 1 (got {ratio!r})")
         self.min_size, self.max_size = min_size, max_size
-        self.ratio, self.multiple = float(ratio), multiple
-
-        def up(v):
-            return -(-v // multiple) * multiple
-
-        caps = [up(min_size + 1)]
+        self.ratio, self.multiple, self.grow = float(ratio), multiple, bool(grow)
+        caps = [self._up(min_size + 1)]
         while caps[-1] <= max_size:
-            caps.append(up(max(caps[-1] + 1, math.ceil(caps[-1] * self.ratio))))
+            caps.append(self._next(caps[-1]))
         self.capacities: Tuple[int, ...] = tuple(caps)
+
+    def _up(self, v: int) -> int:
+        return -(-v // self.multiple) * self.multiple
+
+    def _next(self, cap: int) -> int:
+        return self._up(max(cap + 1, math.ceil(cap * self.ratio)))
 
     def __len__(self) -> int:
         return len(self.capacities)
@@ -95,10 +107,16 @@ class CapacityBuckets:
         for cap in self.capacities:
             if cap > size:
                 return cap
+        if self.grow:
+            caps = list(self.capacities)
+            while caps[-1] <= size:
+                caps.append(self._next(caps[-1]))
+            self.capacities, self.max_size = tuple(caps), size
+            return caps[-1]
         raise ValueError(
             f"size {size} does not fit the largest capacity bucket ({self.capacities[-1]}, "
             f"which serves sizes up to {self.capacities[-1] - 1}); raise 'max_size' "
-            f"(now {self.max_size})"
+            f"(now {self.max_size}) or pass grow=True"
         )
 
     def max_padding(self, capacity: int) -> int:
@@ -136,8 +154,9 @@ class PaddedBatch(NamedTuple):
     #: ``[2, E_cap]`` edges; padding edges are self-loops of the padding
     #: points, spread over them in turn (or :obj:`None`).
     edge_index: Optional[Tensor]
-    #: ``[P]`` float32 loss weight: :math:`1/N` on real points, 0 on padding,
-    #: so that ``(weight * per_point_loss).sum()`` is the mean over real points.
+    #: ``[P]`` float32 loss weight: :math:`1/N` on real points (or the
+    #: normalised weights given to :func:`pad_batch`), 0 on padding, so that
+    #: ``(weight * per_point_loss).sum()`` is the (weighted) mean over real points.
     weight: Tensor
     #: ``[P]`` bool, :obj:`True` for real points.
     mask: Tensor
@@ -225,6 +244,7 @@ def pad_batch(
     edge_capacity: Optional[int] = None,
     dummy_clouds: int = 1,
     num_graphs: Optional[int] = None,
+    weight: Optional[Tensor] = None,
     out: Optional[PaddedBatch] = None,
 ) -> PaddedBatch:
     r"""Pads a batch to :obj:`capacity` points (and :obj:`edge_capacity`
@@ -253,6 +273,13 @@ def pad_batch(
             (default: :obj:`1`)
         num_graphs (int, optional): real clouds of the batch (PyG's
             ``num_graphs``); read from :obj:`batch` when missing.
+        weight (torch.Tensor, optional): ``[N]`` non-negative loss weights of
+            the real points (bool: a mask, e.g. the training nodes); the
+            padded batch's :attr:`~PaddedBatch.weight` is
+            :math:`w_i / \sum_j w_j` (all 0 when every :math:`w_i` is 0),
+            so that the loss is the weighted mean over the real points.
+            Normalised on the device, without a host synchronisation.
+            (default: :obj:`None`, :math:`1/N` each)
         out (PaddedBatch, optional): buffers of the right sizes to fill in
             place (static inputs of a CUDA graph).
 
@@ -272,6 +299,20 @@ def pad_batch(
         )
     if n == 0:
         raise ValueError("the batch is empty")
+    if weight is not None and (
+        not isinstance(weight, Tensor)
+        or weight.shape != (n,)
+        or weight.is_complex()
+        or weight.device != x.device
+    ):
+        desc = (
+            f"{weight.dtype} of shape {tuple(weight.shape)} on {weight.device}"
+            if isinstance(weight, Tensor)
+            else type(weight).__name__
+        )
+        raise ValueError(
+            f"'weight' must be a real or bool tensor of shape [{n}] on {x.device} (got {desc})"
+        )
     if not isinstance(capacity, int) or capacity <= n:
         raise ValueError(
             f"capacity={capacity!r} must exceed the batch's {n} points (one padding point at least)"
@@ -334,7 +375,12 @@ def pad_batch(
         loops = torch.arange(edge_capacity - num_edges, device=out.edge_index.device)
         out.edge_index[:, num_edges:].copy_(loops.remainder_(pad).add_(n).expand(2, -1))
     out.weight.zero_()
-    out.weight[:n].fill_(1.0 / n)
+    if weight is None:
+        out.weight[:n].fill_(1.0 / n)
+    else:  # sum_i w_i on the device: no host read (0 / tiny = 0 when every weight is 0)
+        w = out.weight[:n]
+        w.copy_(weight)
+        w.div_(w.sum().clamp_min(torch.finfo(torch.float32).tiny))
     out.mask.zero_()
     out.mask[:n].fill_(True)
     return out._replace(num_points=n, num_edges=num_edges)
@@ -358,7 +404,8 @@ class CapturedTrainStep:
     A call pads the batch (:func:`pad_batch`) to the bucket of its point and
     edge counts and runs the step: trees of the padded batch in capacity mode,
     forward under autocast, the loss as the mean of :obj:`loss_fn` over the
-    real points, backward, optional gradient clipping and
+    real points (or its weighted mean, with per-point weights such as a
+    mask of the training nodes), backward, optional gradient clipping and
     :obj:`optimizer`'s step.  With CUDA graphs the first batch of a bucket
     runs the step eagerly on a side stream (that is its training step; it
     also compiles the Triton kernels for the bucket's shapes and creates the
@@ -397,7 +444,8 @@ class CapturedTrainStep:
 
     Shapes:
         - **call:** ``x [N, F]``, ``pos [N, D]``, ``batch [N]``, ``y [N,
-          ...]``, ``edge_index [2, E]`` *(optional)* -> loss ``[]``
+          ...]``, ``edge_index [2, E]`` *(optional)*, ``weight [N]``
+          *(optional)* -> loss ``[]``
     """
 
     def __init__(
@@ -485,6 +533,7 @@ class CapturedTrainStep:
         y: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
+        weight: Optional[Tensor] = None,
     ) -> Tuple[Tuple[int, int], PaddedBatch]:
         """Pads the batch into its bucket's static buffers; returns the
         bucket key and the :class:`PaddedBatch`."""
@@ -508,6 +557,7 @@ class CapturedTrainStep:
             edge_capacity=edge_capacity or None,
             dummy_clouds=dummy,
             num_graphs=num_graphs,
+            weight=weight,
             out=self._buffers.get(key),
         )
         self._buffers.setdefault(key, padded)
@@ -550,9 +600,12 @@ class CapturedTrainStep:
         y: Tensor,
         edge_index: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
+        weight: Optional[Tensor] = None,
     ) -> Tensor:
         """Runs one training step on the batch; returns its loss (a new
-        0-dim tensor on the device)."""
+        0-dim tensor on the device).  :obj:`weight` (``[N]``, optional):
+        per-point loss weights or a bool mask, the loss being their weighted
+        mean (see :func:`pad_batch`); by default the plain mean."""
         if y is None:
             raise ValueError("'y' (the targets) is required")
         if self.cuda_graphs and edge_index is None and getattr(self.model, "radius", None):
@@ -561,7 +614,7 @@ class CapturedTrainStep:
                 "'edge_index' (e.g. computed in the data loader)"
             )
         self.model.train()
-        key, padded = self.pad(x, pos, batch, y, edge_index, num_graphs)
+        key, padded = self.pad(x, pos, batch, y, edge_index, num_graphs, weight)
         self.calls[key] = self.calls.get(key, 0) + 1
         if not self.cuda_graphs:
             return self._step(padded)
