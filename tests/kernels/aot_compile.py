@@ -164,8 +164,8 @@ def _drive_tree(block, dim, capacity):
     from torch_geometric_nsa import build_ball_tree
     from torch_geometric_nsa.tree import build as tb
 
-    old_block, old_use, old_small = tt._BLOCK, tb._use_triton, tt._SMALL_MAX
-    tt._BLOCK, tb._use_triton, tt._SMALL_MAX = block, (lambda posf: True), 0  # the general path
+    old_block, old_use, old_small = tt._BLOCK, tb._use_triton, tt._SMALL_BLOCKS
+    tt._BLOCK, tb._use_triton, tt._SMALL_BLOCKS = block, (lambda posf: True), ()  # the general path
     try:
         gen = torch.Generator().manual_seed(block + dim)
         sizes = torch.tensor([block + 5, 3, 2 * block])
@@ -176,7 +176,7 @@ def _drive_tree(block, dim, capacity):
             num_slots = tb.slot_capacity(int(sizes.sum()), 3, 32)
         build_ball_tree(pos, batch, ball_size=32, batch_size=3, num_slots=num_slots)
     finally:
-        tt._BLOCK, tb._use_triton, tt._SMALL_MAX = old_block, old_use, old_small
+        tt._BLOCK, tb._use_triton, tt._SMALL_BLOCKS = old_block, old_use, old_small
 
 
 def _drive_small_tree(max_slots, dim):
@@ -234,7 +234,7 @@ def capture(out_path: str) -> int:
             for dim in (1, 2, 3):
                 _drive_tree(block, dim, capacity=False)
         _drive_tree(1024, 3, capacity=True)
-        for max_slots, dims in ((16, (1, 3)), (512, (2,)), (1024, (3,)), (4096, (1, 3))):
+        for max_slots, dims in ((16, (1, 3)), (4096, (3,))):  # blocks of 1,024 and 4,096
             for dim in dims:
                 _drive_small_tree(max_slots, dim)
     rec.target = None

@@ -82,7 +82,7 @@ def test_cuda_build_grid_ties(cuda_path):
 )
 def test_cuda_small_clouds_one_kernel(dim, dtype, monkeypatch):
     """Clouds of at most 4,096 slots take ``_small_kernel`` (sorts in registers, one
-    program per cloud, every block size up to 4,096): the CPU layout, bitwise."""
+    program per cloud, blocks of 1,024 and 4,096): the CPU layout, bitwise."""
     from torch_geometric_nsa.tree import _triton
 
     calls = []

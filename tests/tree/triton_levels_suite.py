@@ -28,7 +28,7 @@ def general_path(monkeypatch):
     """The general build (torch sorts, level kernels) unless a test asks for the
     one-kernel build of small clouds (``small``): interpreting its in-register
     sorts costs seconds per cloud of a few hundred points."""
-    monkeypatch.setattr(tt, "_SMALL_MAX", 0)
+    monkeypatch.setattr(tt, "_SMALL_BLOCKS", ())
 
 
 # Block sizes: small blocks put nodes across blocks and many nodes in a block.
@@ -47,7 +47,7 @@ def small(monkeypatch):
         calls.append(args[-1])  # max_slots
         return build(*args)
 
-    monkeypatch.setattr(tt, "_SMALL_MAX", 128)
+    monkeypatch.setattr(tt, "_SMALL_BLOCKS", (16, 32, 64, 128))
     monkeypatch.setattr(tt, "_build_small", counted)
     return calls
 

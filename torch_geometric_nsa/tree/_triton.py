@@ -26,6 +26,13 @@ levels: one scan kernel for the input checks and the layout's size (the one
 read-back), one for the per-cloud offsets, the sort keys, ``D // 2 + D`` torch
 sorts (canonical order, axis lists), a prologue kernel and one kernel that
 assembles the layout: about 40 launches for any batch.
+
+Batches of small clouds (at most 4,096 slots each, e.g. molecules, MD frames, a
+ShapeNet car) skip all of that after the offsets: one ``_small_kernel`` program
+per cloud sorts its points in registers (``tl.sort`` of ``(coordinate bits <<
+log2 BLOCK) | position`` keys, stable by construction), runs every level and
+writes the cloud's slots of the layout: three launches in all, for a build that
+is otherwise bound by the host time of its sorts and launches.
 """
 
 import math
@@ -45,9 +52,11 @@ from .layout import TreeLayout
 ENABLED = os.environ.get("TORCH_GEOMETRIC_NSA_TREE_TRITON", "1") != "0"
 
 _BLOCK = 1024
-#: batches whose clouds all have at most this many slots take ``_small_kernel``: one program
-#: per cloud, three launches for the whole build instead of about 40
-_SMALL_MAX = 4096
+#: block sizes of ``_small_kernel``, which builds batches whose clouds all fit the largest (one
+#: program per cloud, three launches for the whole build instead of about 40) in the smallest
+#: that holds the largest cloud; few, since every one is a compilation of its sorting networks
+#: (~10-50 s, then cached by Triton)
+_SMALL_BLOCKS = (1024, 4096)
 
 
 @triton.jit
@@ -433,7 +442,7 @@ def _small_kernel(
     mask = i < n
     offs = first + i
     src = offs  # the point at canonical position i, so far
-    for j in tl.static_range(D):
+    for j in range(D):  # run-time loops: one copy of the sorting network each
         key = (_ordered(posf + src * D + (D - 1 - j), mask) << SHIFT) | i
         key = tl.sort(tl.where(mask, key, _PAST))
         tl.store(order + offs, src, mask=mask)
@@ -442,14 +451,13 @@ def _small_kernel(
         tl.debug_barrier()
     tl.store(order + offs, src, mask=mask)
     for d in tl.static_range(D):
-        x = tl.load(posf + src * D + d, mask=mask, other=0.0)
-        tl.store(coord + d * N + offs, x, mask=mask)
-        if d == 0:
-            q = offs
-        else:
-            key = (_ordered(posf + src * D + d, mask) << SHIFT) | i
-            key = tl.sort(tl.where(mask, key, _PAST))
-            q = first + (key & (BLOCK - 1))
+        tl.store(coord + d * N + offs, tl.load(posf + src * D + d, mask=mask), mask=mask)
+    tl.store(lists_a + offs, offs.to(tl.int32), mask=mask)  # list 0: the canonical order
+    tl.store(where + offs, offs.to(tl.int32), mask=mask)
+    for d in range(1, D):
+        key = (_ordered(posf + src * D + d, mask) << SHIFT) | i
+        key = tl.sort(tl.where(mask, key, _PAST))
+        q = first + (key & (BLOCK - 1))
         tl.store(lists_a + d * N + offs, q.to(tl.int32), mask=mask)
         tl.store(where + d * N + q, offs.to(tl.int32), mask=mask)
     tl.debug_barrier()
@@ -547,7 +555,7 @@ def build_layout_triton(
     )
     if capacity:
         torch._assert_async(ptr[-1] <= num_slots, "num_slots is smaller than the layout needs")
-    elif max_slots <= _SMALL_MAX:
+    elif _SMALL_BLOCKS and max_slots <= _SMALL_BLOCKS[-1]:
         return _build_small(posf, node_ptr, ptr, slots, ball_size, num_slots, max_slots)
     slots = slots[:-1]
     order, final = _tree_lists(posf, batch, slots, node_ptr, unit_ptr, max_slots)
@@ -589,12 +597,12 @@ def _build_small(
     num_slots: int,
     max_slots: int,
 ) -> TreeLayout:
-    """The layout of a batch whose clouds have at most ``_SMALL_MAX`` slots:
+    """The layout of a batch whose clouds fit ``_small_kernel``'s largest block:
     one ``_small_kernel`` program per cloud (every slot belongs to a cloud:
     no capacity tail)."""
     num_points, dim = posf.shape
     device = posf.device
-    block = max(32, triton.next_power_of_2(max_slots))
+    block = min(b for b in _SMALL_BLOCKS if b >= max_slots)
     i32 = dict(dtype=torch.int32, device=device)
     lists_a, lists_b, where, flag, csum = torch.empty(5, dim, num_points, **i32)
     coord = torch.empty(dim, num_points, dtype=torch.float32, device=device)
