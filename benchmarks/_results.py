@@ -76,3 +76,36 @@ def write_json(path: str, kind: str, meta: dict, rows: list, quiet: bool = False
     os.replace(tmp, path)
     if not quiet:
         print(f"results written to {path}", flush=True)
+
+
+#: host calls that start device work (CUDA runtime and driver API names in a profiler trace)
+LAUNCH_CALLS = {
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cudaLaunchCooperativeKernel",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaGraphLaunch",
+    "cudaMemcpyAsync",
+    "cudaMemsetAsync",
+}
+
+
+def count_kernels(step):
+    """``(kernels, launches)`` of one call of :obj:`step` on CUDA: the device
+    kernels of a ``torch.profiler`` trace (copies and memsets not counted) and
+    the host calls that launched work (``None`` when the trace has none)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = launches = 0
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            kernels += not e.name.startswith(("Memcpy", "Memset"))
+        elif e.name in LAUNCH_CALLS:
+            launches += 1
+    return kernels, launches or None

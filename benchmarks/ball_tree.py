@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import torch
-from _results import metadata, write_json
+from _results import count_kernels, metadata, write_json
 
 from torch_geometric_nsa import build_ball_tree
 from torch_geometric_nsa.tree import ball_radius, slot_capacity
@@ -71,11 +71,11 @@ def general_path():
     enough for the one-kernel build, as its baseline in the same run."""
     from torch_geometric_nsa.tree import _triton
 
-    small, _triton._SMALL_MAX = _triton._SMALL_MAX, 0
+    small, _triton._SMALL_BLOCKS = _triton._SMALL_BLOCKS, ()
     try:
         yield
     finally:
-        _triton._SMALL_MAX = small
+        _triton._SMALL_BLOCKS = small
 
 
 def speed(configs, devices, repeats):
@@ -91,10 +91,14 @@ def speed(configs, devices, repeats):
                 lambda: build_ball_tree(p, b, ball_size=128), dev, reps
             )
             if dev == "cuda":
+                row["kernels"] = count_kernels(lambda: build_ball_tree(p, b, ball_size=128))[0]
                 with general_path():
                     row["ours cuda, general path (ms)"] = timeit(
                         lambda: build_ball_tree(p, b, ball_size=128), dev, reps
                     )
+                    row["kernels, general"] = count_kernels(
+                        lambda: build_ball_tree(p, b, ball_size=128)
+                    )[0]
                 with torch_level_loop():
                     row["ours cuda, torch loop (ms)"] = timeit(
                         lambda: build_ball_tree(p, b, ball_size=128), dev, reps

@@ -66,7 +66,7 @@ import traceback
 import warnings
 
 import torch
-from _results import metadata, write_json
+from _results import count_kernels, metadata, write_json
 
 from torch_geometric_nsa import ops
 from torch_geometric_nsa.capture import CapacityBuckets, CapturedTrainStep
@@ -223,39 +223,6 @@ def count_syncs(step):
     for w in syncs[:3]:
         print(f"  sync: {w.filename}:{w.lineno}: {w.message}", file=sys.stderr)
     return len(syncs)
-
-
-#: host calls that start device work (CUDA runtime and driver API names in a profiler trace)
-LAUNCH_CALLS = {
-    "cudaLaunchKernel",
-    "cudaLaunchKernelExC",
-    "cudaLaunchCooperativeKernel",
-    "cuLaunchKernel",
-    "cuLaunchKernelEx",
-    "cudaGraphLaunch",
-    "cudaMemcpyAsync",
-    "cudaMemsetAsync",
-}
-
-
-def count_kernels(step):
-    """``(kernels, launches)`` of one call of :obj:`step` on CUDA: the device
-    kernels of a ``torch.profiler`` trace (copies and memsets not counted) and
-    the host calls that launched work (``None`` when the trace has none)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    kernels = launches = 0
-    for e in prof.events():
-        if e.device_type == DeviceType.CUDA:
-            kernels += not e.name.startswith(("Memcpy", "Memset"))
-        elif e.name in LAUNCH_CALLS:
-            launches += 1
-    return kernels, launches or None
 
 
 def kernel_columns(step, args, device):
