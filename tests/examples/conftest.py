@@ -85,3 +85,15 @@ def cosmo_root(tmp_path):
             recs.append(encode_example({"halos": encode_tensor_proto(np.c_[pos, vel])}))
         write_tfrecord(str(raw / f"halos_{split}_000.tfrecord"), recs)
     return str(tmp_path / "cosmo")
+
+
+@pytest.fixture
+def fake_box(tmp_path, fake_abacus_run):
+    """cosmology.py flags for a whole box of 1,500 particles (a fake Abacus run
+    with a smooth velocity field plus noise)."""
+    rng = np.random.default_rng(0)
+    n, box = 1500, 32.0
+    pos = rng.uniform(-box / 2, box / 2, (n, 3)).astype(np.float32)
+    vel = (20 * np.sin(2 * np.pi * pos / box) + rng.normal(0, 5, (n, 3))).astype(np.float32)
+    run = fake_abacus_run(pos, vel, box)
+    return ["--abacus-dir", run, "--root", str(tmp_path / "data")]

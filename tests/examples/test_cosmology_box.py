@@ -9,16 +9,6 @@ import torch
 from _example_helpers import TINY, load_example
 
 
-@pytest.fixture
-def fake_box(tmp_path, fake_abacus_run):
-    rng = np.random.default_rng(0)
-    n, box = 1500, 32.0
-    pos = rng.uniform(-box / 2, box / 2, (n, 3)).astype(np.float32)
-    vel = (20 * np.sin(2 * np.pi * pos / box) + rng.normal(0, 5, (n, 3))).astype(np.float32)
-    run = fake_abacus_run(pos, vel, box)
-    return ["--abacus-dir", run, "--root", str(tmp_path / "data")]
-
-
 def test_masked_loss_reads_training_nodes_only():
     from torch_geometric.data import Data
 

@@ -99,16 +99,6 @@ def test_shapenet_cuda_graphs_trains_like_eager(shapenet_root, tmp_path):
     assert t["buckets"] == [[256, 0]] and t["edge_capacities"] is None
 
 
-@pytest.fixture
-def fake_box(tmp_path, fake_abacus_run):
-    rng = np.random.default_rng(0)
-    n, box = 1500, 32.0
-    pos = rng.uniform(-box / 2, box / 2, (n, 3)).astype(np.float32)
-    vel = (20 * np.sin(2 * np.pi * pos / box) + rng.normal(0, 5, (n, 3))).astype(np.float32)
-    run = fake_abacus_run(pos, vel, box)
-    return ["--abacus-dir", run, "--root", str(tmp_path / "data")]
-
-
 @pytest.mark.parametrize("device_graphs", [False, True])
 def test_cosmology_box_cuda_graphs_masked_loss(fake_box, tmp_path, device_graphs):
     """The masked loss over the training nodes, views of varying size (the
