@@ -116,6 +116,14 @@ def speed(configs, devices, repeats):
                 repeats if clouds * n <= 65536 else 2,
             )
         rows.append(row)
+        # each row as it is done: a run cut short by a time limit still reports its rows
+        print(
+            "  "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+            ),
+            flush=True,
+        )
     return rows
 
 
@@ -195,6 +203,14 @@ def quality(clouds):
                 row["anchor (same slots)"] = rad.mean().item()
                 row["anchor pts/ball"] = mask.float().mean().item() * size
             rows.append(row)
+        # each row as it is done: a run cut short by a time limit still reports its rows
+        print(
+            "  "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+            ),
+            flush=True,
+        )
     return rows
 
 

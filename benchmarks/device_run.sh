@@ -21,7 +21,7 @@ CARD=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)
 VERSIONS=$(python3 -c "import torch, triton, torch_geometric as g; print(f'torch {torch.__version__}, triton {triton.__version__}, torch-geometric {g.__version__}')")
 XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")
 START=$(date +%s)
-timeout 420 python3 -m pytest -q -m cuda tests $XDIST -p no:cacheprovider > "$OUT/cuda_tests.log" 2>&1
+timeout 540 python3 -m pytest -q -m cuda tests $XDIST -p no:cacheprovider > "$OUT/cuda_tests.log" 2>&1
 RC=$?
 SUMMARY=$(grep -E "passed|failed|error" "$OUT/cuda_tests.log" | tail -1)
 {
