@@ -13,7 +13,10 @@ Every run is its own process (``python examples/<example>.py ...``, its
 output in ``<run>/train.log``); ``--parallel N`` runs N of them at once (each
 with ``--threads`` = the CPU cores / N unless given), which fills a GPU with
 launch-bound steps.  A failed run is reported with the end of its log; the
-others finish and the table is written with what finished.  Any other flag is
+others finish and the table is written with what finished.  A model whose runs
+stopped early (killed by a time limit) but logged held-out rows in every seed
+gets a row of its own: the held-out metric at the last step all its seeds
+reached, marked as stopped, and its curves up to there.  Any other flag is
 passed on to the example (e.g. ``--hidden 64``).
 
 Runs train with ``--eval-every`` (default: every twentieth of ``--steps``), so
@@ -238,6 +241,31 @@ def curves_of(runs: List[str], eval_key: str, steps: int) -> Dict[str, Any]:
     )
 
 
+def stopped_model(runs: List[str], eval_key: str, steps: int) -> Optional[Dict[str, Any]]:
+    """A model whose runs stopped before their last step (a time limit) but
+    logged held-out rows in every seed: its held-out ``eval_key`` at the last
+    step that every seed reached, and its curves (:obj:`None` if a seed has no
+    such row)."""
+    held = []
+    for run in runs:
+        path = osp.join(run, "metrics.jsonl")
+        rows = _train.read_jsonl(path) if osp.isfile(path) else []
+        held.append({r["step"]: r[eval_key] for r in rows if eval_key in r})
+    common = set.intersection(*(set(h) for h in held)) if held else set()
+    if not common:
+        return None
+    step = max(common)
+    v = np.array([h[step] for h in held], dtype=float)
+    return dict(
+        step=step,
+        values=v.tolist(),
+        mean=float(v.mean()),
+        std=float(v.std(ddof=1)) if len(v) > 1 else None,
+        last_held_out_steps=[max(h) for h in held],
+        curves=curves_of(runs, eval_key, steps),
+    )
+
+
 def plot_curves(results: Dict[str, Any], path: str) -> Optional[str]:
     """``curves.png``: training loss and held-out error against the step (and
     the held-out error against the training time alone, when timed)."""
@@ -250,6 +278,8 @@ def plot_curves(results: Dict[str, Any], path: str) -> Optional[str]:
         return None
     models = results["models"]
     timed = all(m.get("solo_step_s") for m in models.values())
+    stopped = {f"{k} (stopped)": m for k, m in results.get("stopped_models", {}).items()}
+    models = {**models, **stopped}  # stopped runs: their curves up to the stop
     has_held = any(m["curves"]["held_out"] for m in models.values())
     n = 1 + has_held + (has_held and timed)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.2), squeeze=False)
@@ -262,7 +292,7 @@ def plot_curves(results: Dict[str, Any], path: str) -> Optional[str]:
         if has_held and m["curves"]["held_out"]:
             split = m["curves"]["held_out_split"]
             panels.append((axes[1], m["curves"]["held_out"], 1.0))
-            if timed:
+            if timed and m.get("solo_step_s"):
                 panels.append((axes[2], m["curves"]["held_out"], m["solo_step_s"]))
         for ax, band, scale in panels:
             if not band:
@@ -347,6 +377,12 @@ def render_table(results: Dict[str, Any]) -> str:
         )
     for name, v in results["baselines"].items():
         lines.append(f"| *{BASELINE_NAMES.get(name, name)}* | 0 | {_fmt(v)} | – | – | – |")
+    for model, m in results.get("stopped_models", {}).items():
+        split = m["curves"]["held_out_split"]
+        lines.append(
+            f"| {model} | – | {mean_pm_std(m['mean'], m['std'])} at step {m['step']} ({split} "
+            f"split; stopped before the end) | – | – | {m['step']} of {results['steps']} |"
+        )
     for model in results["failed_models"]:
         lines.append(f"| {model} | failed: see its train.log | | | | |")
     return "\n".join(lines)
@@ -573,11 +609,18 @@ def main(argv=None):
     solo: Dict[str, Dict[str, Any]] = {}
     if args.time_steps:
         solo = time_alone(args, rest, example, out, list(rows))
-    if not rows:
-        raise AblationError("every run failed:\n\n" + "\n\n".join(failures))
     eval_key = f"eval_{args.metric}"
+    # runs stopped by a time limit still report their held-out rows
+    stopped = {}
+    for model in sorted(failed_models):
+        s = stopped_model([r for m, _, r in plan if m == model], eval_key, args.steps)
+        if s is not None:
+            stopped[model] = s
+    if not rows and not stopped:
+        raise AblationError("every run failed:\n\n" + "\n\n".join(failures))
     results = summarise(args, args.example, rows, runs, solo, failures, eval_key, command)
-    results["failed_models"] = sorted(failed_models)
+    results["failed_models"] = sorted(failed_models - set(stopped))
+    results["stopped_models"] = stopped
     table = render_table(results)
     with open(osp.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -588,7 +631,8 @@ def main(argv=None):
     print(f"written: {osp.join(out, 'table.md')}, {osp.join(out, 'results.json')}, {fig}")
     if failures:
         raise AblationError(
-            f"{len(failures)} run(s) failed (left out of the table):\n\n" + "\n\n".join(failures)
+            f"{len(failures)} run(s) failed (left out of the table, or in it as stopped at their "
+            "last common held-out step):\n\n" + "\n\n".join(failures)
         )
     return table
 

@@ -3,6 +3,7 @@ results.json), the held-out rows of the training loop, and
 examples/ablation_report.py."""
 
 import json
+import os
 import os.path as osp
 
 import pytest
@@ -59,6 +60,24 @@ def test_parallel_runs_write_table_curves_and_json(md_args, tmp_path, monkeypatc
     # a second call trains nothing
     ab.main(argv)
     assert capsys.readouterr().out.count("reusing") == 4  # 2 runs + 2 timings
+    # erwin-nsa stopped after step 2 (a time limit): in the table at its last held-out step
+    run = osp.join(out, "erwin-nsa-seed0")
+    os.remove(osp.join(run, "test_metrics.json"))
+    rows = [json.loads(line) for line in open(osp.join(run, "metrics.jsonl"))]
+    with open(osp.join(run, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= 2)
+    at2 = next(r["eval_rmse"] for r in rows if r["step"] == 2 and "eval_rmse" in r)
+    with pytest.raises(ab.AblationError, match="erwin-nsa seed 0 MISSING"):
+        ab.main(argv + ["--report-only"])
+    with open(osp.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert set(res["models"]) == {"mlp"} and res["failed_models"] == []
+    stopped = res["stopped_models"]["erwin-nsa"]
+    assert stopped["step"] == 2 and stopped["values"] == [at2]
+    assert stopped["curves"]["held_out"]["step"] == [1, 2]
+    table = open(osp.join(out, "table.md")).read()
+    assert "| erwin-nsa | – | " in table and "at step 2 (test split; stopped" in table
+    assert "| 2 of 3 |" in table
 
 
 def test_failed_run_is_reported_with_its_log(md_args, tmp_path, capsys):
