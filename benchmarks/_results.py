@@ -91,10 +91,12 @@ LAUNCH_CALLS = {
 }
 
 
-def count_kernels(step):
+def count_kernels(step, device_ms=False):
     """``(kernels, launches)`` of one call of :obj:`step` on CUDA: the device
     kernels of a ``torch.profiler`` trace (copies and memsets not counted) and
-    the host calls that launched work (``None`` when the trace has none)."""
+    the host calls that launched work (``None`` when the trace has none); with
+    :obj:`device_ms` also the summed duration of those kernels in ms (the device
+    time, against which the wall time shows what the host costs)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -103,9 +105,14 @@ def count_kernels(step):
         step()
         torch.cuda.synchronize()
     kernels = launches = 0
+    busy_us = 0.0
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:
-            kernels += not e.name.startswith(("Memcpy", "Memset"))
+            if not e.name.startswith(("Memcpy", "Memset")):
+                kernels += 1
+                busy_us += e.device_time
         elif e.name in LAUNCH_CALLS:
             launches += 1
+    if device_ms:
+        return kernels, launches or None, busy_us / 1e3
     return kernels, launches or None

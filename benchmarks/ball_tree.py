@@ -10,7 +10,9 @@ Speed: median wall time of the build (CUDA timed with synchronisation, after a
 warm-up), 1 x {1k..1M} and 16 x {1k..16k} points, uniform in the unit cube, and
 1 x 3,586 (a ShapeNet car's size) and 32 x 900 (a batch of MD frames).  On CUDA also
 the general path for clouds of at most 4,096 slots (which otherwise take the
-one-kernel build), the torch level loop and capacity mode (no sync), same run.
+one-kernel build), the torch level loop and capacity mode (no sync), same run,
+and for ours the kernels of one build and their summed device time ("kernel
+ms": the wall time above it is host time).
 balltree-erwin (the anchor; OpenMP on all CPU cores) is timed when importable.
 
 Quality: mean ball radius (largest distance of a ball's points from their
@@ -91,7 +93,10 @@ def speed(configs, devices, repeats):
                 lambda: build_ball_tree(p, b, ball_size=128), dev, reps
             )
             if dev == "cuda":
-                row["kernels"] = count_kernels(lambda: build_ball_tree(p, b, ball_size=128))[0]
+                k, _, busy = count_kernels(
+                    lambda: build_ball_tree(p, b, ball_size=128), device_ms=True
+                )
+                row["kernels"], row["kernel ms"] = k, busy
                 with general_path():
                     row["ours cuda, general path (ms)"] = timeit(
                         lambda: build_ball_tree(p, b, ball_size=128), dev, reps
