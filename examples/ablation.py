@@ -62,6 +62,7 @@ METRIC = {
     "md": ("rmse", "RMSE next displacement [Å]"),
     "shapenet_car": ("mse", "MSE pressure"),
     "cosmology": ("rmse", "RMSE velocity [km/s]"),
+    "long_range": ("rmse", "RMSE (normalised target)"),
 }
 #: the baselines a table lists (test metrics named ``<baseline>_<metric>``; other such
 #: metrics, e.g. ``val_rmse``, are not baselines)
@@ -71,6 +72,8 @@ BASELINE_NAMES = {
     "mean_baseline": "mean of the training targets",
     "zero_baseline": "zero velocity",
     "linear_theory": "linear theory from the positions",
+    "zero_target": "zero (the targets' mean)",
+    "own_ball": "kernel mean over the own ball (fitted scale)",
 }
 #: settings of a run that must match for reuse although they are free on ``--resume``
 EVAL_SETTINGS = ("eval_every", "eval_samples")
