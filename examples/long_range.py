@@ -33,10 +33,11 @@ examples/long_range.py --model {erwin-nsa,local-only,mlp}``.
 import argparse
 import os.path as osp
 import sys
+from typing import Optional
 
 import numpy as np
 import torch
-from torch_geometric.data import Data, Dataset
+from torch_geometric.data import Batch, Data, Dataset
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _train  # noqa: E402
@@ -70,7 +71,7 @@ class ChargeClouds(Dataset):
         points: int,
         sigma: float,
         first_seed: int = 0,
-        scale: float = None,
+        scale: Optional[float] = None,
         transform=None,
         position_features: bool = False,
     ):
@@ -110,8 +111,6 @@ def own_ball_gain(dataset, ball_size: int, clouds: int = 32) -> float:
     """The least-squares factor from :func:`own_ball_mean` to the target on
     the first training clouds: a mean over fewer points spreads wider, so the
     best estimate from one ball shrinks it."""
-    from torch_geometric.data import Batch
-
     batch = Batch.from_data_list([dataset.get(i) for i in range(min(clouds, len(dataset)))])
     own = own_ball_mean(batch, dataset.sigma, ball_size, dataset.scale).double()
     return float((own * batch.y).sum() / (own * own).sum())
