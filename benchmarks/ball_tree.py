@@ -55,29 +55,18 @@ def timeit(fn, device, repeats):
 
 
 @contextlib.contextmanager
-def torch_level_loop():
-    """The torch level loop (one sort per level) on CUDA instead of the
-    presorted Triton loop, as a baseline in the same run."""
+def tree_setting(name, value):
+    """A module setting of the CUDA build (``tree/_triton.py``) changed for the block, for a
+    baseline in the same run: ``ENABLED=False``, the torch level loop (one sort per level);
+    ``_SMALL_BLOCKS=()``, the general path for clouds the one-kernel build would take."""
     from torch_geometric_nsa.tree import _triton
 
-    enabled, _triton.ENABLED = _triton.ENABLED, False
+    old = getattr(_triton, name)
+    setattr(_triton, name, value)
     try:
         yield
     finally:
-        _triton.ENABLED = enabled
-
-
-@contextlib.contextmanager
-def general_path():
-    """The general CUDA build (torch sorts, then the presorted level loop) for clouds small
-    enough for the one-kernel build, as its baseline in the same run."""
-    from torch_geometric_nsa.tree import _triton
-
-    small, _triton._SMALL_BLOCKS = _triton._SMALL_BLOCKS, ()
-    try:
-        yield
-    finally:
-        _triton._SMALL_BLOCKS = small
+        setattr(_triton, name, old)
 
 
 def speed(configs, devices, repeats):
@@ -97,14 +86,14 @@ def speed(configs, devices, repeats):
                     lambda: build_ball_tree(p, b, ball_size=128), device_ms=True
                 )
                 row["kernels"], row["kernel ms"] = k, busy
-                with general_path():
+                with tree_setting("_SMALL_BLOCKS", ()):
                     row["ours cuda, general path (ms)"] = timeit(
                         lambda: build_ball_tree(p, b, ball_size=128), dev, reps
                     )
                     row["kernels, general"] = count_kernels(
                         lambda: build_ball_tree(p, b, ball_size=128)
                     )[0]
-                with torch_level_loop():
+                with tree_setting("ENABLED", False):
                     row["ours cuda, torch loop (ms)"] = timeit(
                         lambda: build_ball_tree(p, b, ball_size=128), dev, reps
                     )

@@ -142,8 +142,7 @@ def masked_mse(pred, batch):
     """MSE over the training nodes only (``batch.train_mask``), against
     ``batch.target`` (the smoothed targets of ``--target-knn``) when the batch
     has them, else ``batch.y``."""
-    m = batch.train_mask
-    target = batch.target if "target" in batch else batch.y
+    target, m = masked_targets(batch)
     return torch.nn.functional.mse_loss(pred[m], target[m])
 
 
