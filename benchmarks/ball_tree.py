@@ -5,6 +5,7 @@
     python benchmarks/ball_tree.py --quick         # small sizes only
     python benchmarks/ball_tree.py --speed-only --json out/ball_tree.json   # for plots.py
     python benchmarks/ball_tree.py --devices cpu --sizes small   # CPU smoke run
+    python benchmarks/ball_tree.py --speed-only --devices cuda --configs 16x1024 --profile
 
 Speed: median wall time of the build (CUDA timed with synchronisation, after a
 warm-up), 1 x {1k..1M} and 16 x {1k..16k} points, uniform in the unit cube, and
@@ -224,6 +225,25 @@ def load_clouds():
     return clouds
 
 
+def profile_build(clouds, n, top=25):
+    """One CUDA build under ``torch.profiler``: the host operators by self CPU time and
+    the device kernels, so that host time (launches, torch ops, the read-back) and
+    kernel time can be told apart."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0)).cuda()
+    batch = torch.arange(clouds).repeat_interleave(n).cuda()
+    for _ in range(3):  # warm-up: compilation, caches
+        build_ball_tree(pos, batch, ball_size=128)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            build_ball_tree(pos, batch, ball_size=128)
+        torch.cuda.synchronize()
+    print(f"\nProfile of 10 builds, {clouds} x {n} (times summed over the 10)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
 def print_table(rows):
     keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -253,6 +273,12 @@ def main():
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--configs", default=None, help="comma list of BxN (e.g. 16x1024,32x900): only these"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also print a profile of each config's CUDA build"
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args()
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -274,12 +300,17 @@ def main():
             sizes += [] if size == "quick" else [65536, 262144, 1048576]
             configs = [(1, n) for n in sizes] + [(16, n) for n in (1024, 4096, 16384)]
             configs += [(1, 3586), (32, 900)]  # ShapeNet-Car, a batch of MD frames
+        if args.configs:
+            configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
         rows = speed(configs, devices, args.repeats)
         if "cuda" in devices:
             no_sync = check_no_sync()
             print(no_sync)
         print("\nBuild time, ball_size=128 (median ms)")
         print_table(rows)
+        if args.profile and "cuda" in devices:
+            for clouds, n in configs:
+                profile_build(clouds, n)
     if not args.speed_only:
         quality_rows = quality(load_clouds())
         print("\nMean ball radius (balls full of real points)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -121,12 +122,28 @@ def _cloud_block_ranges(ptr: torch.Tensor, S: int, unit: int):
     return lo, hi
 
 
+def _backward_calling(bwd, grad_inputs, num_inputs):
+    """The autograd backward of a forward op ``(out, lse)`` of ``num_inputs`` inputs: the
+    backward op ``bwd(dout, *saved_tensors, *ctx.args)`` returns the gradients of the inputs
+    at positions ``grad_inputs``; every other input gets none."""
+
+    def backward(ctx, do, dlse):
+        grads = [None] * num_inputs
+        for i, g in zip(grad_inputs, bwd(do, *ctx.saved_tensors, *ctx.args)):
+            grads[i] = g
+        return tuple(grads)
+
+    return backward
+
+
 def custom_ops_with_eager_path(
-    name, impl, fake, *, bwd_impl=None, bwd_fake=None, setup_context=None, backward_with=None
+    name, impl, fake, *, bwd_impl=None, bwd_fake=None, setup_context=None, grad_inputs=(0, 1, 2)
 ):
     """Registers the custom op ``name`` (implementation ``impl``, fake ``fake``) and, when
     ``bwd_impl`` is given, its backward op ``<name without _fwd>_bwd`` and the autograd that
-    calls it (``backward_with(bwd) -> backward`` makes the backward around a backward op).
+    calls it.  ``setup_context`` saves the tensors the backward op takes after ``dout`` (in its
+    order) and its trailing plain arguments as ``ctx.args``; the backward op returns the
+    gradients of the inputs at positions ``grad_inputs``.
 
     Every call through the dispatcher pays for the custom op's Python layers (autograd wrapper,
     argument defaults, redispatch, the compiler's disable guard): about 0.1-0.3 ms of host time
@@ -147,7 +164,10 @@ def custom_ops_with_eager_path(
         assert name.endswith("_fwd"), name
         bwd_op = torch.library.custom_op(name[: -len("_fwd")] + "_bwd", mutates_args=())(bwd_impl)
         bwd_op.register_fake(bwd_fake)
-        op.register_autograd(backward_with(bwd_op), setup_context=setup_context)
+        num_inputs = len(inspect.signature(impl).parameters)
+        op.register_autograd(
+            _backward_calling(bwd_op, grad_inputs, num_inputs), setup_context=setup_context
+        )
 
         def forward(ctx, *args):
             out = impl(*args)
@@ -158,7 +178,10 @@ def custom_ops_with_eager_path(
         fn = type(
             name.split("::")[-1],
             (torch.autograd.Function,),
-            dict(forward=staticmethod(forward), backward=staticmethod(backward_with(bwd_impl))),
+            dict(
+                forward=staticmethod(forward),
+                backward=staticmethod(_backward_calling(bwd_impl, grad_inputs, num_inputs)),
+            ),
         )
         direct = fn.apply
 

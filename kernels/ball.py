@@ -386,17 +386,6 @@ def _ball_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _ball_backward_with(bwd):
-    """The backward of the forward op, calling the backward op ``bwd``."""
-
-    def backward(ctx, do, dlse):
-        q, k, v, pos, mask, sigma, o, lse = ctx.saved_tensors
-        dq, dk, dv, dsigma = bwd(do, q, k, v, pos, mask, sigma, o, lse, *ctx.args)
-        return dq, dk, dv, None, None, dsigma, None, None, None, None, None, None
-
-    return backward
-
-
 ball_attention_fwd, ball_attention_bwd, _ball_fwd = custom_ops_with_eager_path(
     "tgnsa::ball_attention_fwd",
     _ball_fwd_impl,
@@ -404,7 +393,7 @@ ball_attention_fwd, ball_attention_bwd, _ball_fwd = custom_ops_with_eager_path(
     bwd_impl=_ball_bwd_impl,
     bwd_fake=_ball_bwd_fake,
     setup_context=_ball_setup,
-    backward_with=_ball_backward_with,
+    grad_inputs=(0, 1, 2, 5),  # q, k, v, sigma
 )
 
 

@@ -383,17 +383,6 @@ def _cmp_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _cmp_backward_with(bwd):
-    """The backward of the forward op, calling the backward op ``bwd``."""
-
-    def backward(ctx, do, dlse):
-        q, kc, vc, block_mask, lo, hi, o, lse = ctx.saved_tensors
-        dq, dk, dv = bwd(do, q, kc, vc, block_mask, lo, hi, o, lse, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
-
-    return backward
-
-
 compressed_attention_fwd, compressed_attention_bwd, _cmp_fwd = custom_ops_with_eager_path(
     "tgnsa::compressed_attention_fwd",
     _cmp_fwd_impl,
@@ -401,7 +390,6 @@ compressed_attention_fwd, compressed_attention_bwd, _cmp_fwd = custom_ops_with_e
     bwd_impl=_cmp_bwd_impl,
     bwd_fake=_cmp_bwd_fake,
     setup_context=_cmp_setup,
-    backward_with=_cmp_backward_with,
 )
 
 

@@ -404,17 +404,6 @@ def _sel_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _sel_backward_with(bwd):
-    """The backward of the forward op, calling the backward op ``bwd``."""
-
-    def backward(ctx, do, dlse):
-        q, k, v, mask, idx, o, lse = ctx.saved_tensors
-        dq, dk, dv = bwd(do, q, k, v, mask, idx, o, lse, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
-
-    return backward
-
-
 selected_attention_fwd, selected_attention_bwd, _sel_fwd = custom_ops_with_eager_path(
     "tgnsa::selected_attention_fwd",
     _sel_fwd_impl,
@@ -422,7 +411,6 @@ selected_attention_fwd, selected_attention_bwd, _sel_fwd = custom_ops_with_eager
     bwd_impl=_sel_bwd_impl,
     bwd_fake=_sel_bwd_fake,
     setup_context=_sel_setup,
-    backward_with=_sel_backward_with,
 )
 
 

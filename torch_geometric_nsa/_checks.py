@@ -59,6 +59,11 @@ def max_layout_entries(num_points: int) -> int:
     return max(LAYOUT_FACTOR * num_points, LAYOUT_FLOOR)
 
 
+#: the largest coordinate magnitude the tree build takes (2**120, about 1.3e36, exact in
+#: float32): a cloud's span then fits float32, rotated too (for fewer than ~28,000 dims)
+MAX_COORD = 2.0**120
+
+
 def check_flags(flags: Sequence[int], batch_size: Optional[int], num_points: int) -> int:
     """Raises on the data-dependent input checks of the tree build, read back from the
     device in one transfer: ``[non-finite pos, unsorted batch, negative id, last id + 1]``;
@@ -66,7 +71,7 @@ def check_flags(flags: Sequence[int], batch_size: Optional[int], num_points: int
     nonfinite, unsorted, negative, num_clouds = (int(f) for f in flags[:4])
     if nonfinite:
         raise ValueError(
-            "'pos' contains NaN or infinite values (or a cloud spans more than float32's range)"
+            "'pos' contains NaN or infinite values, or coordinates beyond +-2**120 (~1.3e36)"
         )
     if unsorted:
         raise ValueError(
@@ -116,11 +121,17 @@ def device_assert(cond: Tensor, message: str) -> None:
 # --- position keys: the fingerprint a tree keeps of the points it was built on ----------------
 
 
+#: the key's weights and shifts, :math:`w_d = 1 + d\,\mathrm{W\_STEP}` (distinct: axes are not
+#: exchangeable) and :math:`c_d = \mathrm{C0} + d\,\mathrm{C\_STEP}` (nonzero: a mirrored
+#: cloud changes its keys); the CUDA tree build computes them the same way in its kernels
+KEY_W_STEP = (math.sqrt(5.0) - 1.0) / 2.0
+KEY_C0 = math.sqrt(0.5)
+KEY_C_STEP = math.pi / 10.0
+
+
 def _key_weights(dim: int, device) -> Tensor:
     d = torch.arange(dim, dtype=torch.float64, device=device)
-    w = 1.0 + d * (math.sqrt(5.0) - 1.0) / 2.0  # distinct weights: axes are not exchangeable
-    c = math.sqrt(0.5) + d * math.pi / 10.0  # nonzero shifts: a mirrored cloud changes keys
-    return torch.stack([w, c])
+    return torch.stack([1.0 + d * KEY_W_STEP, KEY_C0 + d * KEY_C_STEP])
 
 
 def position_key(pos: Tensor) -> Tensor:

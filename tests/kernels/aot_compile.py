@@ -157,7 +157,7 @@ def _drive_ops(dtype, D, scale, settings):
     (ob.float().sum() + oc.float().sum() + os_.float().sum()).backward()
 
 
-def _drive_tree(block, dim, capacity):
+def _drive_tree(block, dim, capacity, dtype=None):
     import torch
 
     import torch_geometric_nsa.tree._triton as tt
@@ -169,7 +169,7 @@ def _drive_tree(block, dim, capacity):
     try:
         gen = torch.Generator().manual_seed(block + dim)
         sizes = torch.tensor([block + 5, 3, 2 * block])
-        pos = torch.randn(int(sizes.sum()), dim, generator=gen)
+        pos = torch.randn(int(sizes.sum()), dim, generator=gen, dtype=dtype)
         batch = torch.repeat_interleave(torch.arange(3), sizes)
         num_slots = None
         if capacity:
@@ -179,7 +179,7 @@ def _drive_tree(block, dim, capacity):
         tt._BLOCK, tb._use_triton, tt._SMALL_BLOCKS = old_block, old_use, old_small
 
 
-def _drive_small_tree(max_slots, dim):
+def _drive_small_tree(max_slots, dim, dtype=None, rotate=None):
     """The one-kernel build of small clouds (``_small_kernel``, recorded only) at the block size
     of clouds of ``max_slots`` slots."""
     import torch
@@ -187,9 +187,9 @@ def _drive_small_tree(max_slots, dim):
     from torch_geometric_nsa.tree import _triton as tt
 
     sizes = torch.tensor([max_slots, 3])
-    pos = torch.rand(int(sizes.sum()), dim)
+    pos = torch.rand(int(sizes.sum()), dim, dtype=dtype)
     batch = torch.repeat_interleave(torch.arange(2), sizes)
-    tt.build_layout_triton(pos, batch, 16, None, None)
+    tt.build_layout_triton(pos, batch, 16, None, None, rotate)
 
 
 #: user settings the ops are driven with: (m, c, s, g, topk, heads, spatial dims)
@@ -234,9 +234,12 @@ def capture(out_path: str) -> int:
             for dim in (1, 2, 3):
                 _drive_tree(block, dim, capacity=False)
         _drive_tree(1024, 3, capacity=True)
+        _drive_tree(1024, 3, capacity=False, dtype=torch.float64)  # positions read as given
         for max_slots, dims in ((16, (1, 3)), (4096, (3,))):  # blocks of 1,024 and 4,096
             for dim in dims:
                 _drive_small_tree(max_slots, dim)
+        # float64 positions, rotated (coordinates made on the host: CENTER off)
+        _drive_small_tree(16, 3, torch.float64, rotate=30.0)
     rec.target = None
     with open(out_path, "w") as f:
         json.dump(sorted(rec.records.values(), key=lambda r: json.dumps(r, sort_keys=True)), f)

@@ -241,8 +241,9 @@ def test_layout_helpers():
         (dict(pos=torch.tensor([[0.0, float("inf")]])), "NaN or infinite"),
         (
             dict(pos=torch.tensor([[0.0, -1e300], [0.0, 1e300]], dtype=torch.float64)),
-            r"infinite values \(or a cloud spans more than float32's range\)",
+            r"infinite values, or coordinates beyond",
         ),
+        (dict(pos=torch.tensor([[0.0, 3e38], [0.0, 1.0]])), "beyond"),
         (dict(pos=torch.zeros(3, 3), ball_size=2**30), "at most"),
         (dict(pos=torch.zeros(3, 3), rotate=float("nan")), "rotate"),
         (

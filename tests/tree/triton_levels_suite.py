@@ -20,7 +20,6 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch_geometric_nsa.tree._triton as tt  # noqa: E402
 from torch_geometric_nsa import build_ball_tree  # noqa: E402
 from torch_geometric_nsa.tree._triton import build_layout_triton  # noqa: E402
-from torch_geometric_nsa.tree.build import _build_coordinates  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -52,17 +51,17 @@ def small(monkeypatch):
     return calls
 
 
-def check(pos, batch, m, batch_size=None, num_slots=None):
+def check(pos, batch, m, batch_size=None, num_slots=None, rotate=None):
     want = build_ball_tree(
-        pos, batch, ball_size=m, batch_size=batch_size, num_slots=num_slots
+        pos, batch, ball_size=m, batch_size=batch_size, num_slots=num_slots, rotate=rotate
     )  # CPU: the torch loop
-    # the coordinates build_ball_tree builds on (clouds moved to their corners in
-    # float64), as a non-contiguous float32 copy: the kernels read it contiguous
-    posf = _build_coordinates(pos, batch, None).T.contiguous().T
-    got = build_layout_triton(posf, batch, m, batch_size, num_slots)
+    # a non-contiguous copy: the kernels read the positions contiguous
+    got = build_layout_triton(pos.T.contiguous().T, batch, m, batch_size, num_slots, rotate)
     for name in ("perm", "mask", "ptr", "inverse", "slot_batch"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     assert got.ball_size == want.ball_size
+    # the position keys, made in the kernels (pads and capacity tails: NaN)
+    torch.testing.assert_close(got.key, want.key, rtol=1e-13, atol=0, equal_nan=True)
 
 
 def batch_of(sizes):
@@ -134,6 +133,7 @@ def test_single_point_and_d8(path):
     [
         (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), [0, 0], "NaN or inf"),
         (torch.tensor([[0.0, 1.0], [1.0, float("inf")]]), [0, 0], "NaN or inf"),
+        (torch.tensor([[0.0, 1.0], [1.0, -3e38]]), [0, 0], "beyond"),
         (torch.rand(5, 2), [0, 1, 1, 0, 2], "must be sorted"),
         (torch.rand(3, 2), [-1, 0, 0], "negative"),
     ],
@@ -143,6 +143,24 @@ def test_bad_values_raise(pos, batch, match):
         build_layout_triton(pos, torch.tensor(batch), 16, None, None)
     with pytest.raises(ValueError, match="batch_size=1"):
         build_layout_triton(torch.rand(3, 2), torch.tensor([0, 1, 1]), 16, 1, None)
+
+
+def test_rotated_and_half_precision(path):
+    gen = torch.Generator().manual_seed(13)
+    sizes = [70, 1, 200]
+    pos = torch.randn(sum(sizes), 3, generator=gen, dtype=torch.float64) + 3.0
+    check(pos, batch_of(sizes), 32, rotate=30.0)
+    check(pos.half(), batch_of(sizes), 32)
+
+
+@pytest.mark.parametrize("rotate", [None, 45.0])
+def test_small_clouds_rotated_and_half(small, rotate):
+    gen = torch.Generator().manual_seed(14)
+    sizes = [50, 1, 77]
+    pos = torch.randn(sum(sizes), 2, generator=gen, dtype=torch.float64) * 100.0
+    check(pos, batch_of(sizes), 16, rotate=rotate)
+    check(pos.half(), batch_of(sizes), 16, rotate=rotate)
+    assert small == [80, 80]  # the largest cloud's slots
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 5])

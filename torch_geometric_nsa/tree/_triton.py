@@ -29,10 +29,19 @@ assembles the layout: about 40 launches for any batch.
 
 Batches of small clouds (at most 4,096 slots each, e.g. molecules, MD frames, a
 ShapeNet car) skip all of that after the offsets: one ``_small_kernel`` program
-per cloud sorts its points in registers (``tl.sort`` of ``(coordinate bits <<
-log2 BLOCK) | position`` keys, stable by construction), runs every level and
-writes the cloud's slots of the layout: three launches in all, for a build that
-is otherwise bound by the host time of its sorts and launches.
+per cloud moves the cloud to its corner, sorts its points in registers
+(``tl.sort`` of ``(coordinate bits << log2 BLOCK) | position`` keys, stable by
+construction), runs every level and writes the cloud's slots of the layout and
+their position keys: three launches in all (the scan, the offsets, the build),
+for a build that is otherwise bound by the host time of its torch ops and
+launches.  Its level loop runs on 32 warps with plain (L1-cached) loads: within
+one CTA a barrier is all the visibility the lists need, and the loop is bound
+by the latency of its gathers, not by bandwidth.
+
+Both paths read the positions as given (any float dtype) and write the layout's
+position keys in their last kernel (``_position_key``), so the build runs no
+torch op on the points outside its kernels (the general path and rotated trees
+still make their float32 coordinates with torch ops, ``build._build_coordinates``).
 """
 
 import math
@@ -44,7 +53,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._checks import check_flags, check_layout_size
+from .._checks import (
+    KEY_C0,
+    KEY_C_STEP,
+    KEY_W_STEP,
+    MAX_COORD,
+    check_flags,
+    check_layout_size,
+)
 from .layout import TreeLayout
 
 #: ``TORCH_GEOMETRIC_NSA_TREE_TRITON=0`` turns this path off (the torch level
@@ -57,6 +73,17 @@ _BLOCK = 1024
 #: that holds the largest cloud; few, since every one is a compilation of its sorting networks
 #: (~10-50 s, then cached by Triton)
 _SMALL_BLOCKS = (1024, 4096)
+#: warps of a ``_small_kernel`` program, by block size
+_SMALL_WARPS = {1024: 32, 4096: 32}
+#: cache modifier of the level loop's loads in ``_small_kernel`` (one CTA per cloud: a
+#: barrier makes the CTA's global writes visible to its own loads, through L1 or not)
+_SMALL_CACHE = ""
+
+# _checks.position_key's weights, as float64 constants of the kernels
+_KEY_W_STEP = tl.constexpr(KEY_W_STEP)
+_KEY_C0 = tl.constexpr(KEY_C0)
+_KEY_C_STEP = tl.constexpr(KEY_C_STEP)
+_MAX_COORD = tl.constexpr(MAX_COORD)
 
 
 @triton.jit
@@ -73,7 +100,20 @@ def _half(length):
 
 
 @triton.jit
-def _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D: tl.constexpr):
+def _flags(
+    lists,
+    where,
+    coord,
+    flag,
+    offs,
+    mask,
+    node,
+    length,
+    last,
+    N,
+    D: tl.constexpr,
+    CACHE: tl.constexpr,
+):
     """flag[d, where[d, p]] = 1 if point p goes to the left child."""
     # split axis: the largest spread, the lowest axis on ties; a NaN spread
     # counts as the largest (torch.argmax)
@@ -82,12 +122,12 @@ def _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D: tl.c
     for d in tl.static_range(D):
         row = lists + d * N
         lo = tl.load(
-            coord + d * N + tl.load(row + node, mask=mask, other=0, cache_modifier=".cg"),
+            coord + d * N + tl.load(row + node, mask=mask, other=0, cache_modifier=CACHE),
             mask=mask,
             other=0.0,
         )
         hi = tl.load(
-            coord + d * N + tl.load(row + last, mask=mask, other=0, cache_modifier=".cg"),
+            coord + d * N + tl.load(row + last, mask=mask, other=0, cache_modifier=CACHE),
             mask=mask,
             other=0.0,
         )
@@ -98,16 +138,27 @@ def _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D: tl.c
             take = (s > best) | ((s != s) & (best == best))
             best = tl.where(take, s, best)
             axis = tl.where(take, d, axis)
-    p = tl.load(lists + axis * N + offs, mask=mask, other=0, cache_modifier=".cg")
+    p = tl.load(lists + axis * N + offs, mask=mask, other=0, cache_modifier=CACHE)
     f = ((offs - node < _half(length)) | (length <= 1)).to(tl.int32)
     for d in tl.static_range(D):
-        w = tl.load(where + d * N + p, mask=mask, other=0, cache_modifier=".cg")
+        w = tl.load(where + d * N + p, mask=mask, other=0, cache_modifier=CACHE)
         tl.store(flag + d * N + w, f, mask=mask)
 
 
 @triton.jit
 def _partition(
-    lists_in, lists_out, where, flag, csum, offs, mask, node, length, N, D: tl.constexpr
+    lists_in,
+    lists_out,
+    where,
+    flag,
+    csum,
+    offs,
+    mask,
+    node,
+    length,
+    N,
+    D: tl.constexpr,
+    CACHE: tl.constexpr,
 ):
     """Moves every entry of every list to its child's run (stable); ``csum``
     holds inclusive prefix sums of ``flag`` that restart at most at node
@@ -115,11 +166,11 @@ def _partition(
     half = _half(length)
     rel = offs - node
     for d in tl.static_range(D):
-        p = tl.load(lists_in + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
-        f = tl.load(flag + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
-        c = tl.load(csum + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
-        c0 = tl.load(csum + d * N + node, mask=mask, other=0, cache_modifier=".cg") - tl.load(
-            flag + d * N + node, mask=mask, other=0, cache_modifier=".cg"
+        p = tl.load(lists_in + d * N + offs, mask=mask, other=0, cache_modifier=CACHE)
+        f = tl.load(flag + d * N + offs, mask=mask, other=0, cache_modifier=CACHE)
+        c = tl.load(csum + d * N + offs, mask=mask, other=0, cache_modifier=CACHE)
+        c0 = tl.load(csum + d * N + node, mask=mask, other=0, cache_modifier=CACHE) - tl.load(
+            flag + d * N + node, mask=mask, other=0, cache_modifier=CACHE
         )
         before = c - f - c0  # entries of the node before, going left
         dest = tl.where(f != 0, node + before, node + half + rel - before)
@@ -141,7 +192,7 @@ def _flag_kernel(
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
     last = tl.minimum(node + length, tl.load(end_ptr + offs, mask=mask, other=1)) - 1
-    _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D)
+    _flags(lists, where, coord, flag, offs, mask, node, length, last, N, D, ".cg")
 
 
 @triton.jit
@@ -162,7 +213,7 @@ def _partition_kernel(
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
     node, length = _partition(
-        lists_in, lists_out, where, flag, csum, offs, mask, node, length, N, D
+        lists_in, lists_out, where, flag, csum, offs, mask, node, length, N, D, ".cg"
     )
     tl.store(node_ptr + offs, node, mask=mask)
     tl.store(len_ptr + offs, length, mask=mask)
@@ -215,25 +266,57 @@ def _subtree_kernel(
     mask = offs < end
     node = tl.load(node_ptr + offs, mask=mask, other=0)
     length = tl.load(len_ptr + offs, mask=mask, other=1)
-    _levels(lists_a, lists_b, where, coord, flag, csum, offs, mask, node, length, end, N, LEVELS, D)
+    _levels(
+        lists_a,
+        lists_b,
+        where,
+        coord,
+        flag,
+        csum,
+        offs,
+        mask,
+        node,
+        length,
+        end,
+        N,
+        LEVELS,
+        D,
+        ".cg",
+    )
 
 
 @triton.jit
 def _levels(
-    cur, nxt, where, coord, flag, csum, offs, mask, node, length, end, N, LEVELS, D: tl.constexpr
+    cur,
+    nxt,
+    where,
+    coord,
+    flag,
+    csum,
+    offs,
+    mask,
+    node,
+    length,
+    end,
+    N,
+    LEVELS,
+    D: tl.constexpr,
+    CACHE: tl.constexpr,
 ):
     """``LEVELS`` levels of nodes that all lie inside this program's block
     ``offs``; the lists ping-pong between ``cur`` and ``nxt`` (the last level
     writes ``nxt`` if ``LEVELS`` is odd, else ``cur``)."""
     for _ in range(LEVELS):
         last = tl.minimum(node + length, end) - 1
-        _flags(cur, where, coord, flag, offs, mask, node, length, last, N, D)
+        _flags(cur, where, coord, flag, offs, mask, node, length, last, N, D, CACHE)
         tl.debug_barrier()
         for d in tl.static_range(D):
-            f = tl.load(flag + d * N + offs, mask=mask, other=0, cache_modifier=".cg")
+            f = tl.load(flag + d * N + offs, mask=mask, other=0, cache_modifier=CACHE)
             tl.store(csum + d * N + offs, tl.cumsum(f, 0), mask=mask)
         tl.debug_barrier()
-        node, length = _partition(cur, nxt, where, flag, csum, offs, mask, node, length, N, D)
+        node, length = _partition(
+            cur, nxt, where, flag, csum, offs, mask, node, length, N, D, CACHE
+        )
         tl.debug_barrier()
         cur, nxt = nxt, cur
 
@@ -248,7 +331,7 @@ def _scan_kernel(pos, batch, out, N, m, D: tl.constexpr, STEPS: tl.constexpr, BL
     bad = tl.zeros([BLOCK], dtype=tl.int1)
     for d in tl.static_range(D):
         x = tl.load(pos + offs * D + d, mask=mask, other=0.0)
-        bad = bad | (x != x) | (tl.abs(x) == float("inf"))
+        bad = bad | (x != x) | (tl.abs(x) == float("inf")) | (tl.abs(x) > _MAX_COORD)
     b = tl.load(batch + offs, mask=mask, other=0)
     prev = tl.load(batch + offs - 1, mask=mask & (offs > 0), other=-1)
     tl.atomic_max(out, tl.max(bad.to(tl.int64), 0))
@@ -362,24 +445,40 @@ def _prologue_kernel(
 
 
 @triton.jit
+def _position_key(pos, p, real, D: tl.constexpr):
+    """``_checks.position_key`` of the points ``p`` (float64 arithmetic, NaN where
+    not ``real``): the fingerprint a layout keeps of every slot's point."""
+    key = tl.zeros(p.shape, dtype=tl.float64)
+    for d in tl.static_range(D):
+        x = tl.load(pos + p * D + d, mask=real, other=0.0).to(tl.float64)
+        w = 1.0 + d * tl.full([], _KEY_W_STEP, tl.float64)
+        c = tl.full([], _KEY_C0, tl.float64) + d * tl.full([], _KEY_C_STEP, tl.float64)
+        key += tl.abs(x + c) * w
+    return tl.where(real, key, float("nan"))
+
+
+@triton.jit
 def _layout_kernel(
     final,
     order,
     ptr,
     node_ptr,
+    pos,
     perm,
     mask_out,
     slot_batch,
     inverse,
+    key_out,
     S,
     N,
     B,
+    D: tl.constexpr,
     SEARCH: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """The slots of the layout (build._assemble and TreeLayout.from_slots):
     cloud of every slot, real slots in tree order, pads repeating the
-    cloud's last real point, and the inverse map."""
+    cloud's last real point, the inverse map and the position keys."""
     slot = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = slot < S
     # tail slots of a capacity layout and slots past an empty trailing cloud
@@ -396,6 +495,7 @@ def _layout_kernel(
     tl.store(mask_out + slot, real.to(tl.int8), mask=valid)
     tl.store(slot_batch + slot, b, mask=valid)
     tl.store(inverse + p, slot, mask=real)
+    tl.store(key_out + slot, _position_key(pos, p, real, D), mask=valid)
 
 
 #: larger than every sort key of ``_small_kernel`` (44 bits at most): lanes past the cloud
@@ -404,6 +504,7 @@ _PAST = tl.constexpr(2**62)
 
 @triton.jit
 def _small_kernel(
+    pos,
     posf,
     order,
     lists_a,
@@ -419,11 +520,14 @@ def _small_kernel(
     mask_out,
     slot_batch,
     inverse,
+    key_out,
     N,
     LEVELS: tl.constexpr,
     D: tl.constexpr,
     BLOCK: tl.constexpr,
     SHIFT: tl.constexpr,
+    CENTER: tl.constexpr,
+    CACHE: tl.constexpr,
 ):
     """The whole build of one cloud of at most ``BLOCK`` slots, one program
     per cloud: the canonical order and the axis lists by sorts in registers
@@ -434,13 +538,24 @@ def _small_kernel(
     every key distinct, so the (unstable) bitonic ``tl.sort`` orders ties by
     position, i.e. stably, and the sorted key's low bits say where each entry
     came from.  The canonical order takes ``D`` such sorts, least significant
-    axis first; the list of axis ``d >= 1`` one more."""
+    axis first; the list of axis ``d >= 1`` one more.
+
+    With ``CENTER`` it first writes the cloud's build coordinates to ``posf``
+    (``build._build_coordinates`` without rotation: the float64 positions ``pos``
+    less the cloud's lower corner, rounded to float32); else ``posf`` holds them.
+    Last, the position key of every slot (``_position_key``)."""
     b = tl.program_id(0).to(tl.int64)
     first = tl.load(node_ptr + b)
     n = tl.load(node_ptr + b + 1) - first
     i = tl.arange(0, BLOCK).to(tl.int64)
     mask = i < n
     offs = first + i
+    if CENTER:
+        for d in tl.static_range(D):
+            x = tl.load(pos + offs * D + d, mask=mask, other=0.0).to(tl.float64)
+            corner = tl.min(tl.where(mask, x, float("inf")), 0)
+            tl.store(posf + offs * D + d, (x - corner).to(tl.float32), mask=mask)
+        tl.debug_barrier()
     src = offs  # the point at canonical position i, so far
     for j in range(D):  # run-time loops: one copy of the sorting network each
         key = (_ordered(posf + src * D + (D - 1 - j), mask) << SHIFT) | i
@@ -479,6 +594,7 @@ def _small_kernel(
         N,
         LEVELS,
         D,
+        CACHE,
     )
     tl.debug_barrier()
     if LEVELS % 2 == 1:
@@ -497,6 +613,7 @@ def _small_kernel(
     tl.store(mask_out + slot, mask.to(tl.int8), mask=used)
     tl.store(slot_batch + slot, b + 0 * i, mask=used)
     tl.store(inverse + p, slot, mask=mask)
+    tl.store(key_out + slot, _position_key(pos, p, mask, D), mask=used)
 
 
 def _bits(n: int) -> int:
@@ -504,15 +621,22 @@ def _bits(n: int) -> int:
 
 
 def build_layout_triton(
-    posf: Tensor, batch: Tensor, ball_size: int, batch_size: Optional[int], num_slots: Optional[int]
-):
-    """:func:`build.build_ball_tree` on CUDA after the argument checks: the
-    same layout, bitwise, in about 40 launches for any batch, with one
-    read-back (none in capacity mode)."""
+    pos: Tensor,
+    batch: Tensor,
+    ball_size: int,
+    batch_size: Optional[int],
+    num_slots: Optional[int],
+    rotate: Optional[float] = None,
+) -> TreeLayout:
+    """:func:`build.build_ball_tree` on CUDA after the argument checks, from the
+    positions as given (any float dtype) and a sorted int64 ``batch``: the same
+    layout, bitwise, with its position keys, in about 40 launches for any batch
+    (3 for small clouds), with one read-back (none in capacity mode)."""
+    from .build import _build_coordinates
 
-    posf = posf.contiguous()
-    num_points, dim = posf.shape
-    device = posf.device
+    pos = pos.detach().contiguous()
+    num_points, dim = pos.shape
+    device = pos.device
     i64 = dict(dtype=torch.long, device=device)
     grid = (triton.cdiv(num_points, _BLOCK),)
     lb_steps = _bits(num_points) + 1
@@ -520,7 +644,7 @@ def build_layout_triton(
     if not capacity:  # checks and sizes: the one read-back
         out = torch.zeros(6, **i64)
         _scan_kernel[grid](
-            posf,
+            pos,
             batch,
             out,
             num_points,
@@ -556,31 +680,45 @@ def build_layout_triton(
     if capacity:
         torch._assert_async(ptr[-1] <= num_slots, "num_slots is smaller than the layout needs")
     elif _SMALL_BLOCKS and max_slots <= _SMALL_BLOCKS[-1]:
-        return _build_small(posf, node_ptr, ptr, slots, ball_size, num_slots, max_slots)
-    slots = slots[:-1]
-    order, final = _tree_lists(posf, batch, slots, node_ptr, unit_ptr, max_slots)
-    perm = torch.empty(num_slots, **i64)
-    mask = torch.empty(num_slots, dtype=torch.bool, device=device)
-    slot_batch = torch.empty_like(perm)
-    inverse = torch.empty(num_points, **i64)
+        # the coordinates are made in the kernel, unless rotated (a float64 matmul here)
+        posf = None if rotate is None else _build_coordinates(pos, batch, rotate)
+        return _build_small(pos, posf, node_ptr, ptr, slots, ball_size, num_slots, max_slots)
+    posf = _build_coordinates(pos, batch, rotate).contiguous()
+    order, final = _tree_lists(posf, batch, slots[:-1], node_ptr, unit_ptr, max_slots)
+    layout = _empty_layout(num_points, num_slots, ptr, ball_size)
     _layout_kernel[(triton.cdiv(num_slots, _BLOCK),)](
         final,
         order,
         ptr,
         node_ptr,
-        perm,
-        mask.view(torch.int8),
-        slot_batch,
-        inverse,
+        pos,
+        layout.perm,
+        layout.mask.view(torch.int8),
+        layout.slot_batch,
+        layout.inverse,
+        layout.key,
         num_slots,
         num_points,
         batch_size,
+        D=dim,
         SEARCH=_bits(batch_size) + 1,
         BLOCK=_BLOCK,
         num_warps=4,
     )
+    return layout
+
+
+def _empty_layout(num_points: int, num_slots: int, ptr: Tensor, ball_size: int) -> TreeLayout:
+    """A layout of uninitialised tensors, for a kernel to fill."""
+    perm = torch.empty(num_slots, dtype=torch.long, device=ptr.device)
     return TreeLayout(
-        perm=perm, mask=mask, ptr=ptr, inverse=inverse, slot_batch=slot_batch, ball_size=ball_size
+        perm=perm,
+        mask=torch.empty(num_slots, dtype=torch.bool, device=ptr.device),
+        ptr=ptr,
+        inverse=torch.empty(num_points, dtype=torch.long, device=ptr.device),
+        slot_batch=torch.empty_like(perm),
+        ball_size=ball_size,
+        key=torch.empty(num_slots, dtype=torch.float64, device=ptr.device),
     )
 
 
@@ -589,7 +727,8 @@ def _num_levels(max_slots: int) -> int:
 
 
 def _build_small(
-    posf: Tensor,
+    pos: Tensor,
+    posf: Optional[Tensor],
     node_ptr: Tensor,
     ptr: Tensor,
     slots: Tensor,
@@ -599,18 +738,22 @@ def _build_small(
 ) -> TreeLayout:
     """The layout of a batch whose clouds fit ``_small_kernel``'s largest block:
     one ``_small_kernel`` program per cloud (every slot belongs to a cloud:
-    no capacity tail)."""
-    num_points, dim = posf.shape
-    device = posf.device
+    no capacity tail).  ``posf``: the build coordinates, or ``None`` to have
+    the kernel make them from ``pos``."""
+    num_points, dim = pos.shape
+    device = pos.device
     block = min(b for b in _SMALL_BLOCKS if b >= max_slots)
-    i32 = dict(dtype=torch.int32, device=device)
-    lists_a, lists_b, where, flag, csum = torch.empty(5, dim, num_points, **i32)
-    coord = torch.empty(dim, num_points, dtype=torch.float32, device=device)
+    # int32 scratch: five [D, N] lists, then (as float32) the coordinates by canonical
+    # rank and, when the kernel makes them, the build coordinates
+    scratch = torch.empty(7, dim, num_points, dtype=torch.int32, device=device)
+    lists_a, lists_b, where, flag, csum = scratch[:5]
+    coord = scratch[5].view(torch.float32)
+    center = posf is None
+    posf = scratch[6].view(torch.float32).view(num_points, dim) if center else posf.contiguous()
     order = torch.empty(num_points, dtype=torch.long, device=device)
-    perm = torch.empty(num_slots, dtype=torch.long, device=device)
-    mask = torch.empty(num_slots, dtype=torch.bool, device=device)
-    slot_batch, inverse = torch.empty_like(perm), torch.empty_like(order)
+    layout = _empty_layout(num_points, num_slots, ptr, ball_size)
     _small_kernel[(node_ptr.numel() - 1,)](
+        pos,
         posf,
         order,
         lists_a,
@@ -622,20 +765,21 @@ def _build_small(
         node_ptr,
         ptr,
         slots,
-        perm,
-        mask.view(torch.int8),
-        slot_batch,
-        inverse,
+        layout.perm,
+        layout.mask.view(torch.int8),
+        layout.slot_batch,
+        layout.inverse,
+        layout.key,
         num_points,
         LEVELS=_num_levels(max_slots),
         D=dim,
         BLOCK=block,
         SHIFT=int(math.log2(block)),
-        num_warps=4 if block <= 1024 else 8,
+        CENTER=center,
+        CACHE=_SMALL_CACHE,
+        num_warps=_SMALL_WARPS.get(block, 4),
     )
-    return TreeLayout(
-        perm=perm, mask=mask, ptr=ptr, inverse=inverse, slot_batch=slot_batch, ball_size=ball_size
-    )
+    return layout
 
 
 def _canonical(posf: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:

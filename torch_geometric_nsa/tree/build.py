@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .._checks import (
     MAX_BALL_SIZE,
+    MAX_COORD,
     check_flags,
     check_layout_size,
     check_pow2,
@@ -189,20 +190,20 @@ def build_ball_tree(
     _check_inputs(pos, batch, ball_size, rotate, batch_size, num_slots)
     device, num_points = pos.device, pos.size(0)
     rotate = None if rotate is None else float(rotate)
-    posf = _build_coordinates(pos, batch, rotate)
-    if batch is None:
-        batch = torch.zeros(num_points, dtype=torch.long, device=device)
-        batch_size = 1
-    batch = batch.long()
-
-    if _use_triton(posf):  # the level loop without sorts, ~40 launches
+    if _use_triton(pos):  # the level loop without sorts: ~40 launches, 3 for small clouds
         from ._triton import build_layout_triton
 
-        layout = build_layout_triton(posf, batch, ball_size, batch_size, num_slots)
+        if batch is None:
+            batch, batch_size = torch.zeros(num_points, dtype=torch.long, device=device), 1
+        layout = build_layout_triton(pos, batch.long(), ball_size, batch_size, num_slots, rotate)
     else:
-        layout = _build_torch(posf, batch, ball_size, batch_size, num_slots)
-    key = position_key(pos).index_select(0, layout.perm)
-    return dataclasses.replace(layout, key=key.masked_fill(~layout.mask, math.nan), rotate=rotate)
+        posf = _build_coordinates(pos, batch, rotate)
+        if batch is None:
+            batch, batch_size = torch.zeros(num_points, dtype=torch.long, device=device), 1
+        layout = _build_torch(pos, posf, batch.long(), ball_size, batch_size, num_slots)
+        key = position_key(pos).index_select(0, layout.perm)
+        layout = dataclasses.replace(layout, key=key.masked_fill(~layout.mask, math.nan))
+    return dataclasses.replace(layout, rotate=rotate)
 
 
 def _build_coordinates(pos: Tensor, batch: Optional[Tensor], rotate: Optional[float]) -> Tensor:
@@ -227,6 +228,7 @@ def _build_coordinates(pos: Tensor, batch: Optional[Tensor], rotate: Optional[fl
 
 
 def _build_torch(
+    pos: Tensor,
     posf: Tensor,
     batch: Tensor,
     ball_size: int,
@@ -240,7 +242,7 @@ def _build_torch(
         batch_size = check_flags(
             torch.stack(
                 [
-                    (~torch.isfinite(posf)).any().long(),
+                    (~torch.isfinite(pos) | (pos.abs() > MAX_COORD)).any().long(),
                     (batch[1:] < batch[:-1]).any().long(),
                     (batch[0] < 0).long(),
                     batch[-1] + 1,
@@ -268,8 +270,8 @@ def _build_torch(
     return _assemble(order, counts, ptr, node_ptr, num_slots, ball_size)
 
 
-def _use_triton(posf: Tensor) -> bool:
-    if not posf.is_cuda or posf.numel() >= 2**31:
+def _use_triton(pos: Tensor) -> bool:
+    if not pos.is_cuda or pos.numel() >= 2**31:
         return False
     try:
         from ._triton import ENABLED
