@@ -19,7 +19,7 @@ if [ -d .bench_deps/balltree_erwin ]; then   # optional anchor, built from its s
 fi
 CARD=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)
 VERSIONS=$(python3 -c "import torch, triton, torch_geometric as g; print(f'torch {torch.__version__}, triton {triton.__version__}, torch-geometric {g.__version__}')")
-XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")
+XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${XDIST_WORKERS:-8}")  # compile-bound: 8 of 16 cores
 START=$(date +%s)
 timeout 540 python3 -m pytest -q -m cuda tests $XDIST -p no:cacheprovider > "$OUT/cuda_tests.log" 2>&1
 RC=$?
