@@ -12,6 +12,7 @@ checked against the float64 reference at a small size (``tests/kernels/kernel_ca
 timed at 16 x 4,096 too.  The whole sweep stops at ``--budget`` seconds (grids ordered by prior).
 
 Usage (device, repo root):  PYTHONPATH=. python benchmarks/tune_kernels.py [--budget 170] [--out DIR]
+                            [--head-dim 64] [--kernels sel_fwd,sel_bwd_dq] [--sweep-only]
                             PYTHONPATH=. python benchmarks/tune_kernels.py --verify
 ``--verify`` times every op and the whole layer (fwd+bwd, as ``benchmarks/attention.py``) with the
 built-in defaults and with the committed TABLE, next to dense SDPA.
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "kernels"))
 import attention  # noqa: E402
 from attention import SEL, TOPK, C, D, G, H, M  # noqa: E402  (the same problem)
 from torch_geometric_nsa.kernels import _config  # noqa: E402
-from torch_geometric_nsa.kernels._common import cloud_block_ranges  # noqa: E402
+from torch_geometric_nsa.kernels._common import cloud_block_ranges, head_block  # noqa: E402
 
 from torch_geometric_nsa import kernels as K  # noqa: E402
 
@@ -300,7 +301,13 @@ def compare(kernel, out, ref):
 
 
 def key_of(kernel, dev):
-    return (kernel, _config.arch(dev), _config.dtype_class(torch.bfloat16), 32)
+    return (kernel, _config.arch(dev), _config.dtype_class(torch.bfloat16), head_block(D))
+
+
+def set_head_dim(d):
+    """Sweeps another head dim: the attention benchmark's inputs and this module follow."""
+    global D
+    D = attention.D = d
 
 
 def run_cfg(kernel, t, c, ref):
@@ -488,7 +495,10 @@ def main(argv=None):
     ap.add_argument("--sweep-only", action="store_true", help="no final tables / checks")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (TRITON_INTERPRET=1)")
     ap.add_argument("--size", default=None, help="N or BxN of the sweep (default 65536)")
+    ap.add_argument("--head-dim", type=int, default=None, help=f"head dim (default {D})")
     args = ap.parse_args(argv)
+    if args.head_dim:
+        set_head_dim(args.head_dim)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     big, small = ((1, 65536), (16, 4096)) if not args.smoke else ((1, 1024), (2, 512))
     if args.size:
