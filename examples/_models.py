@@ -122,5 +122,6 @@ def build_model(args, in_channels: int, out_channels: int) -> torch.nn.Module:
         select_size=args.select_size,
         topk=args.topk,
         branches=branches,
+        compressed_bias=getattr(args, "compressed_bias", False) and args.model == "erwin-nsa",
         rotate=args.rotate,
     )

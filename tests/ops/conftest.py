@@ -82,7 +82,15 @@ def brute_ball(q, k, v, pos, mask, sigma, m, scale=None):
     return o
 
 
-def brute_compressed(q, kc, vc, block_mask, ptr, c, scale=None):
+def _bias_of(bias, i, j, h):
+    """The distance bias of query ``i`` and block ``j`` in head ``h`` (0 without one)."""
+    if bias is None:
+        return 0.0
+    sigma, pos, centre = bias
+    return sigma[h] * (pos[i] - centre[j]).norm()
+
+
+def brute_compressed(q, kc, vc, block_mask, ptr, c, scale=None, bias=None):
     S, H, D = q.shape
     scale = D**-0.5 if scale is None else scale
     o = torch.zeros_like(q)
@@ -95,13 +103,13 @@ def brute_compressed(q, kc, vc, block_mask, ptr, c, scale=None):
         if not J:
             continue
         for h in range(H):
-            s = torch.stack([scale * (q[i, h] @ kc[j, h]) for j in J])
+            s = torch.stack([scale * (q[i, h] @ kc[j, h]) + _bias_of(bias, i, j, h) for j in J])
             o[i, h] = _attend(s, vc[J, h])
             lse[i, h] = torch.logsumexp(s.double(), 0)
     return o, lse
 
 
-def brute_select(q, kc, lse, block_mask, mask, ptr, c, s, g, topk, scale=None):
+def brute_select(q, kc, lse, block_mask, mask, ptr, c, s, g, topk, scale=None, bias=None):
     S, H, D = q.shape
     scale = D**-0.5 if scale is None else scale
     r = s // c
@@ -123,7 +131,9 @@ def brute_select(q, kc, lse, block_mask, mask, ptr, c, s, g, topk, scale=None):
                 for beta in range(gm * r, (gm + 1) * r):
                     if block_mask[beta]:
                         for h in range(H):
-                            tot += math.exp(scale * float(q[i, h] @ kc[beta, h]) - float(lse[i, h]))
+                            score = scale * float(q[i, h] @ kc[beta, h])
+                            score += float(_bias_of(bias, i, beta, h))
+                            tot += math.exp(score - float(lse[i, h]))
             imp[gm] = tot
         best = sorted(cands, key=lambda gm: (-imp[gm], gm))[:topk]
         for t, gm in enumerate(sorted(best)):

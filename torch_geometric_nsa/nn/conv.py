@@ -194,8 +194,15 @@ class ErwinNSAConv(torch.nn.Module):
             :obj:`('compressed', 'selected', 'local')`; :obj:`('local',)` is
             the Erwin-style baseline.  (default: all three)
         pos_dim (int): spatial dimension of :obj:`pos`.  (default: :obj:`3`)
-        dist_bias_init (float): initial :math:`\sigma_h`.  (default:
+        dist_bias_init (float): initial :math:`\sigma_h` (and :math:`\tau_h`).  (default:
             :obj:`-1.0`)
+        compressed_bias (bool): add a learned per-head distance bias
+            :math:`\tau_h \lVert \mathbf{p}_i - \bar{\mathbf{p}}_\beta \rVert` (query to the
+            block's centroid) to the compressed scores, which the selection then ranks by
+            (:class:`~torch_geometric_nsa.ops.DistanceBias`).  Without it a query cannot
+            weight blocks by distance: keys know positions only relative to their block's
+            centroid.  The Triton kernels do not take it yet (CUDA runs those two ops on the
+            reference, with a warning).  (default: :obj:`False`)
 
     Shapes:
         - **input:** node features :math:`(N, F_{in})`, positions :math:`(N, P)`,
@@ -218,6 +225,7 @@ class ErwinNSAConv(torch.nn.Module):
         branches: Sequence[str] = BRANCHES,
         pos_dim: int = 3,
         dist_bias_init: float = -1.0,
+        compressed_bias: bool = False,
     ):
         super().__init__()
         check_channels("in_channels", in_channels, allow_lazy=True)
@@ -285,6 +293,12 @@ class ErwinNSAConv(torch.nn.Module):
             self.sigma = Parameter(torch.empty(heads))
         else:
             self.register_parameter("sigma", None)
+        if compressed_bias and self.needs_compression:
+            self.sigma_cmp = Parameter(torch.empty(heads))
+        elif compressed_bias:
+            raise ValueError("compressed_bias needs the 'compressed' or 'selected' branch")
+        else:
+            self.register_parameter("sigma_cmp", None)
         if self.needs_compression:
             # DeepSets summary phi of a block (keys and values together)
             self.phi_in = Linear(2 * channels, 2 * channels)
@@ -305,9 +319,10 @@ class ErwinNSAConv(torch.nn.Module):
         for module in self.children():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        if self.sigma is not None:
-            with torch.no_grad():
-                self.sigma.fill_(self.dist_bias_init)
+        for sigma in (self.sigma, self.sigma_cmp):
+            if sigma is not None:
+                with torch.no_grad():
+                    sigma.fill_(self.dist_bias_init)
 
     def _check(
         self, x: Tensor, pos: Tensor, batch: Optional[Tensor], tree: Optional[TreeLayout]
@@ -427,7 +442,11 @@ class ErwinNSAConv(torch.nn.Module):
         if self.needs_compression:
             kc, vc = self.compress(qkv[:, C:], geometry)
             block_mask = geometry.block_mask
-            o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask, tree.ptr, c)
+            bias = None
+            if self.sigma_cmp is not None:
+                centre = masked_block_mean(geometry.pos, mask, c)
+                bias = ops.DistanceBias(self.sigma_cmp, geometry.pos, centre)
+            o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask, tree.ptr, c, bias=bias)
             if "compressed" in self.branches:
                 outs.append(o_cmp)
             if "selected" in self.branches:
@@ -442,6 +461,7 @@ class ErwinNSAConv(torch.nn.Module):
                     self.select_size,
                     self.group_size,
                     self.topk,
+                    bias=bias,
                 )
                 outs.append(
                     ops.selected_attention(q, k, v, mask, idx, self.select_size, self.group_size)
@@ -472,5 +492,7 @@ class ErwinNSAConv(torch.nn.Module):
             f"heads={self.heads}, ball_size={self.ball_size}, "
             f"compress_size={self.compress_size}, "
             f"select_size={self.select_size}, topk={self.topk}, "
-            f"branches={self.branches})"
+            f"branches={self.branches}"
+            + (", compressed_bias=True" if self.sigma_cmp is not None else "")
+            + ")"
         )

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from . import reference  # noqa: F401 -- ops.reference, the specification
 from ._checks import (
+    check_bias,
     check_device,
     check_divides,
     check_dtype,
@@ -42,8 +43,10 @@ from ._checks import (
     check_size,
 )
 from ._dispatch import BACKENDS, _impl, get_backend, set_backend, use_backend
+from .reference import DistanceBias
 
 __all__ = [
+    "DistanceBias",
     "ball_attention",
     "compressed_attention",
     "select_blocks",
@@ -123,6 +126,8 @@ def compressed_attention(
     ptr: Tensor,
     block_size: int,
     scale: Optional[float] = None,
+    *,
+    bias: Optional[DistanceBias] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""Attention of every query to the compressed blocks of its own cloud (the "compressed"
     branch of `NSA <https://arxiv.org/abs/2502.11089>`_, non-causal, one cloud per segment).
@@ -137,9 +142,15 @@ def compressed_attention(
         \qquad
         \text{lse}_i = \log \sum_\beta \exp(\text{scale} \cdot \langle q_i, \tilde k_\beta \rangle).
 
+    With a :class:`DistanceBias` ``bias = (sigma, pos, centre)`` every score gains
+    :math:`\sigma_h \lVert p_i - c_\beta \rVert` (query position to a point of the block,
+    e.g. its centroid), so that queries can weight blocks by distance, as the local branch
+    does inside a ball.  The Triton kernels do not take it yet: such calls run on the
+    reference (with a warning on CUDA).
+
     Rows without a valid block (also tail slots ``i >= ptr[B]`` of a capacity layout) give
-    :math:`o_i = 0`, :math:`\text{lse}_i = -\infty`. Differentiable in ``q``, ``kc``, ``vc``;
-    ``lse`` is not differentiable.
+    :math:`o_i = 0`, :math:`\text{lse}_i = -\infty`. Differentiable in ``q``, ``kc``, ``vc``
+    (and ``bias.sigma``); ``lse`` is not differentiable.
 
     Args:
         q (torch.Tensor): queries ``[S, H, D]``.
@@ -149,6 +160,8 @@ def compressed_attention(
         ptr (torch.Tensor): slot offsets of the clouds ``[B + 1]`` (int64).
         block_size (int): compression block size ``c`` (power of two dividing ``S``).
         scale (float, optional): score scale. (default: ``1 / sqrt(D)``)
+        bias (DistanceBias, optional): ``(sigma [H], pos [S, P], centre [S // c, P])``, a
+            distance bias on the scores. (default: :obj:`None`)
 
     Returns:
         (torch.Tensor, torch.Tensor): ``o [S, H, D]`` in the dtype of ``q`` and
@@ -167,7 +180,12 @@ def compressed_attention(
     check_ptr(fn, ptr)
     check_scale(fn, scale)
     check_device(fn, q, ("kc", kc), ("vc", vc), ("block_mask", block_mask), ("ptr", ptr))
-    return _impl(fn, q)(q, kc, vc, block_mask, ptr, block_size, scale)
+    check_bias(fn, bias, q, nc)
+    if bias is None:
+        return _impl(fn, q)(q, kc, vc, block_mask, ptr, block_size, scale)
+    return _impl(fn, q, unsupported="a distance bias")(
+        q, kc, vc, block_mask, ptr, block_size, scale, bias=DistanceBias(*bias)
+    )
 
 
 def select_blocks(
@@ -182,6 +200,8 @@ def select_blocks(
     group_size: int,
     topk: int,
     scale: Optional[float] = None,
+    *,
+    bias: Optional[DistanceBias] = None,
 ) -> Tensor:
     r"""Top-k selection blocks per query group, scored by the compressed attention
     probabilities (the blockwise selection of `NSA <https://arxiv.org/abs/2502.11089>`_, with
@@ -214,6 +234,9 @@ def select_blocks(
         group_size (int): query group size ``g`` (``1`` = per-query selection).
         topk (int): number of selected blocks per group (may exceed the number of candidates).
         scale (float, optional): score scale. (default: ``1 / sqrt(D)``)
+        bias (DistanceBias, optional): the distance bias the compressed scores were computed
+            with (:func:`compressed_attention`); the probabilities are those of the biased
+            scores. (default: :obj:`None`)
 
     Returns:
         torch.Tensor: ``idx [S // g, topk]`` int64.
@@ -244,9 +267,11 @@ def select_blocks(
     check_device(
         fn, q, ("kc", kc), ("lse", lse), ("block_mask", block_mask), ("mask", mask), ("ptr", ptr)
     )
-    return _impl(fn, q)(
-        q, kc, lse, block_mask, mask, ptr, block_size, select_size, group_size, topk, scale
-    )
+    check_bias(fn, bias, q, nc)
+    args = (q, kc, lse, block_mask, mask, ptr, block_size, select_size, group_size, topk, scale)
+    if bias is None:
+        return _impl(fn, q)(*args)
+    return _impl(fn, q, unsupported="a distance bias")(*args, bias=DistanceBias(*bias))
 
 
 def selected_attention(

@@ -74,3 +74,22 @@ def check_scale(fn: str, scale: Optional[float]) -> None:
         raise TypeError(
             f"{fn}: 'scale' must be a Python number or None (got {type(scale).__name__})"
         )
+
+
+def check_bias(fn: str, bias, q: Tensor, num_blocks: int) -> None:
+    """A :class:`~torch_geometric_nsa.ops.DistanceBias` ``(sigma [H], pos [S, P],
+    centre [S // c, P])`` for the queries ``q [S, H, D]``, or ``None``."""
+    if bias is None:
+        return
+    if not isinstance(bias, tuple) or len(bias) != 3:
+        raise TypeError(f"{fn}: 'bias' must be a DistanceBias(sigma, pos, centre) or None")
+    sigma, pos, centre = bias
+    S, H, _ = q.shape
+    check_shape(fn, "bias.sigma", sigma, (H,), "[H]")
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[0] != S or pos.shape[1] < 1:
+        shape = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        raise ValueError(f"{fn}: 'bias.pos' must have shape [S, P] with S = {S} (got {shape})")
+    check_shape(fn, "bias.centre", centre, (num_blocks, pos.shape[1]), "[S // block_size, P]")
+    for name, t in (("bias.sigma", sigma), ("bias.pos", pos), ("bias.centre", centre)):
+        check_dtype(fn, name, t, "float")
+    check_device(fn, q, ("bias.sigma", sigma), ("bias.pos", pos), ("bias.centre", centre))

@@ -26,12 +26,13 @@ Conventions shared by all functions (``S`` slots, ``H`` heads, ``D`` head dim, t
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "DistanceBias",
     "ball_attention",
     "compressed_attention",
     "select_blocks",
@@ -104,6 +105,37 @@ def _slot_cloud_bounds(ptr: Tensor, num_slots: int) -> Tuple[Tensor, Tensor, Ten
     start = torch.where(in_cloud, ptr[cloud], torch.zeros_like(cloud))
     end = torch.where(in_cloud, ptr[cloud + 1], torch.zeros_like(cloud))
     return in_cloud, start, end
+
+
+class DistanceBias(NamedTuple):
+    r"""A per-head distance bias on the compressed scores: block :math:`\beta` gets
+    :math:`\sigma_h \lVert p_i - c_\beta \rVert` added to query :math:`i`'s score in head
+    :math:`h` (:func:`compressed_attention`, and the same scores in :func:`select_blocks`).
+
+    ``sigma [H]`` is differentiable; ``pos [S, P]`` (slot positions) and ``centre [S // c, P]``
+    (a point of every compression block, e.g. the centroid of its real slots) are constants.
+    """
+
+    sigma: Tensor
+    pos: Tensor
+    centre: Tensor
+
+
+def _bias_slice(bias: Optional[DistanceBias], a: int, b: int, c: int) -> Optional[DistanceBias]:
+    """The bias of the slots ``[a, b)`` (and their blocks)."""
+    if bias is None:
+        return None
+    return DistanceBias(bias.sigma, bias.pos[a:b], bias.centre[a // c : b // c])
+
+
+def _add_bias(scores: Tensor, bias: Optional[DistanceBias], rows: slice) -> Tensor:
+    """``scores [Q, H, nc]`` of the query slots ``rows`` plus the distance bias (the distance in
+    the positions' dtype, then in the scores' dtype, as :func:`ball_attention`)."""
+    if bias is None:
+        return scores
+    pos, centre = bias.pos.detach()[rows], bias.centre.detach()
+    dist = (pos[:, None, :] - centre[None, :, :]).square().sum(-1).sqrt().to(scores.dtype)
+    return scores + bias.sigma.to(scores.dtype).view(1, -1, 1) * dist[:, None, :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +212,7 @@ def compressed_attention(
     block_size: int,
     scale: Optional[float] = None,
     *,
+    bias: Optional[DistanceBias] = None,
     upcast: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     r"""Reference of the compressed branch.
@@ -194,7 +227,9 @@ def compressed_attention(
     """
     ranges = _cloud_ranges(ptr, q)
     if ranges is None:
-        return _compressed_attention(q, kc, vc, block_mask, ptr, block_size, scale, upcast=upcast)
+        return _compressed_attention(
+            q, kc, vc, block_mask, ptr, block_size, scale, bias=bias, upcast=upcast
+        )
     c = block_size
     o = torch.zeros_like(q)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=_stat_dtype(q.dtype), device=q.device)
@@ -209,6 +244,7 @@ def compressed_attention(
                 local,
                 c,
                 scale,
+                bias=_bias_slice(bias, a, b, c),
                 upcast=upcast,
             )
     return o, lse
@@ -223,6 +259,7 @@ def _compressed_attention(
     block_size: int,
     scale: Optional[float] = None,
     *,
+    bias: Optional[DistanceBias] = None,
     upcast: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """All clouds at once, other clouds masked (static shapes: compile-friendly)."""
@@ -242,7 +279,7 @@ def _compressed_attention(
     v_bad = ~torch.isfinite(vc).all(-1)  # [nc, H]
     vcc = torch.where(v_bad[..., None], torch.zeros((), dtype=cdt, device=q.device), vc.to(cdt))
 
-    cq = _chunk(H * nc + H * D, S)
+    cq = _chunk(H * nc + H * D + (0 if bias is None else nc * bias.pos.shape[-1]), S)
     outs, lses = [], []
     for i0 in range(0, S, cq):
         sl = slice(i0, i0 + cq)
@@ -253,6 +290,7 @@ def _compressed_attention(
             & block_mask[None, :]
         )  # [cq, nc]
         scores = torch.einsum("ihd,jhd->ihj", qc[sl], kcc) * scale  # [cq, H, nc]
+        scores = _add_bias(scores, bias, sl)
         probs, lse = _masked_softmax(scores, valid[:, None, :])
         o = torch.einsum("ihj,jhd->ihd", probs, vcc)
         attends_bad = (valid.float() @ v_bad.float()) > 0  # [cq, H]
@@ -279,6 +317,8 @@ def select_blocks(
     group_size: int,
     topk: int,
     scale: Optional[float] = None,
+    *,
+    bias: Optional[DistanceBias] = None,
 ) -> Tensor:
     r"""Reference of the top-k block selection.
 
@@ -298,7 +338,7 @@ def select_blocks(
     args = (block_size, select_size, group_size, topk, scale)
     ranges = _cloud_ranges(ptr, q)
     if ranges is None:
-        return _select_blocks(q, kc, lse, block_mask, mask, ptr, *args)
+        return _select_blocks(q, kc, lse, block_mask, mask, ptr, *args, bias=bias)
     c, s, g = block_size, select_size, group_size
     idx = torch.full((q.shape[0] // g, topk), -1, dtype=torch.long, device=q.device)
     for a, b in zip(ranges[:-1], ranges[1:]):
@@ -312,6 +352,7 @@ def select_blocks(
                 mask[a:b],
                 local,
                 *args,
+                bias=_bias_slice(bias, a, b, c),
             )
             idx[a // g : b // g] = torch.where(part >= 0, part + a // s, part)
     return idx
@@ -329,6 +370,8 @@ def _select_blocks(
     group_size: int,
     topk: int,
     scale: Optional[float] = None,
+    *,
+    bias: Optional[DistanceBias] = None,
 ) -> Tensor:
     """All clouds at once, other clouds masked (static shapes: compile-friendly)."""
     S, H, D = q.shape
@@ -353,7 +396,8 @@ def _select_blocks(
     lsea = lse.to(adt)
     k_out = min(topk, ns)
 
-    cg = _chunk(g * H * nc + g * H * D + ns, ng)
+    P = 0 if bias is None else bias.pos.shape[-1]
+    cg = _chunk(g * H * nc + g * H * D + ns + g * nc * P, ng)
     outs = []
     for g0 in range(0, ng, cg):
         gs = slice(g0, g0 + cg)
@@ -365,6 +409,7 @@ def _select_blocks(
             & block_mask[None, :]
         )  # [Qc, nc]
         scores = torch.einsum("ihd,jhd->ihj", qa[qs], kca) * scale  # [Qc, H, nc]
+        scores = _add_bias(scores, bias, qs)
         lse_c = lsea[qs, :, None]
         keep = valid[:, None, :] & torch.isfinite(lse_c)
         p = torch.where(keep, torch.exp(scores - lse_c), torch.zeros_like(scores))

@@ -101,7 +101,7 @@ class ErwinNSA(torch.nn.Module):
             :obj:`hidden_channels`)
         heads (int, optional): attention heads.  (default: :obj:`None`, the most heads (at
             most 8) of at least 16 channels: 4 for :math:`C = 64`)
-        ball_size, compress_size, select_size, group_size, topk, branches:
+        ball_size, compress_size, select_size, group_size, topk, branches, compressed_bias:
             see :class:`~torch_geometric_nsa.nn.ErwinNSAConv`.
         rotate (float, optional): angle (degrees) of the rotated tree used by
             every second block; :obj:`None` disables it.  (default: :obj:`45.`)
@@ -136,6 +136,7 @@ class ErwinNSA(torch.nn.Module):
         group_size: Optional[int] = None,
         topk: int = 4,
         branches: Sequence[str] = BRANCHES,
+        compressed_bias: bool = False,
         rotate: Optional[float] = 45.0,
         radius: Optional[float] = None,
         max_num_neighbors: int = 32,
@@ -175,6 +176,7 @@ class ErwinNSA(torch.nn.Module):
                     group_size=group_size,
                     topk=topk,
                     branches=branches,
+                    compressed_bias=compressed_bias,
                     pos_dim=pos_dim,
                 )
                 for _ in range(num_layers)
