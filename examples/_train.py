@@ -102,6 +102,8 @@ FREE_SETTINGS = frozenset(
 )
 #: settings that may change on ``--resume`` when named in ``--allow-change``
 CHANGEABLE_SETTINGS = ("steps",)
+#: settings added after checkpoints were written, with the value those runs had
+ADDED_SETTINGS = {"compressed_bias": False}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -687,7 +689,7 @@ def setting_differences(old: Dict[str, Any], new: Dict[str, Any], allowed=()) ->
         f"--{k.replace('_', '-')}: {old.get(k, missing)!r} in the checkpoint, "
         f"{new.get(k, missing)!r} now"
         for k in keys
-        if old.get(k, missing) != new.get(k, missing)
+        if old.get(k, ADDED_SETTINGS.get(k, missing)) != new.get(k, missing)
     ]
 
 

@@ -200,3 +200,12 @@ def test_ablation_reruns_when_settings_change(sn_args, tmp_path, capsys):
     ab.main(common + ["--steps", "3", "--hidden", "8"])
     with open(osp.join(out, "mlp-seed0", "args.json")) as f:
         assert json.load(f)["hidden"] == 8
+
+
+def test_settings_added_later_match_older_checkpoints():
+    setting_differences = _train.setting_differences
+    old = {"model": "erwin-nsa", "steps": 10}  # written before --compressed-bias existed
+    assert setting_differences(old, dict(old, compressed_bias=False)) == []
+    assert setting_differences(old, dict(old, compressed_bias=True)) == [
+        "--compressed-bias: False in the checkpoint, True now"
+    ]
