@@ -685,11 +685,11 @@ def setting_differences(old: Dict[str, Any], new: Dict[str, Any], allowed=()) ->
     :data:`FREE_SETTINGS` and ``allowed``."""
     keys = sorted((set(old) | set(new)) - FREE_SETTINGS - set(allowed))
     missing = "<not set>"
+    old = {k: old.get(k, ADDED_SETTINGS.get(k, missing)) for k in keys}
     return [
-        f"--{k.replace('_', '-')}: {old.get(k, missing)!r} in the checkpoint, "
-        f"{new.get(k, missing)!r} now"
+        f"--{k.replace('_', '-')}: {old[k]!r} in the checkpoint, {new.get(k, missing)!r} now"
         for k in keys
-        if old.get(k, ADDED_SETTINGS.get(k, missing)) != new.get(k, missing)
+        if old[k] != new.get(k, missing)
     ]
 
 
