@@ -36,7 +36,11 @@ sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "kernels"))
 import attention  # noqa: E402
 from attention import SEL, TOPK, C, D, G, H, M  # noqa: E402  (the same problem)
 from torch_geometric_nsa.kernels import _config  # noqa: E402
-from torch_geometric_nsa.kernels._common import cloud_block_ranges, head_block  # noqa: E402
+from torch_geometric_nsa.kernels._common import (  # noqa: E402
+    bias_tensors,
+    cloud_block_ranges,
+    head_block,
+)
 
 from torch_geometric_nsa import kernels as K  # noqa: E402
 
@@ -220,8 +224,9 @@ def make(B, n, dtype, dev):
         t["ob"], t["lseb"] = torch.ops.tgnsa.ball_attention_fwd(
             q, k, v, pos, t["m8"], sigma, M, scale, 0, 0, 0, 0
         )
+        t["nobias"] = bias_tensors(None, q)
         t["oc"], t["lsec"] = torch.ops.tgnsa.compressed_attention_fwd(
-            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], scale, 0, 0, 0, 0
+            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], *t["nobias"], scale, 0, 0, 0, 0
         )
         t["idx"] = K.select_blocks(q, t["kc"], t["lsec"], t["bm"], mask, ptr, C, SEL, G, TOPK)
         t["os"], t["lses"] = torch.ops.tgnsa.selected_attention_fwd(
@@ -244,7 +249,7 @@ def op_fn(kernel, t):
         )
     if kernel == "cmp_fwd":
         return lambda: ops.compressed_attention_fwd(
-            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], sc, 0, 0, 0, 0
+            q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], *t["nobias"], sc, 0, 0, 0, 0
         )
     if kernel.startswith("cmp_bwd"):
         return lambda: ops.compressed_attention_bwd(
@@ -255,6 +260,7 @@ def op_fn(kernel, t):
             t["bm8"],
             t["lo"],
             t["hi"],
+            *t["nobias"],
             t["oc"],
             t["lsec"],
             sc,

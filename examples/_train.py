@@ -140,7 +140,7 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
         "--compressed-bias",
         action="store_true",
         help="a learned distance bias on the compressed scores, query to block centroid "
-        "(erwin-nsa only; the Triton kernels do not take it yet)",
+        "(erwin-nsa only)",
     )
     g.add_argument("--ball-size", type=positive_int, default=128, help="points per ball")
     g.add_argument(

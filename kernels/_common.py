@@ -197,3 +197,18 @@ def _plain_eager(args) -> bool:
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return False
     return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
+
+
+def bias_tensors(bias, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pos, centre, sigma)`` of a distance bias ``(sigma, pos, centre)`` for the kernels
+    (positions as contiguous float32, ``P = pos.shape[1]``), or three empty placeholders
+    (``P = 0``: no bias) when ``bias`` is None."""
+    if bias is None:
+        empty = q.new_empty(0, dtype=torch.float32)
+        return empty.view(0, 0), empty.view(0, 0), empty
+    sigma, pos, centre = bias
+    return (
+        pos.detach().to(torch.float32).contiguous(),
+        centre.detach().to(torch.float32).contiguous(),
+        sigma.contiguous(),
+    )

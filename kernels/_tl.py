@@ -87,3 +87,16 @@ def dkdv_step(pt, q, do, v, delta, dk, dv, PREC: tl.constexpr):
     dst = pt * (dpt - delta[None, :])
     dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
     return dk, dv, dst
+
+
+@triton.jit
+def pair_dist(PA, rows, PB, cols, rmask, cmask, P: tl.constexpr):
+    """``||PA[rows] - PB[cols]||`` ``[len(rows), len(cols)]`` in float32 (``PA``, ``PB``: float32
+    ``[*, P]`` positions), for a distance bias."""
+    d2 = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
+    for p in tl.static_range(P):
+        a = tl.load(PA + rows * P + p, mask=rmask, other=0.0)
+        b = tl.load(PB + cols * P + p, mask=cmask, other=0.0)
+        diff = a[:, None] - b[None, :]
+        d2 += diff * diff
+    return tl.sqrt(d2)

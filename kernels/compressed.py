@@ -26,13 +26,23 @@ from . import _config
 from ._common import LOG2E as _LOG2E
 from ._common import (
     as_u8,
+    bias_tensors,
     check_float_inputs,
     cloud_block_ranges,
     custom_ops_with_eager_path,
     dot_precision,
     head_block,
 )
-from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
+from ._tl import (
+    LOG2E,
+    M_INIT,
+    dkdv_step,
+    key_bias,
+    lse2,
+    pair_dist,
+    softmax_step,
+    store_softmax,
+)
 
 
 @triton.jit
@@ -56,6 +66,9 @@ def _cmp_fwd_kernel(
     BMASK,
     LO,
     HI,
+    POS,
+    CPOS,
+    SIGMA,
     O,
     LSE,
     S,
@@ -63,6 +76,7 @@ def _cmp_fwd_kernel(
     H,
     D,
     qk_scale,
+    P: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -85,6 +99,8 @@ def _cmp_fwd_kernel(
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
+    if P > 0:  # the distance bias, in the base-2 units of the scaled scores
+        sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
     for bstart in range(blo, bhi, BN):
         cols = bstart + tl.arange(0, BN)
         cmask = cols < bhi
@@ -94,12 +110,18 @@ def _cmp_fwd_kernel(
         v = tl.load(VC_SAFE + kv_off, mask=kvm, other=0.0)
         # column mask as an additive bias (0 / -inf); the row ranges only where rows differ
         cbias = key_bias(BMASK, cols, cmask)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) + cbias[None, :]  # raw scores
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        if P > 0:  # scaled here (the bias is added to scaled scores), masks after the scale
+            s = s * qk_scale + sig * pair_dist(POS, rows, CPOS, cols, rmask, cmask, P)
+        s += cbias[None, :]
         if mixed:
             s = tl.where(
                 (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf")
             )
-        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
+        if P > 0:
+            m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, 1.0, PREC, True)
+        else:  # raw scores
+            m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
     # The values are read with non-finite blocks zeroed (a probability of 0 times a non-finite
     # value of another cloud would still be NaN); a row whose own cloud has such a real block
     # attends to it and becomes NaN: BAD_CS [H, NC] counts those blocks cumulatively.
@@ -117,17 +139,22 @@ def _cmp_bwd_dq_kernel(
     BMASK,
     LO,
     HI,
+    POS,
+    CPOS,
+    SIGMA,
     O,
     DO,
     LSE,
     DELTA,
     DQ,
+    DSIG,
     S,
     NC,
     H,
     D,
     qk_scale,
     scale,
+    P: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -151,6 +178,9 @@ def _cmp_bwd_dq_kernel(
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
+    dsig = tl.zeros([BM], dtype=tl.float32)  # sum of dS * dist of this tile (natural units)
+    if P > 0:
+        sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
     for bstart in range(blo, bhi, BN):
         cols = bstart + tl.arange(0, BN)
         cmask = cols < bhi
@@ -160,13 +190,22 @@ def _cmp_bwd_dq_kernel(
         v = tl.load(VC + kv_off, mask=kvm, other=0.0)
         cbias = key_bias(BMASK, cols, cmask)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + cbias[None, :]
+        if P > 0:
+            dist = pair_dist(POS, rows, CPOS, cols, rmask, cmask, P)
+            s += sig * dist
         if mixed:
             s = tl.where(
                 (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf")
             )
         p = tl.exp2(s - lse[:, None])
-        dq = dq_step(p, do, v, k, delta, dq, PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        if P > 0:
+            dsig += tl.sum(ds * dist, 1)
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
+    if P > 0:  # one partial per (query tile, head); summed on the host (deterministic)
+        tl.store(DSIG + pid * H + h, tl.sum(dsig, 0))
 
 
 @triton.jit
@@ -177,6 +216,9 @@ def _cmp_bwd_dkdv_kernel(
     BMASK,
     LO,
     HI,
+    POS,
+    CPOS,
+    SIGMA,
     DO,
     LSE,
     DELTA,
@@ -189,6 +231,7 @@ def _cmp_bwd_dkdv_kernel(
     C,
     qk_scale,
     scale,
+    P: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -214,6 +257,8 @@ def _cmp_bwd_dkdv_kernel(
     kbias = key_bias(BMASK, cols, cmask)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dv = tl.zeros([BN, BD], dtype=tl.float32)
+    if P > 0:
+        sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
     for qstart in range(qlo, qhi, BM):
         rows = qstart + tl.arange(0, BM)
         rmask = rows < qhi
@@ -224,6 +269,8 @@ def _cmp_bwd_dkdv_kernel(
         lse = lse2(LSE, rows, rmask, h, H)
         delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale + kbias[:, None]
+        if P > 0:
+            st += sig * pair_dist(CPOS, cols, POS, rows, cmask, rmask, P)
         if mixed:  # keys of several clouds: every query row keeps its own cloud's keys
             lo = tl.load(LO + rows, mask=rmask, other=NC)
             hi = tl.load(HI + rows, mask=rmask, other=0)
@@ -236,6 +283,11 @@ def _cmp_bwd_dkdv_kernel(
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
+def _num_pos(pos: torch.Tensor) -> int:
+    """``P`` of a distance bias's positions; 0 for the empty placeholder (no bias)."""
+    return pos.shape[1] if pos.numel() else 0
+
+
 def _cmp_fwd_impl(
     q: torch.Tensor,
     kc: torch.Tensor,
@@ -243,6 +295,9 @@ def _cmp_fwd_impl(
     block_mask: torch.Tensor,
     lo: torch.Tensor,
     hi: torch.Tensor,
+    pos: torch.Tensor,
+    centre: torch.Tensor,
+    sigma: torch.Tensor,
     scale: float,
     block_m: int,
     block_n: int,
@@ -270,6 +325,9 @@ def _cmp_fwd_impl(
         block_mask,
         lo,
         hi,
+        pos,
+        centre,
+        sigma,
         o,
         lse,
         S,
@@ -277,6 +335,7 @@ def _cmp_fwd_impl(
         H,
         D,
         scale * _LOG2E,
+        P=_num_pos(pos),
         BM=cfg["BM"],
         BN=cfg["BN"],
         BD=head_block(D),
@@ -287,7 +346,22 @@ def _cmp_fwd_impl(
     return o, lse
 
 
-def _cmp_fwd_fake(q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_stages):
+def _cmp_fwd_fake(
+    q,
+    kc,
+    vc,
+    block_mask,
+    lo,
+    hi,
+    pos,
+    centre,
+    sigma,
+    scale,
+    block_m,
+    block_n,
+    num_warps,
+    num_stages,
+):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
@@ -299,6 +373,9 @@ def _cmp_bwd_impl(
     block_mask: torch.Tensor,
     lo: torch.Tensor,
     hi: torch.Tensor,
+    pos: torch.Tensor,
+    centre: torch.Tensor,
+    sigma: torch.Tensor,
     o: torch.Tensor,
     lse: torch.Tensor,
     scale: float,
@@ -306,29 +383,36 @@ def _cmp_bwd_impl(
     block_n: int,
     num_warps: int,
     num_stages: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     S, H, D = q.shape
     NC = kc.shape[0]
     do = do.contiguous()
     dq = torch.empty_like(q)
+    P = _num_pos(pos)
     if S == 0 or NC == 0:
-        return dq.zero_(), torch.zeros_like(kc), torch.zeros_like(vc)
+        return dq.zero_(), torch.zeros_like(kc), torch.zeros_like(vc), torch.zeros_like(sigma)
     C = S // NC
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
-    common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
+    common = dict(BD=head_block(D), PREC=dot_precision(q.dtype), P=P)
     cfg = _config.for_tensor("cmp_bwd_dq", q, block_m, block_n, num_warps, num_stages)
-    _cmp_bwd_dq_kernel[(triton.cdiv(S, cfg["BM"]), H)](
+    tiles = triton.cdiv(S, cfg["BM"])
+    dsig = torch.empty((tiles, H) if P else (0,), device=q.device, dtype=torch.float32)
+    _cmp_bwd_dq_kernel[(tiles, H)](
         q,
         kc,
         vc,
         block_mask,
         lo,
         hi,
+        pos,
+        centre,
+        sigma,
         o,
         do,
         lse,
         delta,
         dq,
+        dsig,
         S,
         NC,
         H,
@@ -349,6 +433,9 @@ def _cmp_bwd_impl(
         block_mask,
         lo,
         hi,
+        pos,
+        centre,
+        sigma,
         do,
         lse,
         delta,
@@ -366,20 +453,42 @@ def _cmp_bwd_impl(
         **common,
         **_config.launch_meta(cfg),
     )
-    return dq, dk, dv
+    dsigma = dsig.sum(0).to(sigma.dtype) if P else torch.zeros_like(sigma)
+    return dq, dk, dv, dsigma
 
 
 def _cmp_bwd_fake(
-    do, q, kc, vc, block_mask, lo, hi, o, lse, scale, block_m, block_n, num_warps, num_stages
+    do,
+    q,
+    kc,
+    vc,
+    block_mask,
+    lo,
+    hi,
+    pos,
+    centre,
+    sigma,
+    o,
+    lse,
+    scale,
+    block_m,
+    block_n,
+    num_warps,
+    num_stages,
 ):
-    return torch.empty_like(q), torch.empty_like(kc), torch.empty_like(vc)
+    return (
+        torch.empty_like(q),
+        torch.empty_like(kc),
+        torch.empty_like(vc),
+        torch.empty_like(sigma),
+    )
 
 
 def _cmp_setup(ctx, inputs, output):
-    q, kc, vc, block_mask, lo, hi, scale, block_m, block_n, num_warps, num_stages = inputs
+    q, kc, vc, block_mask, lo, hi, pos, centre, sigma = inputs[:9]
     o, lse = output
-    ctx.save_for_backward(q, kc, vc, block_mask, lo, hi, o, lse)
-    ctx.args = (scale, block_m, block_n, num_warps, num_stages)
+    ctx.save_for_backward(q, kc, vc, block_mask, lo, hi, pos, centre, sigma, o, lse)
+    ctx.args = inputs[9:]  # scale and the launch options
     ctx.mark_non_differentiable(lse)
 
 
@@ -390,6 +499,7 @@ compressed_attention_fwd, compressed_attention_bwd, _cmp_fwd = custom_ops_with_e
     bwd_impl=_cmp_bwd_impl,
     bwd_fake=_cmp_bwd_fake,
     setup_context=_cmp_setup,
+    grad_inputs=(0, 1, 2, 8),  # q, kc, vc, sigma
 )
 
 
@@ -402,6 +512,7 @@ def compressed_attention(
     block_size: int,
     scale: float | None = None,
     *,
+    bias=None,
     block_m: int = 0,
     block_n: int = 0,
     num_warps: int = 0,
@@ -416,6 +527,9 @@ def compressed_attention(
         ptr: ``[B + 1]`` int64 slot offsets of the clouds.
         block_size: ``c``.
         scale: default ``1/sqrt(D)``.
+        bias: optional ``(sigma [H], pos [S, P], centre [S // c, P])``
+            (:class:`torch_geometric_nsa.ops.DistanceBias`): every score gains
+            ``sigma_h * ||pos_i - centre_beta||`` (distances in float32); differentiable in sigma.
         block_m, block_n, num_warps, num_stages: launch options of every kernel (0: from the
             config table, ``torch_geometric_nsa.kernels._config``).
 
@@ -434,6 +548,7 @@ def compressed_attention(
         as_u8(block_mask),
         lo,
         hi,
+        *bias_tensors(bias, q),
         float(scale),
         int(block_m),
         int(block_n),

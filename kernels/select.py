@@ -19,13 +19,14 @@ from . import _config
 from ._common import LOG2E as _LOG2E
 from ._common import (
     as_u8,
+    bias_tensors,
     cloud_block_ranges,
     custom_ops_with_eager_path,
     dot_precision,
     head_block,
     next_pow2,
 )
-from ._tl import key_bias, lse2
+from ._tl import LOG2E, key_bias, lse2, pair_dist
 
 
 @triton.jit
@@ -67,12 +68,16 @@ def _select_kernel(
     SELVALID,
     LO,
     HI,
+    POS,
+    CPOS,
+    SIGMA,
     OUT,
     S,
     H,
     D,
     GS,
     qk_scale,
+    P: tl.constexpr,
     R: tl.constexpr,
     TOPK: tl.constexpr,
     KP: tl.constexpr,
@@ -103,6 +108,8 @@ def _select_kernel(
         # masks as additive biases: -inf for blocks without a real slot (columns) and +inf in the
         # subtracted LSE of pad queries and of rows without any block, so such p exp2 to 0
         cbias = key_bias(BMASK, cols, cmask)
+        if P > 0:  # the compressed branch's distance bias, per head below
+            dist = pair_dist(POS, rows, CPOS, cols, rmask, cmask, P)
         pacc = tl.zeros([BM, BN], dtype=tl.float32)  # summed over heads, then rows
         for h in range(H):
             q = tl.load(
@@ -117,6 +124,8 @@ def _select_kernel(
             )
             lse = lse2(LSE, rows, qreal, h, H)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + cbias[None, :]
+            if P > 0:
+                s += (tl.load(SIGMA + h).to(tl.float32) * LOG2E) * dist
             pacc += tl.exp2(s - lse[:, None])
         top = _merge_topk(top, _chunk_keys(tl.sum(pacc, 0), bstart, hi, SELVALID, R, NT), TOPK, KP)
     tl.store(OUT + G * KP + tl.arange(0, KP), top)
@@ -130,6 +139,9 @@ def _select_impl(
     mask: torch.Tensor,
     lo: torch.Tensor,
     hi: torch.Tensor,
+    pos: torch.Tensor,
+    centre: torch.Tensor,
+    sigma: torch.Tensor,
     block_size: int,
     select_size: int,
     group_size: int,
@@ -159,12 +171,16 @@ def _select_impl(
         selvalid,
         lo,
         hi,
+        pos,
+        centre,
+        sigma,
         keys,
         S,
         H,
         D,
         group_size,
         scale * _LOG2E,
+        P=pos.shape[1] if pos.numel() else 0,
         R=R,
         TOPK=topk,
         KP=KP,
@@ -188,6 +204,9 @@ def _select_fake(
     mask,
     lo,
     hi,
+    pos,
+    centre,
+    sigma,
     block_size,
     select_size,
     group_size,
@@ -218,6 +237,7 @@ def select_blocks(
     topk: int,
     scale: float | None = None,
     *,
+    bias=None,
     block_n: int = 0,
     num_warps: int = 0,
     num_stages: int = 0,
@@ -236,6 +256,7 @@ def select_blocks(
         group_size: ``g``.
         topk: ``k``.
         scale: default ``1/sqrt(D)``.
+        bias: the compressed branch's distance bias ``(sigma, pos, centre)``, if it had one.
         block_n: compressed blocks per streamed chunk (0: from the config table).
         num_warps, num_stages: launch options (0: from the config table,
             ``torch_geometric_nsa.kernels._config``).
@@ -256,6 +277,7 @@ def select_blocks(
             as_u8(mask),
             lo,
             hi,
+            *(t.detach() for t in bias_tensors(bias, q)),
             int(block_size),
             int(select_size),
             int(group_size),

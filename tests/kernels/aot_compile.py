@@ -154,7 +154,11 @@ def _drive_ops(dtype, D, scale, settings):
     oc, lse = K.compressed_attention(q, kc, vc, bm, ptr, c, scale)
     idx = K.select_blocks(q.detach(), kc.detach(), lse, bm, mask, ptr, c, s, g, topk, scale)
     os_ = K.selected_attention(q, k, v, mask, idx, s, g, scale)
-    (ob.float().sum() + oc.float().sum() + os_.float().sum()).backward()
+    # the compressed branch with its distance bias (the kernels' P > 0 variants)
+    bias = (sigma, pos, pos.view(-1, c, P).mean(1))
+    ocb, lseb = K.compressed_attention(q, kc, vc, bm, ptr, c, scale, bias=bias)
+    K.select_blocks(q.detach(), kc.detach(), lseb, bm, mask, ptr, c, s, g, topk, scale, bias=bias)
+    (ob.float().sum() + oc.float().sum() + os_.float().sum() + ocb.float().sum()).backward()
 
 
 def _drive_tree(block, dim, capacity, dtype=None):

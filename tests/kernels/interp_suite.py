@@ -126,7 +126,7 @@ def test_eager_path_equals_the_registered_ops():
 
 
 def test_opcheck():
-    from torch_geometric_nsa.kernels._common import cloud_block_ranges
+    from torch_geometric_nsa.kernels._common import bias_tensors, cloud_block_ranges
 
     S, H, D, m, c = 64, 1, 16, 32, 16
     case = kc.make_case([40], m, H, D, c)
@@ -140,11 +140,14 @@ def test_opcheck():
         (f["q"], f["k"], f["v"], f["pos"], mask8, f["sigma"], m, 0.25, 0, 0, 0, 0),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
-    torch.library.opcheck(
-        torch.ops.tgnsa.compressed_attention_fwd,
-        (f["q"], f["kc"], f["vc"], case["block_mask"].view(torch.uint8), lo, hi, 0.25, 0, 0, 0, 0),
-        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-    )
+    bm8 = case["block_mask"].view(torch.uint8)
+    centre = f["pos"].view(-1, c, f["pos"].shape[1]).mean(1)
+    for pos, cen, sigma in (bias_tensors(None, f["q"]), (f["pos"], centre, f["sigma"])):
+        torch.library.opcheck(
+            torch.ops.tgnsa.compressed_attention_fwd,
+            (f["q"], f["kc"], f["vc"], bm8, lo, hi, pos, cen, sigma, 0.25, 0, 0, 0, 0),
+            test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+        )
 
 
 @pytest.mark.parametrize(

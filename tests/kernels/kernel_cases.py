@@ -102,8 +102,9 @@ def check_op(name, kfn, rfn, inputs64, dtype, grad_out, diff_names, errors, extr
     return ko, ro
 
 
-def importance(q, kc, lse, block_mask, mask, ptr, c, s, g, scale):
-    """float64 importance [S//g, S//s] (brute force; small inputs only)."""
+def importance(q, kc, lse, block_mask, mask, ptr, c, s, g, scale, bias=None):
+    """float64 importance [S//g, S//s] (brute force; small inputs only), with the compressed
+    branch's distance bias ``(sigma, pos, centre)`` if given."""
     from torch_geometric_nsa.ops.reference import _slot_cloud_bounds
 
     S, H, D = q.shape
@@ -117,6 +118,10 @@ def importance(q, kc, lse, block_mask, mask, ptr, c, s, g, scale):
         & block_mask[None, :]
     )
     sc = torch.einsum("ihd,jhd->ihj", q.double(), kc.double()) * scale
+    if bias is not None:
+        sigma, pos, centre = bias
+        dist = (pos.double()[:, None, :] - centre.double()[None, :, :]).norm(dim=-1)
+        sc = sc + sigma.double().view(1, -1, 1) * dist[:, None, :]
     l = lse.double()[:, :, None]
     keep = valid[:, None, :] & torch.isfinite(l)
     p = torch.where(keep, torch.exp(sc - torch.where(keep, l, 0.0)), 0.0).sum(1) * mask[:, None]
@@ -201,6 +206,34 @@ def run_all(
     imp = importance(qd, kcd, lse32, bmask, mask, ptr, c, s, g, D**-0.5)
     ndiff = check_select(idx, ridx, imp, 1e-4 if dtype == torch.float32 else 1e-3)
     errors["select.groups_differing"] = (ndiff, idx.shape[0])
+    # 2b./3b. the compressed distance bias (block centroids; positions stay float64, the kernels
+    # take them as float32), its gradient in sigma, and the selection on the biased scores
+    w = mask.double().view(-1, c, 1)
+    centre = (case["pos"].view(-1, c, case["pos"].shape[1]) * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def biased(t):
+        return (t["sigma"], case["pos"], centre)
+
+    ko, ro = check_op(
+        "compressed+bias",
+        lambda t: K.compressed_attention(t["q"], t["kc"], t["vc"], bmask, ptr, c, bias=biased(t)),
+        lambda t: R.compressed_attention(
+            t["q"], t["kc"], t["vc"], bmask, ptr, c, bias=R.DistanceBias(*biased(t))
+        ),
+        dict(q=case["q"], kc=case["kc"], vc=case["vc"], sigma=case["sigma"]),
+        dtype,
+        gout,
+        ["q", "kc", "vc", "sigma"],
+        errors,
+        extra_cast=("sigma",),
+    )
+    blse32 = ro[1].float()
+    bias32 = R.DistanceBias(case["sigma"], case["pos"], centre)
+    idx = K.select_blocks(qd, kcd, blse32, bmask, mask, ptr, c, s, g, topk, bias=bias32)
+    ridx_b = R.select_blocks(qd, kcd, blse32, bmask, mask, ptr, c, s, g, topk, bias=bias32)
+    imp = importance(qd, kcd, blse32, bmask, mask, ptr, c, s, g, D**-0.5, bias=bias32)
+    ndiff = check_select(idx, ridx_b, imp, 1e-4 if dtype == torch.float32 else 1e-3)
+    errors["select+bias.groups_differing"] = (ndiff, idx.shape[0])
     # 4. selected (with the reference idx)
     check_op(
         "selected",

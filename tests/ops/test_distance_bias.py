@@ -82,8 +82,6 @@ def test_api_checks_and_backends(inputs):
             warnings.simplefilter("error")
             o, _ = ops.compressed_attention(*args, bias=bias)
     torch.testing.assert_close(o, R.compressed_attention(*args, bias=bias)[0])
-    with ops.use_backend("triton"), pytest.raises(NotImplementedError, match="distance bias"):
-        ops.compressed_attention(*args, bias=bias)
     with pytest.raises(ValueError, match="bias.sigma"):
         ops.compressed_attention(*args, bias=DistanceBias(bias.sigma[:1], bias.pos, bias.centre))
     with pytest.raises(ValueError, match="bias.centre"):

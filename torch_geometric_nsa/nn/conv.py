@@ -201,8 +201,7 @@ class ErwinNSAConv(torch.nn.Module):
             block's centroid) to the compressed scores, which the selection then ranks by
             (:class:`~torch_geometric_nsa.ops.DistanceBias`).  Without it a query cannot
             weight blocks by distance: keys know positions only relative to their block's
-            centroid.  The Triton kernels do not take it yet (CUDA runs those two ops on the
-            reference, with a warning).  (default: :obj:`False`)
+            centroid.  (default: :obj:`False`)
 
     Shapes:
         - **input:** node features :math:`(N, F_{in})`, positions :math:`(N, P)`,

@@ -145,8 +145,7 @@ def compressed_attention(
     With a :class:`DistanceBias` ``bias = (sigma, pos, centre)`` every score gains
     :math:`\sigma_h \lVert p_i - c_\beta \rVert` (query position to a point of the block,
     e.g. its centroid), so that queries can weight blocks by distance, as the local branch
-    does inside a ball.  The Triton kernels do not take it yet: such calls run on the
-    reference (with a warning on CUDA).
+    does inside a ball (computed in the kernels, distances in float32).
 
     Rows without a valid block (also tail slots ``i >= ptr[B]`` of a capacity layout) give
     :math:`o_i = 0`, :math:`\text{lse}_i = -\infty`. Differentiable in ``q``, ``kc``, ``vc``
@@ -183,9 +182,7 @@ def compressed_attention(
     check_bias(fn, bias, q, nc)
     if bias is None:
         return _impl(fn, q)(q, kc, vc, block_mask, ptr, block_size, scale)
-    return _impl(fn, q, unsupported="a distance bias")(
-        q, kc, vc, block_mask, ptr, block_size, scale, bias=DistanceBias(*bias)
-    )
+    return _impl(fn, q)(q, kc, vc, block_mask, ptr, block_size, scale, bias=DistanceBias(*bias))
 
 
 def select_blocks(
@@ -271,7 +268,7 @@ def select_blocks(
     args = (q, kc, lse, block_mask, mask, ptr, block_size, select_size, group_size, topk, scale)
     if bias is None:
         return _impl(fn, q)(*args)
-    return _impl(fn, q, unsupported="a distance bias")(*args, bias=DistanceBias(*bias))
+    return _impl(fn, q)(*args, bias=DistanceBias(*bias))
 
 
 def selected_attention(

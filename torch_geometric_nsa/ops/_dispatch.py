@@ -64,26 +64,10 @@ def _kernel(name: str) -> Optional[Callable]:
     return _kernel_cache[name]
 
 
-def _impl(name: str, q: Tensor, unsupported: Optional[str] = None, **sizes: int) -> Callable:
+def _impl(name: str, q: Tensor, **sizes: int) -> Callable:
     """The implementation of op ``name`` for ``q`` under the current backend; ``sizes``
-    (``ball_size``, ``select_size``) are checked against what the kernels take, and
-    ``unsupported`` names a feature of this call the kernels lack (the reference runs it)."""
+    (``ball_size``, ``select_size``) are checked against what the kernels take."""
     if _backend == "reference":
-        return getattr(reference, name)
-    if unsupported is not None:
-        if _backend == "triton":
-            raise NotImplementedError(
-                f"{name}: the Triton kernels do not take {unsupported} yet (use the "
-                f"'reference' or 'auto' backend)"
-            )
-        if q.is_cuda and (name, unsupported) not in _warned:
-            _warned.add((name, unsupported))
-            warnings.warn(
-                f"{name}: the Triton kernels do not take {unsupported} yet; these CUDA tensors "
-                f"run on the pure-PyTorch reference",
-                RuntimeWarning,
-                stacklevel=3,
-            )
         return getattr(reference, name)
     if _backend == "triton":
         fn = _kernel(name)
