@@ -70,11 +70,16 @@ def tree_setting(name, value):
         setattr(_triton, name, old)
 
 
+def uniform_clouds(clouds, n):
+    """``clouds`` clouds of ``n`` points uniform in the unit cube (seeded): ``pos``, ``batch``."""
+    pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0))
+    return pos, torch.arange(clouds).repeat_interleave(n)
+
+
 def speed(configs, devices, repeats):
     rows = []
     for clouds, n in configs:
-        pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0))
-        batch = torch.arange(clouds).repeat_interleave(n)
+        pos, batch = uniform_clouds(clouds, n)
         row = {"config": f"{clouds} x {n}", "clouds": clouds, "N": clouds * n}
         for dev in devices:
             p, b = pos.to(dev), batch.to(dev)
@@ -231,8 +236,7 @@ def profile_build(clouds, n, top=25):
     kernel time can be told apart."""
     from torch.profiler import ProfilerActivity, profile
 
-    pos = torch.rand(clouds * n, 3, generator=torch.Generator().manual_seed(0)).cuda()
-    batch = torch.arange(clouds).repeat_interleave(n).cuda()
+    pos, batch = (t.cuda() for t in uniform_clouds(clouds, n))
     for _ in range(3):  # warm-up: compilation, caches
         build_ball_tree(pos, batch, ball_size=128)
     torch.cuda.synchronize()

@@ -399,14 +399,15 @@ not counted.
 def plot_ball_tree(data, out):
     if not data["rows"]:
         raise ValueError("ball_tree results hold no speed rows (run without --quality-only)")
-    # the sweep over N (1 or 16 clouds of 2^k points); the extra configs (a ShapeNet car's
-    # 3,586 points, 32 MD frames of 900) stay in the table
-    rows = [
-        r
-        for r in data["rows"]
-        if r.get("clouds", 1) in (1, 16)
-        and (r["N"] // r.get("clouds", 1)) & ((r["N"] // r.get("clouds", 1)) - 1) == 0
-    ]
+
+    def in_sweep(row):
+        """The sweep over N: 1 or 16 clouds of 2^k points (the extra configs, a ShapeNet car's
+        3,586 points and 32 MD frames of 900, stay in the table)."""
+        clouds = row.get("clouds", 1)
+        n = row["N"] // clouds
+        return clouds in (1, 16) and n & (n - 1) == 0
+
+    rows = [r for r in data["rows"] if in_sweep(r)]
     series = [
         ("ours cuda (ms)", "ours, CUDA", "#1f77b4"),
         ("ours cuda, no sync (ms)", "ours, CUDA, capacity mode (no sync)", "#6baed6"),
