@@ -7,6 +7,12 @@ The old package is loaded under another name with its custom ops renamed (``tgns
 both register side by side.  Every op (forward, and forward + backward) runs on the same inputs;
 the table gives the median ms of each, interleaved over ``--rounds`` rounds, and the largest
 difference of their outputs.
+
+    python benchmarks/ab_kernels.py --bias --sizes 65536,16x4096
+
+``--bias`` times the working tree's compressed and select ops without (``old``) and with
+(``new``) the compressed distance bias (``ops.DistanceBias``, query to block centroid); the
+difference column is then the bias's effect on the outputs, not an error.
 """
 
 from __future__ import annotations
@@ -71,18 +77,20 @@ def inputs(sizes, H, D, m, c, dtype):
     )
 
 
-def ops_of(K, t, m, c, s, g, topk):
+def ops_of(K, t, m, c, s, g, topk, bias=None):
     def ball():
         return K.ball_attention(t["q"], t["k"], t["v"], t["pos"], t["mask"], t["sigma"], m)
 
-    def cmp():
-        return K.compressed_attention(t["q"], t["kc"], t["vc"], t["block_mask"], t["ptr"], c)[0]
+    def compressed():
+        return K.compressed_attention(
+            t["q"], t["kc"], t["vc"], t["block_mask"], t["ptr"], c, bias=bias
+        )
 
-    lse = K.compressed_attention(t["q"], t["kc"], t["vc"], t["block_mask"], t["ptr"], c)[1]
+    lse = compressed()[1]
 
     def select():
         return K.select_blocks(
-            t["q"], t["kc"], lse, t["block_mask"], t["mask"], t["ptr"], c, s, g, topk
+            t["q"], t["kc"], lse, t["block_mask"], t["mask"], t["ptr"], c, s, g, topk, bias=bias
         )
 
     idx = select()
@@ -90,20 +98,26 @@ def ops_of(K, t, m, c, s, g, topk):
     def sel():
         return K.selected_attention(t["q"], t["k"], t["v"], t["mask"], idx, s, g)
 
-    return dict(ball=ball, compressed=cmp, select=select, selected=sel)
+    ops = dict(ball=ball, compressed=lambda: compressed()[0], select=select, selected=sel)
+    return ops if bias is None else {k: ops[k] for k in ("compressed", "select")}
 
 
 def main():
     from triton.testing import do_bench
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--old", required=True, help="the other commit's kernels/ folder")
+    ap.add_argument("--old", help="the other commit's kernels/ folder")
+    ap.add_argument(
+        "--bias", action="store_true", help="A: no bias, B: the compressed distance bias"
+    )
     ap.add_argument("--sizes", default="65536,16x4096")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if bool(args.old) == args.bias:
+        ap.error("give exactly one of --old and --bias")
     import torch_geometric_nsa.kernels as new
 
-    old = load_old(args.old)
+    old = new if args.bias else load_old(args.old)
     H, D, m, c, s, g, topk = 8, 32, 128, 32, 32, 32, 8
     print(
         f"{'size':>10} {'op':>10} {'pass':>5} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'max diff':>9}"
@@ -113,8 +127,13 @@ def main():
         sizes = [int(N)] * int(n or 1)
         t = inputs(sizes, H, D, m, c, torch.bfloat16)
         leaves = {k: v.requires_grad_() for k, v in t.items() if k in ("q", "k", "v", "kc", "vc")}
-        fo, fn = ops_of(old, t, m, c, s, g, topk), ops_of(new, t, m, c, s, g, topk)
-        for name in fo:
+        bias = None
+        if args.bias:  # sigma learned per head; centres: the blocks' mean positions
+            sigma = (-torch.rand(H, device="cuda")).requires_grad_()
+            bias = (sigma, t["pos"], t["pos"].view(-1, c, 3).mean(1))
+        fo = ops_of(old, t, m, c, s, g, topk)
+        fn = ops_of(new, t, m, c, s, g, topk, bias)
+        for name in fn:
             passes = [("fwd", lambda f: f)]
             if name != "select":
                 passes.append(("f+b", lambda f: lambda: f().float().sum().backward()))

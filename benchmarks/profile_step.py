@@ -4,6 +4,7 @@ the step of ``benchmarks/train_step.py`` (same model, inputs and optimiser).
     python benchmarks/profile_step.py                       # ShapeNet-Car config, bf16
     python benchmarks/profile_step.py --config cosmology --top 40
     python benchmarks/profile_step.py --device cpu --tiny   # CPU smoke run
+    python benchmarks/profile_step.py --mode compile        # torch.compile, default mode
 
 Prints three tables: the device kernels of one step grouped by name (count and
 device time), the host operators by self CPU time (what the Python/ATen side
@@ -39,6 +40,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10, help="timed steps (median) before the trace")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="300 points x 2 clouds, 2 layers")
+    ap.add_argument(
+        "--mode",
+        default="eager",
+        choices=["eager", "compile", "compile-dynamic"],
+        help="how the model runs (train_step.py's modes without CUDA graphs)",
+    )
     args = ap.parse_args(argv)
     args.sizes = "small" if args.tiny else None
     if args.tiny:
@@ -54,7 +61,7 @@ def main(argv=None):
     backend = "triton" if cuda else "reference"
     with ops.use_backend(backend):
         step = ts.make_step(
-            "eager", model, opt, (x, pos, batch, edges, tree, tree_rot, y), dtype, device
+            args.mode, model, opt, (x, pos, batch, edges, tree, tree_rot, y), dtype, device
         )
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
@@ -80,7 +87,10 @@ def main(argv=None):
             name = e.name if len(e.name) < 70 else e.name[:67] + "..."
             kern_n[name] += 1
             kern_us[name] += e.device_time
-    print(f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, width {args.width}")
+    print(
+        f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
+        f"width {args.width}, {args.mode}"
+    )
     if cuda:
         print("\n| kernel | count | device ms |\n|---|---|---|")
         for name, c in kern_n.most_common(args.top):
