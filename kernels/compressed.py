@@ -178,7 +178,12 @@ def _cmp_bwd_dq_kernel(
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
-    dsig = tl.zeros([BM], dtype=tl.float32)  # sum of dS * dist of this tile (natural units)
+    # dsigma of a row is sum_b P dS dist = sum P dP dist - (sum P dP)(sum P dist): the
+    # covariance form, free of delta, whose rounding (O is stored in 16 bits) would otherwise be
+    # multiplied by the row's mean distance, which is large and of one sign
+    pdp_dist = tl.zeros([BM], dtype=tl.float32)
+    pdp = tl.zeros([BM], dtype=tl.float32)
+    p_dist = tl.zeros([BM], dtype=tl.float32)
     if P > 0:
         sig = tl.load(SIGMA + h).to(tl.float32) * LOG2E
     for bstart in range(blo, bhi, BN):
@@ -202,10 +207,12 @@ def _cmp_bwd_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
         if P > 0:
-            dsig += tl.sum(ds * dist, 1)
+            pdp_dist += tl.sum(p * dp * dist, 1)
+            pdp += tl.sum(p * dp, 1)
+            p_dist += tl.sum(p * dist, 1)
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
     if P > 0:  # one partial per (query tile, head); summed on the host (deterministic)
-        tl.store(DSIG + pid * H + h, tl.sum(dsig, 0))
+        tl.store(DSIG + pid * H + h, tl.sum(pdp_dist - pdp * p_dist, 0))
 
 
 @triton.jit
