@@ -17,6 +17,16 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def launch(kernel, grid):
+    """``kernel[grid]``, or, while the ops are traced (a dispatch mode is active: fake tensors,
+    functionalization under ``torch.compile``), the kernel wrapped by
+    :func:`torch.library.wrap_triton`, so that the traced graph holds the kernel launch itself
+    and Inductor launches it from its generated code (see :func:`custom_ops_with_eager_path`)."""
+    if interpret_mode() or not _traced():
+        return kernel[grid]
+    return torch.library.wrap_triton(kernel)[grid]
+
+
 def next_pow2(x: int) -> int:
     x = int(x)
     return 1 if x <= 1 else 1 << (x - 1).bit_length()
@@ -71,10 +81,11 @@ def check_float_inputs(*ts: torch.Tensor) -> None:
 
 def as_u8(mask: torch.Tensor) -> torch.Tensor:
     """A mask as the contiguous uint8 vector the kernels read: in eager mode a bool tensor is
-    reinterpreted in place (same bytes, no copy kernel); traced (``torch.compile``, where Inductor
-    fuses the cast and its bool views are unreliable) and other dtypes are converted."""
+    reinterpreted in place (same bytes, no copy kernel); traced (a dispatch mode is active, as under
+    ``torch.compile``, where Inductor fuses the cast and its bool views are unreliable) and other
+    dtypes are converted."""
     mask = mask.contiguous()
-    if mask.dtype == torch.bool and not torch.compiler.is_compiling():
+    if mask.dtype == torch.bool and not _traced():
         return mask.view(torch.uint8)
     return mask.to(torch.uint8)
 
@@ -156,14 +167,12 @@ def custom_ops_with_eager_path(
 
     Returns ``(op, bwd_op, call)`` (``bwd_op`` is ``None`` without ``bwd_impl``).
     """
-    op = torch.library.custom_op(name, mutates_args=())(impl)
-    op.register_fake(fake)
+    op = _register(name, impl, fake)
     if bwd_impl is None:
         bwd_op, direct = None, impl
     else:
         assert name.endswith("_fwd"), name
-        bwd_op = torch.library.custom_op(name[: -len("_fwd")] + "_bwd", mutates_args=())(bwd_impl)
-        bwd_op.register_fake(bwd_fake)
+        bwd_op = _register(name[: -len("_fwd")] + "_bwd", bwd_impl, bwd_fake)
         num_inputs = len(inspect.signature(impl).parameters)
         op.register_autograd(
             _backward_calling(bwd_op, grad_inputs, num_inputs), setup_context=setup_context
@@ -193,8 +202,27 @@ def custom_ops_with_eager_path(
     return op, bwd_op, call
 
 
+def _register(name, impl, fake):
+    """The op ``name``: a :func:`torch.library.triton_op` (its launches go through
+    :func:`launch`), which ``torch.compile`` decomposes into the impl's torch ops and kernel
+    launches, so that a compiled step calls the kernels from Inductor's code instead of through
+    the op's Python layers (0.1-0.5 ms of host time per call).  Under ``TRITON_INTERPRET=1``,
+    where kernels cannot run on fake tensors, a plain custom op with the fake ``fake``."""
+    if interpret_mode():
+        op = torch.library.custom_op(name, mutates_args=())(impl)
+        op.register_fake(fake)
+        return op
+    return torch.library.triton_op(name, mutates_args=())(impl)
+
+
+def _traced() -> bool:
+    """Traced by ``torch.compile`` or run under a dispatch mode (fake tensors, functionalization,
+    op counters, ...)."""
+    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+
+
 def _plain_eager(args) -> bool:
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+    if _traced():
         return False
     return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
 

@@ -23,6 +23,7 @@ from ._common import (
     custom_ops_with_eager_path,
     dot_precision,
     head_block,
+    launch,
 )
 from ._tl import LOG2E, M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
 
@@ -237,9 +238,9 @@ def _ball_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _tiles(kernel: str, m: int, q: torch.Tensor, *launch: int):
+def _tiles(kernel: str, m: int, q: torch.Tensor, *options: int):
     """``(BM, BN, launch keywords)`` of a ball kernel: the config's tiles, at most a ball."""
-    cfg = _config.for_tensor(kernel, q, *launch)
+    cfg = _config.for_tensor(kernel, q, *options)
     return min(m, cfg["BM"]), min(m, cfg["BN"]), _config.launch_meta(cfg)
 
 
@@ -262,9 +263,9 @@ def _ball_fwd_impl(
     lse = torch.empty((S, H), device=q.device, dtype=torch.float32)
     if S == 0:
         return o, lse
-    BM, BN, launch = _tiles("ball_fwd", ball_size, q, block_m, block_n, num_warps, num_stages)
+    BM, BN, meta = _tiles("ball_fwd", ball_size, q, block_m, block_n, num_warps, num_stages)
     grid = (triton.cdiv(S, BM), H)
-    _ball_fwd_kernel[grid](
+    launch(_ball_fwd_kernel, grid)(
         q,
         k,
         v,
@@ -283,7 +284,7 @@ def _ball_fwd_impl(
         BN=BN,
         BD=head_block(D),
         PREC=dot_precision(q.dtype),
-        **launch,
+        **meta,
     )
     return o, lse
 
@@ -318,8 +319,8 @@ def _ball_bwd_impl(
         return dq, dk, dv, torch.zeros_like(sigma)
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(P=pos.shape[1], BD=head_block(D), PREC=dot_precision(q.dtype))
-    BM, BN, launch = _tiles("ball_bwd_dq", ball_size, q, block_m, block_n, num_warps, num_stages)
-    _ball_bwd_dq_kernel[(triton.cdiv(S, BM), H)](
+    BM, BN, meta = _tiles("ball_bwd_dq", ball_size, q, block_m, block_n, num_warps, num_stages)
+    launch(_ball_bwd_dq_kernel, (triton.cdiv(S, BM), H))(
         q,
         k,
         v,
@@ -339,12 +340,12 @@ def _ball_bwd_impl(
         BM=BM,
         BN=BN,
         **common,
-        **launch,
+        **meta,
     )
-    BM, BN, launch = _tiles("ball_bwd_dkdv", ball_size, q, block_m, block_n, num_warps, num_stages)
+    BM, BN, meta = _tiles("ball_bwd_dkdv", ball_size, q, block_m, block_n, num_warps, num_stages)
     nkt = triton.cdiv(S, BN)
     dsig_part = torch.empty((nkt, H), device=q.device, dtype=torch.float32)
-    _ball_bwd_dkdv_kernel[(nkt, H)](
+    launch(_ball_bwd_dkdv_kernel, (nkt, H))(
         q,
         k,
         v,
@@ -366,7 +367,7 @@ def _ball_bwd_impl(
         BM=BM,
         BN=BN,
         **common,
-        **launch,
+        **meta,
     )
     dsigma = dsig_part.sum(0).to(sigma.dtype)
     return dq, dk, dv, dsigma

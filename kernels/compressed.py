@@ -32,6 +32,7 @@ from ._common import (
     custom_ops_with_eager_path,
     dot_precision,
     head_block,
+    launch,
 )
 from ._tl import (
     LOG2E,
@@ -319,12 +320,12 @@ def _cmp_fwd_impl(
         return o, lse
     cfg = _config.for_tensor("cmp_fwd", q, block_m, block_n, num_warps, num_stages)
     # non-finite compressed values: zeroed for the kernel, counted per real block (see the kernel)
-    vc_bad = block_mask.view(torch.bool).unsqueeze(-1) > torch.isfinite(vc).all(-1)  # [NC, H]
+    vc_bad = (block_mask != 0).unsqueeze(-1) > torch.isfinite(vc).all(-1)  # [NC, H]
     vc_safe = vc.masked_fill(vc_bad.unsqueeze(-1), 0)
     # counted along the blocks as [H, NC]: a scan over the inner dim (over the outer dim of
     # [NC, H], CUDA's scan runs one thread per head through all NC blocks, ~0.2 ms at 64k)
     bad_cs = vc_bad.t().cumsum(-1, dtype=torch.int32).contiguous()
-    _cmp_fwd_kernel[(triton.cdiv(S, cfg["BM"]), H)](
+    launch(_cmp_fwd_kernel, (triton.cdiv(S, cfg["BM"]), H))(
         q,
         kc,
         vc_safe,
@@ -404,7 +405,7 @@ def _cmp_bwd_impl(
     cfg = _config.for_tensor("cmp_bwd_dq", q, block_m, block_n, num_warps, num_stages)
     tiles = triton.cdiv(S, cfg["BM"])
     dsig = torch.empty((tiles, H) if P else (0,), device=q.device, dtype=torch.float32)
-    _cmp_bwd_dq_kernel[(tiles, H)](
+    launch(_cmp_bwd_dq_kernel, (tiles, H))(
         q,
         kc,
         vc,
@@ -433,7 +434,7 @@ def _cmp_bwd_impl(
     )
     cfg = _config.for_tensor("cmp_bwd_dkdv", q, block_m, block_n, num_warps, num_stages)
     dk, dv = torch.empty_like(kc), torch.empty_like(vc)
-    _cmp_bwd_dkdv_kernel[(triton.cdiv(NC, cfg["BN"]), H)](
+    launch(_cmp_bwd_dkdv_kernel, (triton.cdiv(NC, cfg["BN"]), H))(
         q,
         kc,
         vc,

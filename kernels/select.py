@@ -24,6 +24,7 @@ from ._common import (
     custom_ops_with_eager_path,
     dot_precision,
     head_block,
+    launch,
     next_pow2,
 )
 from ._tl import LOG2E, key_bias, lse2, pair_dist
@@ -162,7 +163,7 @@ def _select_impl(
     BN = max(cfg["BN"], R)
     selvalid = as_u8(mask.view(-1, select_size).any(1))
     keys = torch.empty((NG, KP), dtype=torch.int64, device=q.device)
-    _select_kernel[(NG,)](
+    launch(_select_kernel, (NG,))(
         q,
         kc,
         lse,

@@ -23,6 +23,7 @@ from ._common import (
     custom_ops_with_eager_path,
     dot_precision,
     head_block,
+    launch,
     next_pow2,
 )
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
@@ -248,7 +249,7 @@ def _sel_fwd_impl(
     if S == 0 or NG == 0:
         return o, lse
     cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages)
-    _sel_fwd_kernel[(NG, H)](
+    launch(_sel_fwd_kernel, (NG, H))(
         q,
         k,
         v,
@@ -306,7 +307,7 @@ def _sel_bwd_impl(
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     BMG = max(16, next_pow2(group_size))
     cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages)
-    _sel_bwd_dq_kernel[(NG, H)](
+    launch(_sel_bwd_dq_kernel, (NG, H))(
         q,
         k,
         v,
@@ -335,7 +336,7 @@ def _sel_bwd_impl(
     cfg = _config.for_tensor("sel_bwd_dkdv", q, block_m, 0, num_warps, num_stages)
     BNK = max(16, min(select_size, cfg["BN"]))
     BMK = max(BMG, cfg["BM"])
-    _sel_bwd_dkdv_kernel[(S // BNK, H)](
+    launch(_sel_bwd_dkdv_kernel, (S // BNK, H))(
         q,
         k,
         v,
