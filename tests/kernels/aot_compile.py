@@ -300,11 +300,29 @@ def _label(rec: dict) -> str:
     return f"{rec['name']} sm_{TARGETS[rec['target']]} {'/'.join(types)} {short} {rec['options']}"
 
 
+def _constexpr_float_variants(records: list[dict]) -> list[dict]:
+    """One record per attention kernel and target with its float arguments as constexprs:
+    Inductor's mutation analysis of a ``wrap_triton`` launch (``torch.compile``) builds the
+    kernel's IR so, and when that fails it assumes every input is mutated."""
+    out, seen = [], set()
+    for rec in records:
+        if ".kernels." not in rec["module"] or (rec["name"], rec["target"]) in seen:
+            continue
+        seen.add((rec["name"], rec["target"]))
+        args = {
+            k: ({"type": "constexpr", "value": 0.125} if v["type"] == "fp64" else v)
+            for k, v in rec["args"].items()
+        }
+        out.append({**rec, "args": args})
+    return out
+
+
 def compile_all(path: str, jobs: int = 1, only: str | None = None) -> int:
     import triton
 
     with open(path) as f:
         records = [r for r in json.load(f) if only is None or r["name"] == only]
+    records += _constexpr_float_variants(records)
     t0 = time.time()
     if jobs > 1:
         import multiprocessing as mp
