@@ -25,18 +25,7 @@ from ._common import (
     head_block,
     launch,
 )
-from ._tl import LOG2E, M_INIT, dq_step, key_bias, lse2, softmax_step, store_softmax
-
-
-@triton.jit
-def _dist(POS, rows, cols, rmask, cmask, P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    d2 = tl.zeros([BM, BN], dtype=tl.float32)
-    for p in tl.static_range(P):
-        pi = tl.load(POS + rows * P + p, mask=rmask, other=0.0)
-        pj = tl.load(POS + cols * P + p, mask=cmask, other=0.0)
-        diff = pi[:, None] - pj[None, :]
-        d2 += diff * diff
-    return tl.sqrt(d2)
+from ._tl import LOG2E, M_INIT, dq_step, key_bias, lse2, pair_dist, softmax_step, store_softmax
 
 
 @triton.jit
@@ -89,7 +78,7 @@ def _ball_fwd_kernel(
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s += sig * _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        s += sig * pair_dist(POS, rows, POS, cols, rmask, cmask, P)
         s += key_bias(MASK, cols, cmask)[None, :]
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, 1.0, PREC, True)  # s is scaled
     store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
@@ -152,7 +141,7 @@ def _ball_bwd_dkdv_kernel(
         do = tl.load(DO + q_off, mask=qm, other=0.0)
         lse = lse2(LSE, rows, rmask, h, H)
         delta = tl.load(DELTA + rows * H + h, mask=rmask, other=0.0)
-        dist = _dist(POS, cols, rows, cmask, rmask, P, BN, BM)  # [keys, queries]
+        dist = pair_dist(POS, cols, POS, rows, cmask, rmask, P)  # [keys, queries]
         st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale + sig * dist + kbias[:, None]
         pt = tl.exp2(st - lse[None, :])
         # inline, not dkdv_step: dsig before the dK dot keeps `dist` out of the dK dot's live
@@ -222,7 +211,7 @@ def _ball_bwd_dq_kernel(
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s += sig * _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        s += sig * pair_dist(POS, rows, POS, cols, rmask, cmask, P)
         s += key_bias(MASK, cols, cmask)[None, :]
         p = tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
@@ -237,7 +226,7 @@ def _ball_bwd_dq_kernel(
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s += sig * _dist(POS, rows, cols, rmask, cmask, P, BM, BN)
+        s += sig * pair_dist(POS, rows, POS, cols, rmask, cmask, P)
         s += key_bias(MASK, cols, cmask)[None, :]
         p = tl.exp2(s - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq, PREC)
