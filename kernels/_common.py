@@ -22,9 +22,7 @@ def launch(kernel, grid):
     functionalization under ``torch.compile``), the kernel wrapped by
     :func:`torch.library.wrap_triton`, so that the traced graph holds the kernel launch itself
     and Inductor launches it from its generated code (see :func:`custom_ops_with_eager_path`)."""
-    if interpret_mode() or not _traced():
-        return kernel[grid]
-    return torch.library.wrap_triton(kernel)[grid]
+    return kernel[grid]
 
 
 def next_pow2(x: int) -> int:
@@ -208,11 +206,9 @@ def _register(name, impl, fake):
     launches, so that a compiled step calls the kernels from Inductor's code instead of through
     the op's Python layers (0.1-0.5 ms of host time per call).  Under ``TRITON_INTERPRET=1``,
     where kernels cannot run on fake tensors, a plain custom op with the fake ``fake``."""
-    if interpret_mode():
-        op = torch.library.custom_op(name, mutates_args=())(impl)
-        op.register_fake(fake)
-        return op
-    return torch.library.triton_op(name, mutates_args=())(impl)
+    op = torch.library.custom_op(name, mutates_args=())(impl)
+    op.register_fake(fake)
+    return op
 
 
 def _traced() -> bool:
