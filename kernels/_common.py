@@ -18,10 +18,9 @@ def interpret_mode() -> bool:
 
 
 def launch(kernel, grid):
-    """``kernel[grid]``, or, while the ops are traced (a dispatch mode is active: fake tensors,
-    functionalization under ``torch.compile``), the kernel wrapped by
-    :func:`torch.library.wrap_triton`, so that the traced graph holds the kernel launch itself
-    and Inductor launches it from its generated code (see :func:`custom_ops_with_eager_path`)."""
+    """``kernel[grid]``: every op launches its kernels through here.  The branch ``triton-op``
+    wraps them in :func:`torch.library.wrap_triton` while traced, so that ``torch.compile`` can
+    launch them from Inductor's code (it does not compile on the H200 yet; CHANGELOG)."""
     return kernel[grid]
 
 
@@ -201,11 +200,9 @@ def custom_ops_with_eager_path(
 
 
 def _register(name, impl, fake):
-    """The op ``name``: a :func:`torch.library.triton_op` (its launches go through
-    :func:`launch`), which ``torch.compile`` decomposes into the impl's torch ops and kernel
-    launches, so that a compiled step calls the kernels from Inductor's code instead of through
-    the op's Python layers (0.1-0.5 ms of host time per call).  Under ``TRITON_INTERPRET=1``,
-    where kernels cannot run on fake tensors, a plain custom op with the fake ``fake``."""
+    """The custom op ``name`` with implementation ``impl`` and fake ``fake``.  Compiled steps
+    call it through its Python layers (0.1-0.5 ms of host time per call); the branch
+    ``triton-op`` registers :func:`torch.library.triton_op` instead (see :func:`launch`)."""
     op = torch.library.custom_op(name, mutates_args=())(impl)
     op.register_fake(fake)
     return op
