@@ -60,8 +60,6 @@ def _ball_fwd_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = pid.to(tl.int64) * BM
@@ -120,9 +118,6 @@ def _ball_bwd_dkdv_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
-    scale = scale.to(tl.float32)
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = pid.to(tl.int64) * BN
@@ -189,9 +184,6 @@ def _ball_bwd_dq_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
-    scale = scale.to(tl.float32)
     # Two passes over the ball's keys: first delta_i = sum_j p_ij dp_ij (exact, in fp32, instead
     # of rowsum(dO * O) with a rounded O: dsigma is a cancellation-heavy sum that needs it),
     # written for the dK/dV kernel; then dq.

@@ -84,8 +84,6 @@ def _cmp_fwd_kernel(
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
     pid = tl.program_id(0)
     h = tl.program_id(1)
     rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
@@ -163,9 +161,6 @@ def _cmp_bwd_dq_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
-    scale = scale.to(tl.float32)
     # delta = rowsum(dO * O) in fp32, written for the dK/dV kernel (runs first)
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -250,9 +245,6 @@ def _cmp_bwd_dkdv_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
-    scale = scale.to(tl.float32)
     # Transposed tiles ([keys, queries]): P^T and dS^T feed the dK/dV dots as they are, with no
     # register transpose.
     pid = tl.program_id(0)

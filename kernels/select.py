@@ -87,8 +87,6 @@ def _select_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
     """One query group per program, heads one after another.  (Scoring all heads in one
     batched ``[H, g, D] x [H, D, BN]`` dot per chunk was correct but 1.6x slower on an H100.)"""
     G = tl.program_id(0).to(tl.int64)

@@ -62,8 +62,6 @@ def _sel_fwd_kernel(
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
     G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
@@ -116,9 +114,6 @@ def _sel_bwd_dq_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
-    scale = scale.to(tl.float32)
     G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
@@ -175,9 +170,6 @@ def _sel_bwd_dkdv_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32): one type in the loops
-    qk_scale = qk_scale.to(tl.float32)
-    scale = scale.to(tl.float32)
     pid = tl.program_id(0).to(tl.int64)  # key tile of BN rows (BN divides SEL)
     h = tl.program_id(1)
     cols = pid * BN + tl.arange(0, BN)

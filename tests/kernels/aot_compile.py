@@ -114,11 +114,6 @@ class Recorder:
         args = {}
         for name, value in bound.arguments.items():
             spec = _spec(value)
-            if spec["type"] == "fp32" and ".kernels." in fn.__module__:
-                # the attention ops run from Inductor's code under torch.compile, which passes
-                # Python floats as fp64 (Triton's own launcher: fp32); the kernels cast them to
-                # fp32 first, so fp64 is the variant that can fail to type-check
-                spec["type"] = "fp64"
             if "constexpr" not in str(params[name].annotation) and spec["type"] != "constexpr":
                 spec.pop("value", None)  # a run-time argument: only its type matters
             args[name] = spec
