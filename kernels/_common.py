@@ -227,6 +227,11 @@ def _plain_eager(args) -> bool:
     return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
 
 
+def num_pos(pos: torch.Tensor) -> int:
+    """``P`` of a distance bias's positions; 0 for the empty placeholder (no bias)."""
+    return pos.shape[1] if pos.numel() else 0
+
+
 def bias_tensors(bias, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(pos, centre, sigma)`` of a distance bias ``(sigma, pos, centre)`` for the kernels
     (positions as contiguous float32, ``P = pos.shape[1]``), or three empty placeholders

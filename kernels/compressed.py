@@ -33,6 +33,7 @@ from ._common import (
     dot_precision,
     head_block,
     launch,
+    num_pos,
 )
 from ._tl import (
     LOG2E,
@@ -302,11 +303,6 @@ def _cmp_bwd_dkdv_kernel(
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvm)
 
 
-def _num_pos(pos: torch.Tensor) -> int:
-    """``P`` of a distance bias's positions; 0 for the empty placeholder (no bias)."""
-    return pos.shape[1] if pos.numel() else 0
-
-
 def _cmp_fwd_impl(
     q: torch.Tensor,
     kc: torch.Tensor,
@@ -354,7 +350,7 @@ def _cmp_fwd_impl(
         H,
         D,
         scale * _LOG2E,
-        P=_num_pos(pos),
+        P=num_pos(pos),
         BM=cfg["BM"],
         BN=cfg["BN"],
         BD=head_block(D),
@@ -407,7 +403,7 @@ def _cmp_bwd_impl(
     NC = kc.shape[0]
     do = do.contiguous()
     dq = torch.empty_like(q)
-    P = _num_pos(pos)
+    P = num_pos(pos)
     if S == 0 or NC == 0:
         return dq.zero_(), torch.zeros_like(kc), torch.zeros_like(vc), torch.zeros_like(sigma)
     C = S // NC

@@ -26,6 +26,7 @@ from ._common import (
     head_block,
     launch,
     next_pow2,
+    num_pos,
 )
 from ._tl import LOG2E, key_bias, lse2, pair_dist
 
@@ -184,7 +185,7 @@ def _select_impl(
         D,
         group_size,
         scale * _LOG2E,
-        P=pos.shape[1] if pos.numel() else 0,
+        P=num_pos(pos),
         R=R,
         TOPK=topk,
         KP=KP,

@@ -36,11 +36,15 @@ def masked_block_mean(src: Tensor, mask: Tensor, size: int) -> Tensor:
     return total / w.sum(1).clamp(min=1)
 
 
-def offset_from_block_centre(pos: Tensor, mask: Tensor, size: int) -> Tensor:
+def offset_from_block_centre(
+    pos: Tensor, mask: Tensor, size: int, centre: Optional[Tensor] = None
+) -> Tensor:
     """``[S, P]`` position of every slot relative to the centroid of the real
-    slots of its block of :obj:`size` slots."""
+    slots of its block of :obj:`size` slots (:obj:`centre`, ``[S / size, P]``,
+    when already computed)."""
     S, P = pos.shape
-    centre = masked_block_mean(pos, mask, size)
+    if centre is None:
+        centre = masked_block_mean(pos, mask, size)
     return (pos.view(-1, size, P) - centre.unsqueeze(1)).view(S, P)
 
 
@@ -58,6 +62,9 @@ class SlotGeometry(NamedTuple):
     #: ``[S, P]`` positions relative to the centroid of their compression
     #: block of :attr:`compress_size` slots (the input of ``phi_pos``).
     block_offset: Tensor
+    #: ``[S / c, P]`` centroid of the real slots of every compression block
+    #: (the compressed distance bias measures from it).
+    block_centre: Tensor
     #: ``[S / c]`` bool, compression blocks holding a real slot.
     block_mask: Tensor
     #: ``[S / c, c, 1]`` the real-slot indicator (dtype of :attr:`pos`).
@@ -92,10 +99,12 @@ def slot_geometry_of_slots(
     ps = ps.detach().to(dtype)
     c = compress_size
     w = mask.to(dtype).view(-1, c, 1)
+    centre = masked_block_mean(ps, mask, c)
     return SlotGeometry(
         pos=ps,
         ball_offset=offset_from_block_centre(ps, mask, ball_size),
-        block_offset=offset_from_block_centre(ps, mask, c),
+        block_offset=offset_from_block_centre(ps, mask, c, centre),
+        block_centre=centre,
         block_mask=mask.view(-1, c).any(1),
         block_weight=w,
         block_count=w.sum(1).clamp(min=1),
@@ -443,8 +452,7 @@ class ErwinNSAConv(torch.nn.Module):
             block_mask = geometry.block_mask
             bias = None
             if self.sigma_cmp is not None:
-                centre = masked_block_mean(geometry.pos, mask, c)
-                bias = ops.DistanceBias(self.sigma_cmp, geometry.pos, centre)
+                bias = ops.DistanceBias(self.sigma_cmp, geometry.pos, geometry.block_centre)
             o_cmp, lse = ops.compressed_attention(q, kc, vc, block_mask, tree.ptr, c, bias=bias)
             if "compressed" in self.branches:
                 outs.append(o_cmp)
