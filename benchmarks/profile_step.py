@@ -46,7 +46,11 @@ def main(argv=None):
         choices=["eager", "compile", "compile-dynamic"],
         help="how the model runs (train_step.py's modes without CUDA graphs)",
     )
+    ap.add_argument(
+        "--inductor", nargs="+", default=[], metavar="KEY=VALUE", help="as train_step.py's"
+    )
     args = ap.parse_args(argv)
+    inductor = ts.inductor_settings(args.inductor)
     args.sizes = "small" if args.tiny else None
     if args.tiny:
         args.layers, args.width, args.heads = 2, 32, 2
@@ -89,7 +93,7 @@ def main(argv=None):
             kern_us[name] += e.device_time
     print(
         f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
-        f"width {args.width}, {args.mode}"
+        f"width {args.width}, {args.mode}" + (f", inductor {inductor}" if inductor else "")
     )
     if cuda:
         print("\n| kernel | count | device ms |\n|---|---|---|")

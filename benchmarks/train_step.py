@@ -144,6 +144,26 @@ def autocast(device, dtype, cache=True):
     )
 
 
+def inductor_settings(pairs):
+    """Sets ``torch._inductor.config`` entries from ``KEY=VALUE`` strings (``--inductor``;
+    values are Python literals, e.g. ``cpp_wrapper=True combo_kernels=True``) and returns them
+    as a dict for the results."""
+    import ast
+
+    import torch._inductor.config as cfg
+
+    settings = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(cfg, key):
+            raise SystemExit(
+                f"--inductor: expected KEY=VALUE with a torch._inductor.config key, got {pair!r}"
+            )
+        settings[key] = ast.literal_eval(value)
+        setattr(cfg, key, settings[key])
+    return settings
+
+
 def compiled(model, mode):
     if mode == "compile-dynamic":
         return torch.compile(model, fullgraph=True, dynamic=True)
@@ -575,6 +595,13 @@ def main():
         default=0,
         help="seconds; later rows are skipped (and say so) once exceeded (0: no limit)",
     )
+    parser.add_argument(
+        "--inductor",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="torch._inductor.config settings for the compiled modes (cpp_wrapper=True ...)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args()
@@ -589,7 +616,10 @@ def main():
     backends = args.backends or (["triton"] if device == "cuda" else ["reference"])
     modes = selected_modes(args)
     meta = metadata(device)
+    meta["inductor"] = inductor_settings(args.inductor)
     print(f"card: {meta['card']} | torch {meta['torch']} | commit {meta['commit']}", flush=True)
+    if meta["inductor"]:
+        print(f"torch._inductor.config: {meta['inductor']}", flush=True)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("TRITON_INTERPRET=1", flush=True)
     start = time.perf_counter()

@@ -54,6 +54,10 @@ KERNELS = (
 #: ``--kernels cmp_bwd_dkdv,cmp_fwd,cmp_bwd_dq,select,ball_bwd_dkdv,sel_bwd_dkdv --sweep-only``
 #: changed ``cmp_bwd_dq``, ``cmp_bwd_dkdv`` and ``select`` (select: 0.95 -> 0.65 ms at 64k, and
 #: 0.68 -> 0.23 ms at ``--size 16x4096``); the CUDA grid passed with the new table.
+#: Head dims 64 and 128 (sel_fwd only), 2026-11-30 on an H200 (torch 2.11, triton 3.6), same
+#: problem: ``--head-dim 64 --kernels sel_fwd`` (0.448 -> 0.238 ms at 64k, 77 -> 144 TFLOP/s,
+#: SDPA 312) and ``--head-dim 128`` (0.906 -> 0.431 ms, 76 -> 159 TFLOP/s, SDPA 352); both passed
+#: the sweep's bf16 reference check.
 TABLE: dict[tuple[str, str, str, int], dict[str, int]] = {
     ("ball_fwd", "sm90", "16", 32): dict(BM=128, BN=32, num_warps=4, num_stages=3),
     ("ball_bwd_dq", "sm90", "16", 32): dict(BM=64, BN=32, num_warps=4, num_stages=3),
@@ -63,6 +67,8 @@ TABLE: dict[tuple[str, str, str, int], dict[str, int]] = {
     ("cmp_bwd_dkdv", "sm90", "16", 32): dict(BM=128, BN=64, num_warps=4, num_stages=3),
     ("select", "sm90", "16", 32): dict(BN=64, num_warps=1, num_stages=3),
     ("sel_fwd", "sm90", "16", 32): dict(BN=32, num_warps=1, num_stages=2),
+    ("sel_fwd", "sm90", "16", 64): dict(BN=32, num_warps=1, num_stages=2),
+    ("sel_fwd", "sm90", "16", 128): dict(BN=32, num_warps=1, num_stages=2),
     ("sel_bwd_dq", "sm90", "16", 32): dict(BN=64, num_warps=2, num_stages=2),
     ("sel_bwd_dkdv", "sm90", "16", 32): dict(BM=64, BN=32, num_warps=2, num_stages=3),
 }
