@@ -129,10 +129,13 @@ def test_compile_dynamic_serves_new_sizes_on_cuda():
         out = fast(x, pos, batch)
         ref = model(x, pos, batch)
         torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
-        got = torch.autograd.grad(out.square().sum(), list(model.parameters()))
-        want = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+        params = list(model.parameters())  # some serve only edges: allow_unused
+        got = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+        want = torch.autograd.grad(ref.square().sum(), params, allow_unused=True)
+        assert [g is None for g in got] == [w is None for w in want]
         for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, atol=5e-3, rtol=5e-3)
+            if w is not None:
+                torch.testing.assert_close(g, w, atol=5e-3, rtol=5e-3)
     torch._dynamo.reset()
 
 
