@@ -72,7 +72,8 @@ def slope(xs, ys, last=SLOPE_POINTS):
 
 def provenance(data):
     """The caption's last paragraph: card, versions, date, commit and command of every run
-    the figure draws on."""
+    the figure draws on, then each run's ``meta["note"]`` (what the file does not say by
+    itself, e.g. that its rows were collected from a run's printed output)."""
     runs = data.get("runs") or [data["meta"]]
 
     def where(meta):
@@ -87,9 +88,11 @@ def provenance(data):
     places = list(dict.fromkeys(where(m) for m in runs))
     commands = " and ".join(f"``{m.get('command', '?')}``" for m in runs)
     dates = ", ".join(dict.fromkeys(m.get("date", "date unknown") for m in runs))
+    notes = "".join(f" {n}" for n in dict.fromkeys(m["note"] for m in runs if m.get("note")))
     if len(places) == 1:
-        return f"{places[0]}, {dates}: {commands}"
-    return "; ".join(f"{where(m)}, {m.get('date', '?')}: ``{m.get('command', '?')}``" for m in runs)
+        return f"{places[0]}, {dates}: {commands}.{notes}"
+    each = "; ".join(f"{where(m)}, {m.get('date', '?')}: ``{m.get('command', '?')}``" for m in runs)
+    return each + "." + notes
 
 
 def save(fig, out, stem, caption):
@@ -260,6 +263,16 @@ def precision(dtype):
     return "float32" if dtype in (None, "float32") else f"{dtype} autocast"
 
 
+#: colours of compiled modes with torch._inductor.config settings (train_step.py --inductor)
+TUNED_COLORS = ("#54278f", "#807dba", "#bcbddc", "#3f007d")
+
+
+def series_of(row):
+    """A fixed-size row's series: its mode, plus its Inductor settings if any
+    (``compile [cpp_wrapper, combo_kernels]``)."""
+    return row["mode"] + (f" [{row['inductor']}]" if row.get("inductor") else "")
+
+
 def plot_train_step(data, out):
     paths = []
     rows = [r for r in data["rows"] if number(r.get("step (ms)")) is not None]
@@ -267,15 +280,19 @@ def plot_train_step(data, out):
     if rows:
         names = list(dict.fromkeys(r["name"] for r in rows))
         configs = {r["name"]: r["config"] for r in rows}
-        modes = [m for m in MODE_LABELS if any(r["mode"] == m for r in rows)]
-        values = {(r["name"], r["mode"]): r["step (ms)"] for r in rows}
+        present = list(dict.fromkeys(series_of(r) for r in rows if r["mode"] in MODE_LABELS))
+        order = list(MODE_LABELS)  # known modes in their order, each before its tuned variants
+        modes = sorted(present, key=lambda m: (order.index(m.split(" [")[0]), m))
+        values = {(r["name"], series_of(r)): r["step (ms)"] for r in rows}
         erwin = data.get("erwin") or {}
         series = list(modes)
-        colors, hatches, labels = (
-            dict(MODE_COLORS),
-            {},
-            {m: f"ours, {MODE_LABELS[m]}" for m in modes},
-        )
+        colors, hatches, labels = dict(MODE_COLORS), {}, {}
+        tuned = iter(TUNED_COLORS * len(modes))
+        for m in modes:
+            base, _, options = m.partition(" [")
+            labels[m] = f"ours, {MODE_LABELS[base]}" + (f" + {options[:-1]}" if options else "")
+            if options:
+                colors[m] = next(tuned)
         for kind, color in (("eager", "#d9d9d9"), ("compiled", "#969696")):
             key = f"Erwin {kind}"
             if any(kind in erwin.get(n, {}) for n in names):
@@ -285,12 +302,12 @@ def plot_train_step(data, out):
                 for n in names:
                     values[(n, key)] = number(erwin.get(n, {}).get(kind))
         kernels = {
-            (r["name"], r["mode"]): number(r.get("kernels/step"))
+            (r["name"], series_of(r)): number(r.get("kernels/step"))
             for r in rows
             if number(r.get("kernels/step")) is not None
         }
         launches = {
-            (r["name"], r["mode"]): number(r.get("launches/step"))
+            (r["name"], series_of(r)): number(r.get("launches/step"))
             for r in rows
             if number(r.get("launches/step")) is not None
         }
@@ -322,7 +339,7 @@ def plot_train_step(data, out):
                 n = launches.get(key)
                 many = n is not None and n < k
                 texts[key] = f"{k:.0f}" + (f"\n{n:.0f} launch{'es' * (n != 1)}" if many else "")
-            _bars(ax, names, modes, kernels, MODE_COLORS, labels=labels, texts=texts)
+            _bars(ax, names, modes, kernels, colors, labels=labels, texts=texts)
             ax.set_xticklabels([configs[n] for n in names])
             ax.set_ylim(0, max(kernels.values()) * 1.3)
             ax.set_ylabel("CUDA kernels per step")

@@ -164,6 +164,16 @@ def inductor_settings(pairs):
     return settings
 
 
+#: the modes that go through torch.compile (and so take --inductor's settings)
+COMPILED_MODES = ("compile", "compile-dynamic", "reduce-overhead")
+
+
+def inductor_label(settings):
+    """``cpp_wrapper, combo_kernels``: the settings of a row, for tables and plot legends
+    (``KEY=VALUE`` unless the value is True)."""
+    return ", ".join(k if v is True else f"{k}={v}" for k, v in settings.items())
+
+
 def compiled(model, mode):
     if mode == "compile-dynamic":
         return torch.compile(model, fullgraph=True, dynamic=True)
@@ -179,7 +189,7 @@ def make_step(mode, model, opt, inputs, dtype, device):
     cache = True
     if mode == "eager":
         fwd = model
-    elif mode in ("compile", "compile-dynamic", "reduce-overhead"):
+    elif mode in COMPILED_MODES:
         fwd = compiled(model, mode)
     elif mode == "cuda-graph":
         if device != "cuda":
@@ -670,6 +680,8 @@ def main():
                     rows.append(
                         run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
                     )
+                    if meta["inductor"] and mode in COMPILED_MODES:
+                        rows[-1]["inductor"] = inductor_label(meta["inductor"])
                     print(rows[-1], flush=True)
                     save()
     if args.varying:

@@ -157,6 +157,41 @@ def test_runs_of_one_kind_are_drawn_together(tmp_path):
     assert len(merged["rows"]) == len(first["rows"]) + 2 and len(merged["runs"]) == 2
 
 
+def test_compiled_rows_with_inductor_settings_are_their_own_series(tmp_path):
+    data = train_step_results()
+    tuned = [
+        dict(r, mode="compile", inductor="cpp_wrapper, combo_kernels", **{"step (ms)": 13.0})
+        for r in data["rows"][:1]
+    ]
+    data["rows"] += tuned + [dict(tuned[0], mode="compile", inductor="", **{"step (ms)": 21.0})]
+    data["meta"] = dict(META, note="Rows collected from the printed output.")
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    captured = {}
+    orig = plots.save
+
+    def spy(fig, out, stem, caption):
+        if stem == "train_step":
+            ax = fig.axes[0]
+            captured["labels"] = ax.get_legend_handles_labels()[1]
+            captured["heights"] = sorted(round(b.get_height(), 3) for b in ax.patches)
+        return orig(fig, out, stem, caption)
+
+    plots.save = spy
+    try:
+        plots.plot_file(str(path), str(tmp_path))
+    finally:
+        plots.save = orig
+    labels = captured["labels"]
+    # plain compile and the tuned compile are two series, in mode order, each with its bar
+    assert labels.index("ours, torch.compile") < labels.index(
+        "ours, torch.compile + cpp_wrapper, combo_kernels"
+    )
+    assert 13.0 in captured["heights"] and 21.0 in captured["heights"]
+    caption = open(tmp_path / "train_step.txt").read()
+    assert caption.rstrip().endswith("Rows collected from the printed output.")
+
+
 def test_slope_is_fitted_over_the_largest_sizes():
     xs = [1, 2, 4, 8, 16]
     ys = [5, 5, 4**2, 8**2, 16**2]  # flat (launch-bound), then quadratic
