@@ -3,9 +3,9 @@
 Four ops with the signatures of :mod:`torch_geometric_nsa.ops`.  Their specification is
 ``docs/design/contracts.md`` ("Attention ops"); its executable form is
 :mod:`torch_geometric_nsa.ops.reference`, which the kernel tests compare against.  Each is built on
-``torch.library.custom_op`` ops of the namespace ``tgnsa`` with fake implementations
-and registered autograd (backward ops are custom ops too), so ``torch.compile(fullgraph=True)``
-traces them:
+``torch.library.triton_op`` ops of the namespace ``tgnsa`` (plain custom ops with fake
+implementations under ``TRITON_INTERPRET=1``) with registered autograd (backward ops are ops
+too), so ``torch.compile(fullgraph=True)`` traces them and launches their kernels itself:
 
 - :func:`ball_attention` -- local ball attention, distance bias computed in-kernel.
 - :func:`compressed_attention` -- varlen flash attention against the cloud's compressed blocks
