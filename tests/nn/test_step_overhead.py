@@ -91,10 +91,12 @@ def _model_inputs(batch_maker, sizes=(150, 90, 40)):
 
 
 # dispatched ops per block outside the attention ops, forward, dtype casts
-# not counted: 32 under bf16 autocast, 39 in float32 (before the shared
+# not counted: 36 under bf16 autocast, 43 in float32 (before the shared
 # geometry and the contiguous q/k/v: 57 under autocast, and the kernels copied
-# q four times, k and v twice each)
-MAX_FWD_OPS_PER_BLOCK = 42
+# q four times, k and v twice each; 32 and 39 before the zero-pad gather and the
+# stacked qkv/gate and phi_out weights, which cost four cheap forward ops and save
+# more in the backward and under torch.compile)
+MAX_FWD_OPS_PER_BLOCK = 43
 
 
 @pytest.mark.parametrize("autocast", [False, True])

@@ -234,6 +234,31 @@ def test_layout_helpers():
         layout.balls(64)
 
 
+@pytest.mark.parametrize("capacity", [False, True])
+def test_gather_and_scatter_gradients_are_gathers(capacity):
+    """The zero-pad gather and the scatter are adjoint permutations: their gradients
+    match autograd's index_select backward (which accumulates), on a mixed batch with
+    pads (and the tail slots of a capacity layout)."""
+    pos, batch = random_batch([40, 9, 1])
+    kw = dict(num_slots=slot_capacity(50, 3, 16) + 32, batch_size=3) if capacity else {}
+    layout = build_ball_tree(pos, batch, ball_size=16, **kw)
+    x = torch.randn(50, 4, dtype=torch.float64, requires_grad=True)
+    xs = layout.gather(x, zero_pads=True)
+    assert torch.equal(xs[layout.mask], layout.gather(x)[layout.mask])
+    assert not xs[~layout.mask].any()
+    w = torch.randn(layout.num_slots, 4, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((xs * w).sum(), x)
+    (expect,) = torch.autograd.grad((x.index_select(0, layout.perm) * w)[layout.mask].sum(), x)
+    assert torch.equal(grad, expect)
+    s = torch.randn(layout.num_slots, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(50, 4, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((layout.scatter(s) * v).sum(), s)
+    (expect,) = torch.autograd.grad((s.index_select(0, layout.inverse) * v).sum(), s)
+    assert torch.equal(grad, expect) and not grad[~layout.mask].any()
+    assert torch.autograd.gradgradcheck(lambda t: layout.scatter(t) ** 2, (s,))
+    assert torch.autograd.gradgradcheck(lambda t: layout.gather(t, zero_pads=True) ** 2, (x,))
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -113,6 +113,21 @@ def slot_geometry_of_slots(
     )
 
 
+def small_linear(x: Tensor, linear: Linear, dtype: torch.dtype) -> Tensor:
+    """``linear(x)`` in :obj:`dtype` for inputs of a few features (the positions' K = 2..3).
+
+    Under ``torch.compile`` it is written as element-wise products, which Inductor fuses
+    into their consumer (and the weight gradient into one reduction) instead of launching
+    a GEMM of K = 3 forward and backward; eager mode keeps the one ``addmm``."""
+    if not torch.compiler.is_compiling():
+        return linear(x.to(dtype))
+    w = linear.weight
+    y = sum(x[:, i : i + 1].to(w.dtype) * w[:, i] for i in range(x.size(1)))
+    if linear.bias is not None:
+        y = y + linear.bias
+    return y.to(dtype)
+
+
 def default_heads(channels: int) -> int:
     """The default number of attention heads for a width of :obj:`channels`: the most heads,
     at most 8, that divide it into heads of at least 16 channels (1 below 32 channels)."""
@@ -297,6 +312,11 @@ class ErwinNSAConv(torch.nn.Module):
         self.qkv = Linear(channels, 3 * channels)
         self.gate = Linear(channels, len(self.branches) * heads)
         self.out = Linear(channels, channels)
+        # qkv and gate run as one GEMM; zero rows pad its outputs to a multiple of 8 so
+        # that the rows of every slice of it stay 16-byte aligned (fast GEMM paths)
+        pad = -(3 * channels + self.gate.out_features) % 8
+        self.register_buffer("qkvg_pad_weight", torch.zeros(pad, channels), persistent=False)
+        self.register_buffer("qkvg_pad_bias", torch.zeros(pad), persistent=False)
         if "local" in self.branches:
             self.sigma = Parameter(torch.empty(heads))
         else:
@@ -418,7 +438,8 @@ class ErwinNSAConv(torch.nn.Module):
             check_tree(tree, pos, batch)
         if geometry is None:
             geometry = self.geometry(pos, tree, pos_dtype(x.dtype))
-        return tree.scatter(self.forward_slots(tree.gather(x), geometry.pos, tree, geometry))
+        xs = tree.gather(x, zero_pads=True)  # pads are never read: the gradient is a plain gather
+        return tree.scatter(self.forward_slots(xs, geometry.pos, tree, geometry))
 
     def forward_slots(
         self, xs: Tensor, ps: Tensor, tree: TreeLayout, geometry: Optional[SlotGeometry] = None
@@ -442,8 +463,11 @@ class ErwinNSAConv(torch.nn.Module):
             )
         # positions stay in at least float32 (distances of a bf16 cloud
         # would lose their low bits); features enter in the model's dtype
-        xs = xs + self.pos_proj(geometry.ball_offset.to(xs.dtype))
-        qkv = self.qkv(xs)
+        xs = xs + small_linear(geometry.ball_offset, self.pos_proj, xs.dtype)
+        # q, k, v and the gate logits from one GEMM (one launch forward, two backward)
+        weight = torch.cat([self.qkv.weight, self.gate.weight, self.qkvg_pad_weight])
+        qkvg = F.linear(xs, weight, torch.cat([self.qkv.bias, self.gate.bias, self.qkvg_pad_bias]))
+        qkv, gate_logits = qkvg[:, : 3 * C], qkvg[:, 3 * C : 3 * C + self.gate.out_features]
         # one copy makes q, k and v contiguous (the kernels need them so)
         q, k, v = qkv.view(S, 3, H, D).transpose(0, 1).contiguous().unbind(0)
         outs = []
@@ -475,7 +499,7 @@ class ErwinNSAConv(torch.nn.Module):
                 )
         if "local" in self.branches:
             outs.append(ops.ball_attention(q, k, v, geometry.pos, mask, self.sigma.to(q.dtype), m))
-        gates = torch.sigmoid(self.gate(xs)).view(S, len(outs), H, 1)
+        gates = torch.sigmoid(gate_logits).view(S, len(outs), H, 1)
         o = (torch.stack(outs, 1) * gates).sum(1)
         return self.out(o.view(S, C))
 
@@ -485,13 +509,16 @@ class ErwinNSAConv(torch.nn.Module):
         H, D = self.heads, self.head_dim
         c = self.compress_size
         h = self.phi_in(kv)
-        h = F.gelu(h + self.phi_pos(geometry.block_offset.to(h.dtype)))
+        h = F.gelu(h + small_linear(geometry.block_offset, self.phi_pos, h.dtype))
         w = geometry.block_weight.to(h.dtype)
         h = (h.view(-1, c, h.size(-1)) * w).sum(1) / geometry.block_count.to(h.dtype)
-        hk, hv = h.chunk(2, dim=-1)
-        kc = self.phi_out_k(hk).view(-1, H, D)
-        vc = self.phi_out_v(hv).view(-1, H, D)
-        return kc, vc
+        # phi_out_k on the key half, phi_out_v on the value half: one batched GEMM
+        k_out, v_out = self.phi_out_k, self.phi_out_v
+        weight = torch.stack([k_out.weight, v_out.weight]).transpose(1, 2)
+        bias = torch.stack([k_out.bias, v_out.bias]).unsqueeze(1)
+        kc, vc = torch.baddbmm(bias, h.view(-1, 2, self.channels).transpose(0, 1), weight)
+        return kc.view(-1, H, D), vc.view(-1, H, D)
+
 
     def __repr__(self) -> str:
         return (

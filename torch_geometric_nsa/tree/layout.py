@@ -9,6 +9,40 @@ from torch import Tensor
 from .._checks import check_pow2
 
 
+def _zero_pads(src: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.view((-1,) + (1,) * (src.dim() - 1)), src, src.new_zeros(()))
+
+
+class _ToSlots(torch.autograd.Function):
+    """``src[perm]`` with pad rows zeroed; its gradient is ``grad[inverse]``: a gather, not
+    the atomic ``index_add`` of :meth:`Tensor.index_select`'s backward."""
+
+    @staticmethod
+    def forward(ctx, src, perm, inverse, mask):
+        ctx.save_for_backward(perm, inverse, mask)
+        return _zero_pads(src.index_select(0, perm), mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        perm, inverse, mask = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None, None
+
+
+class _ToPoints(torch.autograd.Function):
+    """``src[inverse]``; its gradient is ``grad[perm]`` with pad rows zeroed (the adjoint of
+    :class:`_ToSlots`): real slots are read by exactly one point each, pads by none."""
+
+    @staticmethod
+    def forward(ctx, src, perm, inverse, mask):
+        ctx.save_for_backward(perm, inverse, mask)
+        return src.index_select(0, inverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        perm, inverse, mask = ctx.saved_tensors
+        return _zero_pads(grad.index_select(0, perm), mask), None, None, None
+
+
 @dataclass(frozen=True)
 class TreeLayout:
     r"""The slots of a batch of point clouds in ball-tree order.
@@ -124,14 +158,22 @@ class TreeLayout:
             rotate=self.rotate,
         )
 
-    def gather(self, src: Tensor) -> Tensor:
-        """Reads per-point values ``[N, ...]`` into slot order ``[S, ...]``."""
+    def gather(self, src: Tensor, zero_pads: bool = False) -> Tensor:
+        """Reads per-point values ``[N, ...]`` into slot order ``[S, ...]``.
+
+        Pad slots repeat a real point of their cloud, or hold zeros with
+        :obj:`zero_pads`.  Zero pads make the gradient a gather too
+        (``grad[inverse]``, no atomic accumulation, deterministic): use them where
+        nothing reads the pad rows' values, as the attention layers do."""
+        if zero_pads:
+            return _ToSlots.apply(src, self.perm, self.inverse, self.mask)
         return src.index_select(0, self.perm)
 
     def scatter(self, src: Tensor) -> Tensor:
         """Returns per-slot values ``[S, ...]`` to input order ``[N, ...]``
-        (pads are dropped)."""
-        return src.index_select(0, self.inverse)
+        (pads are dropped).  The gradient is a gather (``grad[perm]``, zero at
+        the pads): no atomic accumulation, deterministic."""
+        return _ToPoints.apply(src, self.perm, self.inverse, self.mask)
 
     def balls(self, size: Optional[int] = None) -> Tensor:
         """The ball of every slot at ball size :obj:`size` (default
