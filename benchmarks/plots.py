@@ -23,6 +23,7 @@ measured, the card, the command and the commit the file records), the form
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -280,17 +281,20 @@ def plot_train_step(data, out):
     if rows:
         names = list(dict.fromkeys(r["name"] for r in rows))
         configs = {r["name"]: r["config"] for r in rows}
-        present = list(dict.fromkeys(series_of(r) for r in rows if r["mode"] in MODE_LABELS))
+        # series -> (mode, Inductor settings) of the known modes' rows
+        known = {
+            series_of(r): (r["mode"], r.get("inductor")) for r in rows if r["mode"] in MODE_LABELS
+        }
         order = list(MODE_LABELS)  # known modes in their order, each before its tuned variants
-        modes = sorted(present, key=lambda m: (order.index(m.split(" [")[0]), m))
+        modes = sorted(known, key=lambda m: (order.index(known[m][0]), m))
         values = {(r["name"], series_of(r)): r["step (ms)"] for r in rows}
         erwin = data.get("erwin") or {}
         series = list(modes)
         colors, hatches, labels = dict(MODE_COLORS), {}, {}
-        tuned = iter(TUNED_COLORS * len(modes))
+        tuned = itertools.cycle(TUNED_COLORS)
         for m in modes:
-            base, _, options = m.partition(" [")
-            labels[m] = f"ours, {MODE_LABELS[base]}" + (f" + {options[:-1]}" if options else "")
+            mode, options = known[m]
+            labels[m] = f"ours, {MODE_LABELS[mode]}" + (f" + {options}" if options else "")
             if options:
                 colors[m] = next(tuned)
         for kind, color in (("eager", "#d9d9d9"), ("compiled", "#969696")):

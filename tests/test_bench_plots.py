@@ -157,7 +157,24 @@ def test_runs_of_one_kind_are_drawn_together(tmp_path):
     assert len(merged["rows"]) == len(first["rows"]) + 2 and len(merged["runs"]) == 2
 
 
-def test_compiled_rows_with_inductor_settings_are_their_own_series(tmp_path):
+def plotted_axes(data, tmp_path, monkeypatch, stem):
+    """Draws ``data``'s figures into :obj:`tmp_path`; returns the first axes of figure
+    ``stem`` (the figure is closed, its artists stay readable)."""
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    seen, save = {}, plots.save
+
+    def spy(fig, out, name, caption):
+        if name == stem:
+            seen["ax"] = fig.axes[0]
+        return save(fig, out, name, caption)
+
+    monkeypatch.setattr(plots, "save", spy)
+    plots.plot_file(str(path), str(tmp_path))
+    return seen["ax"]
+
+
+def test_compiled_rows_with_inductor_settings_are_their_own_series(tmp_path, monkeypatch):
     data = train_step_results()
     tuned = [
         dict(r, mode="compile", inductor="cpp_wrapper, combo_kernels", **{"step (ms)": 13.0})
@@ -165,29 +182,14 @@ def test_compiled_rows_with_inductor_settings_are_their_own_series(tmp_path):
     ]
     data["rows"] += tuned + [dict(tuned[0], mode="compile", inductor="", **{"step (ms)": 21.0})]
     data["meta"] = dict(META, note="Rows collected from the printed output.")
-    path = tmp_path / "t.json"
-    path.write_text(json.dumps(data))
-    captured = {}
-    orig = plots.save
-
-    def spy(fig, out, stem, caption):
-        if stem == "train_step":
-            ax = fig.axes[0]
-            captured["labels"] = ax.get_legend_handles_labels()[1]
-            captured["heights"] = sorted(round(b.get_height(), 3) for b in ax.patches)
-        return orig(fig, out, stem, caption)
-
-    plots.save = spy
-    try:
-        plots.plot_file(str(path), str(tmp_path))
-    finally:
-        plots.save = orig
-    labels = captured["labels"]
+    ax = plotted_axes(data, tmp_path, monkeypatch, "train_step")
+    labels = ax.get_legend_handles_labels()[1]
     # plain compile and the tuned compile are two series, in mode order, each with its bar
     assert labels.index("ours, torch.compile") < labels.index(
         "ours, torch.compile + cpp_wrapper, combo_kernels"
     )
-    assert 13.0 in captured["heights"] and 21.0 in captured["heights"]
+    heights = [round(b.get_height(), 3) for b in ax.patches]
+    assert 13.0 in heights and 21.0 in heights
     caption = open(tmp_path / "train_step.txt").read()
     assert caption.rstrip().endswith("Rows collected from the printed output.")
 
@@ -199,22 +201,9 @@ def test_slope_is_fitted_over_the_largest_sizes():
     assert plots.slope([4], [3]) is None
 
 
-def test_attention_legend_gives_slopes(tmp_path):
-    path = tmp_path / "a.json"
-    path.write_text(json.dumps(attention_results()))
-    captured = {}
-    orig = plots.save
-
-    def spy(fig, out, stem, caption):
-        captured["labels"] = fig.axes[0].get_legend_handles_labels()[1]
-        return orig(fig, out, stem, caption)
-
-    plots.save = spy
-    try:
-        plots.plot_file(str(path), str(tmp_path))
-    finally:
-        plots.save = orig
-    labels = captured["labels"]
+def test_attention_legend_gives_slopes(tmp_path, monkeypatch):
+    ax = plotted_axes(attention_results(), tmp_path, monkeypatch, "attention_vs_n")
+    labels = ax.get_legend_handles_labels()[1]
     assert len(labels) == 3 and all("slope" in label for label in labels)
 
 
