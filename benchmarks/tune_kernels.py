@@ -12,7 +12,8 @@ checked against the float64 reference at a small size (``tests/kernels/kernel_ca
 timed at 16 x 4,096 too.  The whole sweep stops at ``--budget`` seconds (grids ordered by prior).
 
 Usage (device, repo root):  PYTHONPATH=. python benchmarks/tune_kernels.py [--budget 170] [--out DIR]
-                            [--head-dim 64] [--kernels sel_fwd,sel_bwd_dq] [--sweep-only]
+                            [--head-dim 64] [--group-size 64] [--kernels sel_fwd,sel_bwd_dq]
+                            [--sweep-only]
                             PYTHONPATH=. python benchmarks/tune_kernels.py --verify
 ``--verify`` times every op and the whole layer (fwd+bwd, as ``benchmarks/attention.py``) with the
 built-in defaults and with the committed TABLE, next to dense SDPA.
@@ -40,6 +41,7 @@ from torch_geometric_nsa.kernels._common import (  # noqa: E402
     bias_tensors,
     cloud_block_ranges,
     head_block,
+    next_pow2,
 )
 
 from torch_geometric_nsa import kernels as K  # noqa: E402
@@ -306,14 +308,26 @@ def compare(kernel, out, ref):
     return err <= 2e-2, err
 
 
+#: kernels whose row tile is the query group: their entries are keyed by it too
+GROUP_ROWS = ("sel_fwd", "sel_bwd_dq")
+
+
 def key_of(kernel, dev):
-    return (kernel, _config.arch(dev), _config.dtype_class(torch.bfloat16), head_block(D))
+    key = (kernel, _config.arch(dev), _config.dtype_class(torch.bfloat16), head_block(D))
+    return key + (max(16, next_pow2(G)),) if kernel in GROUP_ROWS else key
 
 
 def set_head_dim(d):
     """Sweeps another head dim: the attention benchmark's inputs and this module follow."""
     global D
     D = attention.D = d
+
+
+def set_group_size(g):
+    """Sweeps another query group size (the selected kernels' row tile; their entries are
+    keyed by it)."""
+    global G
+    G = attention.G = g
 
 
 def run_cfg(kernel, t, c, ref):
@@ -502,9 +516,14 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (TRITON_INTERPRET=1)")
     ap.add_argument("--size", default=None, help="N or BxN of the sweep (default 65536)")
     ap.add_argument("--head-dim", type=int, default=None, help=f"head dim (default {D})")
+    ap.add_argument(
+        "--group-size", type=int, default=None, help=f"query group size g (default {G})"
+    )
     args = ap.parse_args(argv)
     if args.head_dim:
         set_head_dim(args.head_dim)
+    if args.group_size:
+        set_group_size(args.group_size)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     big, small = ((1, 65536), (16, 4096)) if not args.smoke else ((1, 1024), (2, 512))
     if args.size:
@@ -546,8 +565,8 @@ def main(argv=None):
     t = make(*small, torch.bfloat16, dev)
     res16 = print_ops(f"{small[0]} x {small[1]}", t, {"built-in defaults": {}, "best": table})
     print("\n# TABLE entries (paste into kernels/_config.py):")
-    for (k, ar, dc, bd), c in table.items():
-        print(f"    ({k!r}, {ar!r}, {dc!r}, {bd}): {c},")
+    for key, c in table.items():
+        print(f"    {key!r}: {c},")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "tune_kernels.json"), "w") as f:
         json.dump(

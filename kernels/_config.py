@@ -5,8 +5,11 @@ kernel-specific knobs) from :func:`get`.  Lookup order, first hit wins:
 
 1. explicit arguments of the public function (``block_m``, ``block_n``, ``num_warps``,
    ``num_stages``; ``0`` = not given), applied to every kernel of the op;
-2. :data:`TABLE` ``[(kernel, arch, dtype class, padded head dim)]`` -- measured entries
-   (``benchmarks/tune_kernels.py`` prints them);
+2. :data:`TABLE` -- measured entries (``benchmarks/tune_kernels.py`` prints them), keyed
+   ``(kernel, arch, dtype class, padded head dim, rows)`` for a launch whose row tile is fixed
+   by the problem (``sel_fwd`` / ``sel_bwd_dq``: the padded query group), then
+   ``(kernel, arch, dtype class, padded head dim)`` for every launch of the kernel: an entry
+   measured at one group size applies only to that group tile;
 3. the built-in defaults of :func:`_base` (the v1 defaults: square 64 tiles, 4 warps, 3 stages).
 
 Kernels (one entry each): ``ball_fwd``, ``ball_bwd_dq``, ``ball_bwd_dkdv``, ``cmp_fwd``,
@@ -58,7 +61,7 @@ KERNELS = (
 #: problem: ``--head-dim 64 --kernels sel_fwd`` (0.448 -> 0.238 ms at 64k, 77 -> 144 TFLOP/s,
 #: SDPA 312) and ``--head-dim 128`` (0.906 -> 0.431 ms, 76 -> 159 TFLOP/s, SDPA 352); both passed
 #: the sweep's bf16 reference check.
-TABLE: dict[tuple[str, str, str, int], dict[str, int]] = {
+TABLE: dict[tuple, dict[str, int]] = {
     ("ball_fwd", "sm90", "16", 32): dict(BM=128, BN=32, num_warps=4, num_stages=3),
     ("ball_bwd_dq", "sm90", "16", 32): dict(BM=64, BN=32, num_warps=4, num_stages=3),
     ("ball_bwd_dkdv", "sm90", "16", 32): dict(BM=32, BN=64, num_warps=4, num_stages=3),
@@ -67,8 +70,10 @@ TABLE: dict[tuple[str, str, str, int], dict[str, int]] = {
     ("cmp_bwd_dkdv", "sm90", "16", 32): dict(BM=128, BN=64, num_warps=4, num_stages=3),
     ("select", "sm90", "16", 32): dict(BN=64, num_warps=1, num_stages=3),
     ("sel_fwd", "sm90", "16", 32): dict(BN=32, num_warps=1, num_stages=2),
-    ("sel_fwd", "sm90", "16", 64): dict(BN=32, num_warps=1, num_stages=2),
-    ("sel_fwd", "sm90", "16", 128): dict(BN=32, num_warps=1, num_stages=2),
+    # measured with 32-row groups (g = 32); with 64-row groups one warp holds a 64 x 128
+    # accumulator and the kernel ran 2.5x slower than the default (v9), so rows = 32 only
+    ("sel_fwd", "sm90", "16", 64, 32): dict(BN=32, num_warps=1, num_stages=2),
+    ("sel_fwd", "sm90", "16", 128, 32): dict(BN=32, num_warps=1, num_stages=2),
     ("sel_bwd_dq", "sm90", "16", 32): dict(BN=64, num_warps=2, num_stages=2),
     ("sel_bwd_dkdv", "sm90", "16", 32): dict(BM=64, BN=32, num_warps=2, num_stages=3),
 }
@@ -112,11 +117,15 @@ def get(
     block_n: int = 0,
     num_warps: int = 0,
     num_stages: int = 0,
+    rows: int = 0,
 ) -> dict[str, int]:
-    """Config of one kernel launch (a fresh dict)."""
+    """Config of one kernel launch (a fresh dict); ``rows``: the launch's fixed row tile
+    (0: none), which picks the table's entries measured at that tile."""
     BD, dc, ar = head_block(D), dtype_class(dtype), arch(device)
     cfg = _base(kernel, BD, dc, ar)
-    cfg.update(TABLE.get((kernel, ar, dc, BD), {}))
+    key = (kernel, ar, dc, BD)
+    entry = TABLE.get(key + (rows,)) if rows else None
+    cfg.update(TABLE.get(key, {}) if entry is None else entry)
     for key, val in (
         ("BM", block_m),
         ("BN", block_n),
@@ -135,9 +144,12 @@ def for_tensor(
     block_n: int = 0,
     num_warps: int = 0,
     num_stages: int = 0,
+    rows: int = 0,
 ) -> dict[str, int]:
     """:func:`get` for a launch on ``q``'s head dim, dtype and device (``q`` is ``[..., D]``)."""
-    return get(kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages)
+    return get(
+        kernel, q.shape[-1], q.dtype, q.device, block_m, block_n, num_warps, num_stages, rows
+    )
 
 
 def launch_meta(cfg: dict[str, int]) -> dict[str, int]:

@@ -88,11 +88,11 @@ def _select_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
+    """One query group per program, heads one after another.  (Scoring all heads in one
+    batched ``[H, g, D] x [H, D, BN]`` dot per chunk was correct but 1.6x slower on an H100.)"""
     # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
     # constexprs: tl.cast takes both, and the loops see one type
     qk_scale = tl.cast(qk_scale, tl.float32)
-    """One query group per program, heads one after another.  (Scoring all heads in one
-    batched ``[H, g, D] x [H, D, BN]`` dot per chunk was correct but 1.6x slower on an H100.)"""
     G = tl.program_id(0).to(tl.int64)
     r = tl.arange(0, BM)
     rows = G * GS + r

@@ -259,7 +259,8 @@ def _sel_fwd_impl(
     NG, TOPK = idx.shape
     if S == 0 or NG == 0:
         return o, lse
-    cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages)
+    BM = max(16, next_pow2(group_size))
+    cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages, rows=BM)
     launch(_sel_fwd_kernel, (NG, H))(
         q,
         k,
@@ -275,7 +276,7 @@ def _sel_fwd_impl(
         select_size,
         group_size,
         scale * _LOG2E,
-        BM=max(16, next_pow2(group_size)),
+        BM=BM,
         BN=_key_tile(cfg["BN"], select_size, TOPK),
         BD=head_block(D),
         PREC=dot_precision(q.dtype),
@@ -317,7 +318,7 @@ def _sel_bwd_impl(
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     BMG = max(16, next_pow2(group_size))
-    cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages)
+    cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages, rows=BMG)
     launch(_sel_bwd_dq_kernel, (NG, H))(
         q,
         k,
