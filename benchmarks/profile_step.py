@@ -49,6 +49,7 @@ def main(argv=None):
     ap.add_argument(
         "--inductor", nargs="+", default=[], metavar="KEY=VALUE", help="as train_step.py's"
     )
+    ap.add_argument("--compile-optimizer", action="store_true", help="as train_step.py's")
     args = ap.parse_args(argv)
     inductor = ts.inductor_settings(args.inductor)
     args.sizes = "small" if args.tiny else None
@@ -65,7 +66,13 @@ def main(argv=None):
     backend = "triton" if cuda else "reference"
     with ops.use_backend(backend):
         step = ts.make_step(
-            args.mode, model, opt, (x, pos, batch, edges, tree, tree_rot, y), dtype, device
+            args.mode,
+            model,
+            opt,
+            (x, pos, batch, edges, tree, tree_rot, y),
+            dtype,
+            device,
+            args.compile_optimizer,
         )
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
@@ -93,7 +100,9 @@ def main(argv=None):
             kern_us[name] += e.device_time
     print(
         f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
-        f"width {args.width}, {args.mode}" + (f", inductor {inductor}" if inductor else "")
+        f"width {args.width}, {args.mode}"
+        + (f", inductor {inductor}" if inductor else "")
+        + (", optimizer compiled" if args.compile_optimizer else "")
     )
     if cuda:
         print("\n| kernel | count | device ms |\n|---|---|---|")

@@ -26,6 +26,10 @@ Fixed-size modes (rows of the first table):
   backward, ``AdamW(capturable=True).step()``) captured once with
   ``torch.cuda.graph`` on static inputs and replayed.
 
+``--inductor KEY=VALUE ...`` sets ``torch._inductor.config`` for the compiled modes and
+``--compile-optimizer`` compiles ``opt.step`` there too; both are recorded in the rows'
+``inductor`` column.
+
 Every mode also reports the CUDA kernels one step runs (``kernels/step``: device
 kernels in a ``torch.profiler`` trace of one step) and the host calls that launch
 work (``launches/step``: kernel launches, graph launches, memcpy/memset calls); a
@@ -168,10 +172,11 @@ def inductor_settings(pairs):
 COMPILED_MODES = ("compile", "compile-dynamic", "reduce-overhead")
 
 
-def inductor_label(settings):
+def inductor_label(settings, compile_optimizer=False):
     """``cpp_wrapper, combo_kernels``: the settings of a row, for tables and plot legends
-    (``KEY=VALUE`` unless the value is True)."""
-    return ", ".join(k if v is True else f"{k}={v}" for k, v in settings.items())
+    (``KEY=VALUE`` unless the value is True; ``optimizer compiled`` last when it was)."""
+    labels = [k if v is True else f"{k}={v}" for k, v in settings.items()]
+    return ", ".join(labels + (["optimizer compiled"] if compile_optimizer else []))
 
 
 def compiled(model, mode):
@@ -182,11 +187,15 @@ def compiled(model, mode):
     )
 
 
-def make_step(mode, model, opt, inputs, dtype, device):
+def make_step(mode, model, opt, inputs, dtype, device, compile_optimizer=False):
     """A function running one training step in :obj:`mode` (warm-ups and
-    capture not included)."""
+    capture not included).  :obj:`compile_optimizer` also compiles ``opt.step`` in the
+    compiled modes (the fused AdamW kernel stays; its Python bookkeeping goes)."""
     x, pos, batch, edges, tree, tree_rot, y = inputs
     cache = True
+    opt_step = opt.step
+    if compile_optimizer and mode in COMPILED_MODES:
+        opt_step = torch.compile(opt.step)
     if mode == "eager":
         fwd = model
     elif mode in COMPILED_MODES:
@@ -204,7 +213,7 @@ def make_step(mode, model, opt, inputs, dtype, device):
             out = fwd(x, pos, batch, edges, tree, tree_rot)
         loss = torch.nn.functional.mse_loss(out.float(), y)
         loss.backward()
-        opt.step()
+        opt_step()
         return loss
 
     def step():
@@ -303,7 +312,7 @@ def bench(name, backend, dtype, mode, args, device):
         if device == "cuda":  # the peak covers warm-up, capture and pools
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        step = make_step(mode, model, opt, inputs, dtype, device)
+        step = make_step(mode, model, opt, inputs, dtype, device, args.compile_optimizer)
         t0 = time.perf_counter()
         step()
         first_s = time.perf_counter() - t0  # compile / first-call time
@@ -612,6 +621,11 @@ def main():
         metavar="KEY=VALUE",
         help="torch._inductor.config settings for the compiled modes (cpp_wrapper=True ...)",
     )
+    parser.add_argument(
+        "--compile-optimizer",
+        action="store_true",
+        help="compiled modes also torch.compile the optimizer step",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args()
@@ -627,6 +641,7 @@ def main():
     modes = selected_modes(args)
     meta = metadata(device)
     meta["inductor"] = inductor_settings(args.inductor)
+    meta["compile_optimizer"] = args.compile_optimizer
     print(f"card: {meta['card']} | torch {meta['torch']} | commit {meta['commit']}", flush=True)
     if meta["inductor"]:
         print(f"torch._inductor.config: {meta['inductor']}", flush=True)
@@ -680,8 +695,10 @@ def main():
                     rows.append(
                         run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
                     )
-                    if meta["inductor"] and mode in COMPILED_MODES:
-                        rows[-1]["inductor"] = inductor_label(meta["inductor"])
+                    if mode in COMPILED_MODES and (meta["inductor"] or args.compile_optimizer):
+                        rows[-1]["inductor"] = inductor_label(
+                            meta["inductor"], args.compile_optimizer
+                        )
                     print(rows[-1], flush=True)
                     save()
     if args.varying:
