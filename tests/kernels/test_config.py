@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from torch_geometric_nsa.kernels import _config
 
 

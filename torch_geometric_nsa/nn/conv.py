@@ -114,7 +114,7 @@ def slot_geometry_of_slots(
 
 
 def small_linear(x: Tensor, linear: Linear, dtype: torch.dtype) -> Tensor:
-    """``linear(x)`` in :obj:`dtype` for inputs of a few features (the positions' K = 2..3).
+    """``linear(x)`` in :obj:`dtype` for inputs of a few features (positions, K = P).
 
     Under ``torch.compile`` it is written as element-wise products, which Inductor fuses
     into their consumer (and the weight gradient into one reduction) instead of launching
@@ -518,7 +518,6 @@ class ErwinNSAConv(torch.nn.Module):
         bias = torch.stack([k_out.bias, v_out.bias]).unsqueeze(1)
         kc, vc = torch.baddbmm(bias, h.view(-1, 2, self.channels).transpose(0, 1), weight)
         return kc.view(-1, H, D), vc.view(-1, H, D)
-
 
     def __repr__(self) -> str:
         return (
