@@ -1,4 +1,10 @@
-"""Triton helpers shared by the kernels (private)."""
+"""Triton helpers shared by the kernels (private).
+
+Float arguments (``qk_scale``, ``sigma``...): Triton's own launcher passes Python floats as
+fp32, Inductor (launching the ops' kernels under ``torch.compile``) as fp64, and its mutation
+analysis as constexprs.  Every kernel therefore starts with ``x = tl.cast(x, tl.float32)``:
+``tl.cast`` takes all three, and the loops see one type.
+"""
 
 from __future__ import annotations
 

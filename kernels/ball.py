@@ -49,8 +49,7 @@ def _ball_fwd_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -110,8 +109,7 @@ def _ball_bwd_dkdv_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
     pid = tl.program_id(0)
@@ -180,8 +178,7 @@ def _ball_bwd_dq_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
     # Two passes over the ball's keys: first delta_i = sum_j p_ij dp_ij (exact, in fp32, instead

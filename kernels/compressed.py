@@ -85,8 +85,7 @@ def _cmp_fwd_kernel(
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -165,8 +164,7 @@ def _cmp_bwd_dq_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
     # delta = rowsum(dO * O) in fp32, written for the dK/dV kernel (runs first)
@@ -253,8 +251,7 @@ def _cmp_bwd_dkdv_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
     # Transposed tiles ([keys, queries]): P^T and dS^T feed the dK/dV dots as they are, with no

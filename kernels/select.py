@@ -90,8 +90,7 @@ def _select_kernel(
 ):
     """One query group per program, heads one after another.  (Scoring all heads in one
     batched ``[H, g, D] x [H, D, BN]`` dot per chunk was correct but 1.6x slower on an H100.)"""
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     G = tl.program_id(0).to(tl.int64)
     r = tl.arange(0, BM)

@@ -62,8 +62,7 @@ def _sel_fwd_kernel(
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -117,8 +116,7 @@ def _sel_bwd_dq_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
     G = tl.program_id(0).to(tl.int64)
@@ -177,8 +175,7 @@ def _sel_bwd_dkdv_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # Inductor passes Python floats as fp64 (Triton's launcher: fp32) and its mutation analysis as
-    # constexprs: tl.cast takes both, and the loops see one type
+    # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
     pid = tl.program_id(0).to(tl.int64)  # key tile of BN rows (BN divides SEL)
