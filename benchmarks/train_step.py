@@ -28,7 +28,9 @@ Fixed-size modes (rows of the first table):
 
 ``--inductor KEY=VALUE ...`` sets ``torch._inductor.config`` for the compiled modes and
 ``--compile-optimizer`` compiles ``opt.step`` there too; both are recorded in the rows'
-``inductor`` column.
+``inductor`` column.  ``--isolate`` runs every fixed-size row in its own Python process, so
+that no row's timing depends on what ran before it in the process (other rows, their profiler
+traces); the JSON rows keep every timed step (``steps (ms)``).
 
 Every mode also reports the CUDA kernels one step runs (``kernels/step``: device
 kernels in a ``torch.profiler`` trace of one step) and the host calls that launch
@@ -61,10 +63,13 @@ reference).
 """
 
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -352,6 +357,7 @@ def bench(name, backend, dtype, mode, args, device):
         "peak (MiB)": peak,
         "syncs": syncs,
         **kernels,
+        "steps (ms)": [round(t, 3) for t in times],
         **erwin_columns(name, ms),
         **(
             {"graphs compiled": counters["stats"].get("unique_graphs", 0)}
@@ -499,7 +505,7 @@ def bench_varying(name, backend, dtype, mode, args, device, data):
 
 
 # --------------------------------------------------------------------------- output
-def print_table(rows, skip=("name",)):
+def print_table(rows, skip=("name", "steps (ms)")):
     """Markdown table over the union of the rows' keys."""
     cols = []
     for r in rows:
@@ -531,7 +537,42 @@ def add_fixed_reference(varying, fixed):
             r["fixed RO / this"] = ref / r["points/s"]
 
 
+def child_argv(argv):
+    """This run's arguments for a child process that runs one fixed-size row: without
+    ``--isolate``, ``--varying`` and ``--json PATH`` (the caller appends its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif a not in ("--isolate", "--varying") and not a.startswith("--json="):
+            out.append(a)
+    return out
+
+
+def bench_isolated(name, backend, dtype, mode, argv):
+    """One fixed-size row in a fresh Python process: nothing that ran before it (other rows,
+    their profiler traces, compiled graphs, the allocator's cache) shares its process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "row.json")
+        cmd = [sys.executable, os.path.abspath(__file__), *child_argv(argv)]
+        cmd += ["--one-row", mode, "--configs", name, "--backends", backend]
+        cmd += ["--dtypes", dtype, "--json", path]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        sys.stderr.write(proc.stderr)
+        if not os.path.exists(path):
+            raise RuntimeError(f"the row's process exited with {proc.returncode}")
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+    if len(rows) != 1:
+        raise RuntimeError(f"the row's process returned {len(rows)} rows")
+    return rows[0]
+
+
 def selected_modes(args):
+    if args.one_row:
+        return [args.one_row]
     if args.no_fixed:
         return []
     if args.all:
@@ -626,6 +667,13 @@ def main():
         action="store_true",
         help="compiled modes also torch.compile the optimizer step",
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run every fixed-size row in its own Python process (timings independent of the "
+        "rows before them; compile-dynamic rows then compile afresh)",
+    )
+    parser.add_argument("--one-row", default=None, choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args()
@@ -692,6 +740,11 @@ def main():
                 for dt in args.dtypes:
                     row = {"config": name, "name": name, "backend": backend, "dtype": dt}
                     row["mode"] = mode
+                    if args.isolate:
+                        rows.append(run(bench_isolated, row, name, backend, dt, mode, sys.argv[1:]))
+                        print(rows[-1], flush=True)
+                        save()
+                        continue
                     rows.append(
                         run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
                     )

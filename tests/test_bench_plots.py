@@ -217,6 +217,14 @@ def test_unknown_results_are_refused(tmp_path):
         plots.plot_file(str(path), str(tmp_path))
 
 
+def test_isolated_rows_get_the_run_arguments_without_the_parents_own(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH)
+    import train_step
+
+    argv = ["--isolate", "--json", "a.json", "--steps", "3", "--varying", "--json=b.json"]
+    assert train_step.child_argv(argv) == ["--steps", "3"]
+
+
 def run_script(args, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, BENCH_COMMIT="smoke123")
     res = subprocess.run(
@@ -268,6 +276,7 @@ def test_scripts_smoke_run_on_cpu_and_plot(tmp_path):
             "--varying-warmup",
             "1",
             "--varying",
+            "--isolate",
             "--json",
             step,
         ],
@@ -275,6 +284,8 @@ def test_scripts_smoke_run_on_cpu_and_plot(tmp_path):
     )
     assert "batches of varying size" in out
     data = json.load(open(step))
+    # --isolate: the fixed-size row ran in a child process, the varying rows here
+    assert [len(r["steps (ms)"]) for r in data["rows"]] == [2]
     assert data["meta"]["commit"] == "smoke123" and data["meta"]["device"] == "cpu"
     assert {r["mode"] for r in data["varying"]} == {"eager", "buckets"}
     assert all("error" not in r for r in data["rows"] + data["varying"])
