@@ -740,18 +740,16 @@ def main():
                 for dt in args.dtypes:
                     row = {"config": name, "name": name, "backend": backend, "dtype": dt}
                     row["mode"] = mode
-                    if args.isolate:
+                    if args.isolate:  # the child labels its row itself
                         rows.append(run(bench_isolated, row, name, backend, dt, mode, sys.argv[1:]))
-                        print(rows[-1], flush=True)
-                        save()
-                        continue
-                    rows.append(
-                        run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
-                    )
-                    if mode in COMPILED_MODES and (meta["inductor"] or args.compile_optimizer):
-                        rows[-1]["inductor"] = inductor_label(
-                            meta["inductor"], args.compile_optimizer
+                    else:
+                        rows.append(
+                            run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
                         )
+                        if mode in COMPILED_MODES and (meta["inductor"] or args.compile_optimizer):
+                            rows[-1]["inductor"] = inductor_label(
+                                meta["inductor"], args.compile_optimizer
+                            )
                     print(rows[-1], flush=True)
                     save()
     if args.varying:
