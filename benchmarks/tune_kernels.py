@@ -40,8 +40,8 @@ from torch_geometric_nsa.kernels import _config  # noqa: E402
 from torch_geometric_nsa.kernels._common import (  # noqa: E402
     bias_tensors,
     cloud_block_ranges,
+    group_block,
     head_block,
-    next_pow2,
 )
 
 from torch_geometric_nsa import kernels as K  # noqa: E402
@@ -314,7 +314,7 @@ GROUP_ROWS = ("sel_fwd", "sel_bwd_dq")
 
 def key_of(kernel, dev):
     key = (kernel, _config.arch(dev), _config.dtype_class(torch.bfloat16), head_block(D))
-    return key + (max(16, next_pow2(G)),) if kernel in GROUP_ROWS else key
+    return key + (group_block(G),) if kernel in GROUP_ROWS else key
 
 
 def set_head_dim(d):

@@ -37,6 +37,12 @@ def head_block(D: int) -> int:
     return max(16, next_pow2(D))
 
 
+def group_block(group_size: int) -> int:
+    """Row tile of the selected-attention kernels: one query group, padded (>= 16 for tl.dot).
+    Config entries of those kernels are keyed by it (``rows``)."""
+    return max(16, next_pow2(group_size))
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """Input precision of fp32 ``tl.dot``: IEEE unless the user allows TF32 (torch's flag)."""
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:

@@ -23,6 +23,7 @@ from ._common import (
     cloud_block_ranges,
     custom_ops_with_eager_path,
     dot_precision,
+    group_block,
     head_block,
     launch,
     next_pow2,
@@ -161,7 +162,7 @@ def _select_impl(
     if NG == 0 or topk == 0:
         return torch.full((NG, topk), -1, dtype=torch.int64, device=q.device)
     R = select_size // block_size
-    BM = max(16, next_pow2(group_size))
+    BM = group_block(group_size)
     cfg = _config.for_tensor("select", q, 0, block_n, num_warps, num_stages)
     BN = max(cfg["BN"], R)
     selvalid = as_u8(mask.view(-1, select_size).any(1))

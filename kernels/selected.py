@@ -22,6 +22,7 @@ from ._common import (
     check_sizes,
     custom_ops_with_eager_path,
     dot_precision,
+    group_block,
     head_block,
     launch,
     next_pow2,
@@ -256,7 +257,7 @@ def _sel_fwd_impl(
     NG, TOPK = idx.shape
     if S == 0 or NG == 0:
         return o, lse
-    BM = max(16, next_pow2(group_size))
+    BM = group_block(group_size)
     cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages, rows=BM)
     launch(_sel_fwd_kernel, (NG, H))(
         q,
@@ -314,7 +315,7 @@ def _sel_bwd_impl(
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
-    BMG = max(16, next_pow2(group_size))
+    BMG = group_block(group_size)
     cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages, rows=BMG)
     launch(_sel_bwd_dq_kernel, (NG, H))(
         q,

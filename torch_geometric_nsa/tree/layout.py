@@ -19,12 +19,12 @@ class _ToSlots(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, src, perm, inverse, mask):
-        ctx.save_for_backward(perm, inverse, mask)
+        ctx.save_for_backward(inverse)
         return _zero_pads(src.index_select(0, perm), mask)
 
     @staticmethod
     def backward(ctx, grad):
-        perm, inverse, mask = ctx.saved_tensors
+        (inverse,) = ctx.saved_tensors
         return grad.index_select(0, inverse), None, None, None
 
 
@@ -34,12 +34,12 @@ class _ToPoints(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, src, perm, inverse, mask):
-        ctx.save_for_backward(perm, inverse, mask)
+        ctx.save_for_backward(perm, mask)
         return src.index_select(0, inverse)
 
     @staticmethod
     def backward(ctx, grad):
-        perm, inverse, mask = ctx.saved_tensors
+        perm, mask = ctx.saved_tensors
         return _zero_pads(grad.index_select(0, perm), mask), None, None, None
 
 
