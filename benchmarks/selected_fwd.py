@@ -14,9 +14,6 @@ no select kernel to compile): each group takes
   hit L2), or
 * ``random``: distinct blocks drawn uniformly (no sharing: the gathers go to DRAM).
 
-``--gpp 1,2`` times each row with ``GPP`` query groups per program (the config entry's other
-settings kept): the program streams the union of its groups' blocks once.
-
 Useful FLOP: ``4 S H D topk s`` (as ``attention.py``); SDPA: ``4 N^2 H D``.  Gather bytes: the
 K and V rows every (group, head) program reads, ``2 (S / g) H topk s D`` elements, plus q and o;
 "GB/s" is those bytes over the time, an upper bound on what the kernel must move (L2 hits move
@@ -24,12 +21,9 @@ less from DRAM).  Needs CUDA.
 """
 
 import argparse
-import contextlib
 
 import torch
 import triton
-from torch_geometric_nsa.kernels import _config
-from torch_geometric_nsa.kernels._common import group_block, head_block
 
 from torch_geometric_nsa import kernels as K
 
@@ -52,19 +46,14 @@ def main():
     ap.add_argument("--sizes", default="65536", help="comma list of N (one cloud)")
     ap.add_argument("--dims", default="32,64,128", help="comma list of head dims")
     ap.add_argument("--groups", default="32,64", help="comma list of group sizes g")
-    ap.add_argument(
-        "--gpp", default="", help="comma list of query groups per program (default: the table's)"
-    )
     args = ap.parse_args()
-    gpps = [int(x) for x in args.gpp.split(",")] if args.gpp else [0]
     gen = torch.Generator().manual_seed(0)
     bench = lambda f: triton.testing.do_bench(f, warmup=10, rep=100, return_mode="median")  # noqa
     print(f"card: {torch.cuda.get_device_name()}, bf16, H={H}, s={SEL}, topk={TOPK}", flush=True)
     print(
-        "N | D | g | selection | GPP | ours ms | TFLOP/s | gather GB/s | SDPA fwd ms | SDPA TFLOP/s "
-        "| ours / SDPA"
+        "N | D | g | selection | ours ms | TFLOP/s | gather GB/s | SDPA fwd ms | SDPA TFLOP/s | ours / SDPA"
     )
-    print("---|---|---|---|---|---|---|---|---|---|---")
+    print("---|---|---|---|---|---|---|---|---|---")
     for S in (int(n) for n in args.sizes.split(",")):
         for D in (int(d) for d in args.dims.split(",")):
             q, k, v = (
@@ -75,35 +64,16 @@ def main():
             sd = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qd, kd, vd))
             sd_tf = 4 * S * S * H * D / sd / 1e9
             for g in (int(x) for x in args.groups.split(",")):
-                for pattern, gpp in ((p, n) for p in ("local", "random") for n in gpps):
+                for pattern in ("local", "random"):
                     idx = selection(S, g, pattern, gen).cuda()
-                    with groups_per_program(q, g, gpp) as used:
-                        ms = bench(lambda: K.selected_attention(q, k, v, mask, idx, SEL, g))
+                    ms = bench(lambda: K.selected_attention(q, k, v, mask, idx, SEL, g))
                     tf = 4 * S * H * D * TOPK * SEL / ms / 1e9
                     gather = (2 * (S // g) * H * TOPK * SEL * D + 2 * S * H * D) * 2
                     print(
-                        f"{S} | {D} | {g} | {pattern} | {used} | {ms:.3f} | {tf:.1f} "
-                        f"| {gather / ms / 1e6:.0f} | {sd:.3f} | {sd_tf:.1f} | {tf / sd_tf:.0%}",
+                        f"{S} | {D} | {g} | {pattern} | {ms:.3f} | {tf:.1f} | {gather / ms / 1e6:.0f} "
+                        f"| {sd:.3f} | {sd_tf:.1f} | {tf / sd_tf:.0%}",
                         flush=True,
                     )
-
-
-@contextlib.contextmanager
-def groups_per_program(q, g, gpp):
-    """The forward's config with ``GPP = gpp`` (0: as the table has it); yields the GPP used."""
-    cfg = _config.for_tensor("sel_fwd", q, rows=group_block(g))
-    key = ("sel_fwd", _config.arch(q.device), _config.dtype_class(q.dtype), head_block(q.shape[-1]))
-    key += (group_block(g),)
-    saved = _config.TABLE.get(key)
-    if gpp:
-        _config.TABLE[key] = dict(cfg, GPP=gpp)
-    try:
-        yield gpp or cfg["GPP"]
-    finally:
-        if saved is None:
-            _config.TABLE.pop(key, None)
-        else:
-            _config.TABLE[key] = saved
 
 
 if __name__ == "__main__":

@@ -11,14 +11,9 @@ for select); configs that fail to compile or exceed shared memory are skipped.  
 checked against the float64 reference at a small size (``tests/kernels/kernel_cases.run_all``) and
 timed at 16 x 4,096 too.  The whole sweep stops at ``--budget`` seconds (grids ordered by prior).
 
-The selected kernels are timed on the select kernel's choice for the random inputs, i.e. on
-unrelated blocks per query group, unless ``--selection shared``: windows of blocks that
-neighbouring groups share, as in trained models (where ``GPP`` > 1, several groups per program
-streaming the union of their blocks, moves fewer bytes).
-
 Usage (device, repo root):  PYTHONPATH=. python benchmarks/tune_kernels.py [--budget 170] [--out DIR]
                             [--head-dim 64] [--group-size 64] [--kernels sel_fwd,sel_bwd_dq]
-                            [--selection shared] [--sweep-only]
+                            [--sweep-only]
                             PYTHONPATH=. python benchmarks/tune_kernels.py --verify
 ``--verify`` times every op and the whole layer (fwd+bwd, as ``benchmarks/attention.py``) with the
 built-in defaults and with the committed TABLE, next to dense SDPA.
@@ -119,14 +114,6 @@ GRIDS = {
     ],
     "sel_fwd": [
         cfg(0, 32, 1, 2),
-        # several query groups per program (GPP): fewer gathered bytes where selections overlap
-        cfg(0, 32, 1, 2, GPP=2),
-        cfg(0, 32, 2, 2, GPP=2),
-        cfg(0, 64, 2, 2, GPP=2),
-        cfg(0, 64, 4, 2, GPP=2),
-        cfg(0, 32, 2, 2, GPP=4),
-        cfg(0, 64, 4, 2, GPP=4),
-        cfg(0, 128, 4, 2, GPP=4),
         cfg(0, 64, 2, 3),
         cfg(0, 32, 2, 2),
         cfg(0, 64, 1, 2),
@@ -153,11 +140,6 @@ GRIDS = {
     ],
     "sel_bwd_dq": [
         cfg(0, 128, 4, 2),
-        cfg(0, 64, 2, 2, GPP=2),
-        cfg(0, 64, 4, 2, GPP=2),
-        cfg(0, 128, 4, 2, GPP=2),
-        cfg(0, 64, 4, 2, GPP=4),
-        cfg(0, 128, 8, 2, GPP=4),
         cfg(0, 64, 4, 3),
         cfg(0, 256, 4, 3),
         cfg(0, 128, 8, 3),
@@ -249,10 +231,6 @@ def make(B, n, dtype, dev):
             q, t["kc"], t["vc"], t["bm8"], t["lo"], t["hi"], *t["nobias"], scale, 0, 0, 0, 0
         )
         t["idx"] = K.select_blocks(q, t["kc"], t["lsec"], t["bm"], mask, ptr, C, SEL, G, TOPK)
-        if SELECTION == "shared":  # random q/k select random blocks; trained models do not
-            import kernel_cases as kc
-
-            t["idx"] = kc.shared_selection(ptr, S, SEL, G, TOPK, drop=0.0).to(dev)
         t["os"], t["lses"] = torch.ops.tgnsa.selected_attention_fwd(
             q, k, v, t["m8"], t["idx"], SEL, G, scale, 0, 0, 0, 0
         )
@@ -343,11 +321,6 @@ def set_head_dim(d):
     """Sweeps another head dim: the attention benchmark's inputs and this module follow."""
     global D
     D = attention.D = d
-
-
-#: the selection the selected kernels are timed on: "computed" (the select kernel's, on the
-#: random inputs: unrelated blocks) or "shared" (neighbouring groups share most of theirs)
-SELECTION = "computed"
 
 
 def set_group_size(g):
@@ -546,16 +519,7 @@ def main(argv=None):
     ap.add_argument(
         "--group-size", type=int, default=None, help=f"query group size g (default {G})"
     )
-    ap.add_argument(
-        "--selection",
-        choices=["computed", "shared"],
-        default="computed",
-        help="the selection the selected kernels run on: the select kernel's on random inputs "
-        "(unrelated blocks), or windows that neighbouring groups share (as trained models' do)",
-    )
     args = ap.parse_args(argv)
-    global SELECTION
-    SELECTION = args.selection
     if args.head_dim:
         set_head_dim(args.head_dim)
     if args.group_size:
@@ -567,7 +531,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
     log(
         f"{name}, torch {torch.__version__}, triton {triton.__version__}; bf16 H={H} D={D} m={M} "
-        f"c={C} s={SEL} g={G} topk={TOPK}, {SELECTION} selection"
+        f"c={C} s={SEL} g={G} topk={TOPK}"
     )
     committed = dict(_config.TABLE)
     if args.verify:

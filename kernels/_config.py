@@ -17,8 +17,7 @@ Kernels (one entry each): ``ball_fwd``, ``ball_bwd_dq``, ``ball_bwd_dkdv``, ``cm
 Keys of a config: ``BM``, ``BN`` (query / key tile), ``num_warps``, ``num_stages`` and
 
 - ``select``: ``BN`` compressed blocks per streamed chunk (``BM`` is the group, unused);
-- ``sel_fwd`` / ``sel_bwd_dq``: ``BN`` keys per gathered tile, ``GPP`` query groups per program
-  (they stream the union of their selections; ``BM`` follows from the group, unused);
+- ``sel_fwd`` / ``sel_bwd_dq``: ``BN`` keys per gathered tile (``BM`` is the group, unused);
 - ``sel_bwd_dkdv``: ``BM`` rows of gathered query groups, ``BN`` key rows (<= ``s``).
 
 Arch: ``"sm90"`` (Hopper), ``"sm80"`` (Ampere / Ada), ``"interp"`` (``TRITON_INTERPRET=1``).
@@ -106,7 +105,6 @@ def _base(kernel: str, BD: int, dc: str, ar: str) -> dict[str, int]:
         cfg["BN"] = 128 if ar == "interp" else 64
     elif kernel in ("sel_fwd", "sel_bwd_dq"):
         cfg["BN"] = 128 if (ar == "interp" or (BD <= 64 and dc == "16")) else t
-        cfg["GPP"] = 1
     return cfg
 
 

@@ -1,10 +1,8 @@
 """Selected (block-sparse) attention over the top-k selection blocks of each query group.
 
-Forward / dQ: a program holds ``GPP`` consecutive query groups (``GPP * g`` slots as the M rows,
-padded to 16; ``GPP`` from the config table, default 1) and one head, and streams over the union of
-the groups' ``topk`` selection blocks (``s`` slots each), gathering several blocks into one key tile
-of ``BN`` rows; a row sees only its own group's blocks.  Neighbouring groups of a trained model
-choose mostly the same blocks, so ``GPP > 1`` gathers each shared block once for all of them.  dK/dV: a program holds one selection block (or a ``BN``-row piece
+Forward / dQ: a program holds one query group (``g`` slots as the M rows, padded to 16) and one head
+and streams over the group's ``topk`` selection blocks (``s`` slots each), gathering several blocks
+into one key tile of ``BN`` rows.  dK/dV: a program holds one selection block (or a ``BN``-row piece
 of it) and one head and loops over the query groups that chose the block, read from an inverse map
 (CSR: blocks -> groups) built with a stable sort; several groups are gathered into one M tile.  Every
 output element is written by exactly one program: no atomics, deterministic.
@@ -33,67 +31,14 @@ from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store
 
 
 @triton.jit
-def _union(IDX, P, NG, TOPK, GPP: tl.constexpr, KU: tl.constexpr):
-    """The selections of groups ``P * GPP ...`` (``GPP`` of them, fewer at the end; rows of
-    ``IDX`` are contiguous) as one list of ``KU`` entries: the block ids ``L``, ``keep`` (the
-    first occurrence of a valid block), its position ``pos`` in the union, ``bits`` (bit ``j``:
-    group ``P * GPP + j`` chose the block), and the union's size."""
-    j = tl.arange(0, KU)
-    n_ent = tl.minimum(NG - P * GPP, GPP) * TOPK
-    L = tl.load(IDX + P * GPP * TOPK + j, mask=j < n_ent, other=-1)
-    eq = (L[:, None] == L[None, :]) & (L[:, None] >= 0)  # [entry, other entry]
-    before = j[None, :] < j[:, None]
-    keep = (L >= 0) & (tl.sum((eq & before).to(tl.int32), 1) == 0)
-    pos = tl.sum((before & keep[None, :]).to(tl.int32), 1)
-    bits = tl.zeros([KU], dtype=tl.int32)
-    for gi in tl.static_range(GPP):
-        of_gi = (j >= gi * TOPK) & (j < (gi + 1) * TOPK)
-        bits |= tl.max((eq & of_gi[None, :]).to(tl.int32), 1) << gi
-    return L, keep, pos, bits, tl.sum(keep.to(tl.int32), 0)
-
-
-@triton.jit
-def _gather_keys(
-    IDX, MASK, G, n0, TOPK, SEL, L, keep, pos, bits, BN: tl.constexpr, GPP: tl.constexpr
-):
-    """Key rows ``n0 .. n0 + BN`` of a program's selected blocks: ``cols`` (slots), ``ok`` (a
-    selected block), ``valid`` (and a real slot) and ``cbits`` (the groups that chose it, for
-    ``GPP > 1``: then the blocks are the union :func:`_union` returned)."""
+def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
     nl = n0 + tl.arange(0, BN)
     t = nl // SEL
-    if GPP == 1:
-        blk = tl.load(IDX + G * TOPK + t, mask=t < TOPK, other=-1)
-        cbits = tl.full([BN], 1, dtype=tl.int32)
-    else:  # one-hot pick from the union (no scratch memory)
-        hit = keep[None, :] & (pos[None, :] == t[:, None])
-        blk = tl.sum(tl.where(hit, L[None, :] + 1, 0), 1) - 1
-        cbits = tl.sum(tl.where(hit, bits[None, :], 0), 1)
+    blk = tl.load(IDX + G * TOPK + t, mask=t < TOPK, other=-1)
     cols = blk.to(tl.int64) * SEL + nl % SEL
     ok = blk >= 0
     valid = ok & (tl.load(MASK + cols, mask=ok, other=0) != 0)
-    return cols, ok, valid, cbits
-
-
-@triton.jit
-def _program_rows(P, NG, GS, BM: tl.constexpr, GPP: tl.constexpr):
-    """The query rows of program ``P`` (``GPP`` groups of ``GS``), their mask and group bit."""
-    r = tl.arange(0, BM)
-    rows = P * (GPP * GS) + r
-    rmask = (r < GPP * GS) & (rows < NG * GS)
-    return rows, rmask, 1 << (r // GS)
-
-
-@triton.jit
-def _program_keys(IDX, P, NG, TOPK, SEL, GPP: tl.constexpr, KU: tl.constexpr):
-    """What :func:`_gather_keys` needs, and the number of key rows the program streams."""
-    if GPP == 1:
-        j = tl.arange(0, KU)
-        L, keep, pos, bits = j, j > 0, j, j  # unused
-        n_keys = TOPK * SEL
-    else:
-        L, keep, pos, bits, n_union = _union(IDX, P, NG, TOPK, GPP, KU)
-        n_keys = n_union * SEL
-    return L, keep, pos, bits, n_keys
+    return cols, ok, valid
 
 
 @triton.jit
@@ -112,21 +57,19 @@ def _sel_fwd_kernel(
     SEL,
     GS,
     qk_scale,
-    NG,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
-    GPP: tl.constexpr,
-    KU: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
-    G = tl.program_id(0).to(tl.int64)  # GPP query groups
+    G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    rows, rmask, rbit = _program_rows(G, NG, GS, BM, GPP)
-    L, keep, pos, bits, n_keys = _program_keys(IDX, G, NG, TOPK, SEL, GPP, KU)
+    r = tl.arange(0, BM)
+    rows = G * GS + r
+    rmask = r < GS
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -138,16 +81,13 @@ def _sel_fwd_kernel(
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
-    for n0 in range(0, n_keys, BN):
-        cols, ok, valid, cbits = _gather_keys(
-            IDX, MASK, G, n0, TOPK, SEL, L, keep, pos, bits, BN, GPP
-        )
+    for n0 in range(0, TOPK * SEL, BN):
+        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
         kv_off = cols[:, None] * stride + h * D + d[None, :]
         kvm = ok[:, None] & dmask[None, :]
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
-        seen = valid[None, :] & ((rbit[:, None] & cbits[None, :]) != 0)
-        s = tl.where(seen, tl.dot(q, tl.trans(k), input_precision=PREC), float("-inf"))
+        s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision=PREC), float("-inf"))
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
     store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
@@ -172,21 +112,19 @@ def _sel_bwd_dq_kernel(
     GS,
     qk_scale,
     scale,
-    NG,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
     PREC: tl.constexpr,
-    GPP: tl.constexpr,
-    KU: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    G = tl.program_id(0).to(tl.int64)  # GPP query groups
+    G = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    rows, rmask, rbit = _program_rows(G, NG, GS, BM, GPP)
-    L, keep, pos, bits, n_keys = _program_keys(IDX, G, NG, TOPK, SEL, GPP, KU)
+    r = tl.arange(0, BM)
+    rows = G * GS + r
+    rmask = r < GS
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
@@ -199,17 +137,14 @@ def _sel_bwd_dq_kernel(
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # for the dK/dV kernel (runs next)
     tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
-    for n0 in range(0, n_keys, BN):
-        cols, ok, valid, cbits = _gather_keys(
-            IDX, MASK, G, n0, TOPK, SEL, L, keep, pos, bits, BN, GPP
-        )
+    for n0 in range(0, TOPK * SEL, BN):
+        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
         kv_off = cols[:, None] * stride + h * D + d[None, :]
         kvm = ok[:, None] & dmask[None, :]
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        seen = valid[None, :] & ((rbit[:, None] & cbits[None, :]) != 0)
-        s += tl.where(seen, 0.0, float("-inf"))
+        s += tl.where(valid, 0.0, float("-inf"))[None, :]
         p = tl.exp2(s - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq, PREC)
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
@@ -297,23 +232,9 @@ def inverse_map(idx: torch.Tensor, num_blocks: int):
     return off, grp
 
 
-#: the most selection entries whose union one program of the forward / dQ kernels takes (its
-#: ``[KU, KU]`` comparisons and ``[BN, KU]`` picks live in registers), and the most query rows
-MAX_UNION, MAX_ROWS = 32, 128
-
-
-def _group_tiles(cfg: dict, group_size: int, s: int, topk: int) -> dict:
-    """Tile sizes of the forward / dQ kernels: ``GPP`` query groups per program (``BM`` rows;
-    the config's, fewer where they would exceed :data:`MAX_UNION` entries or ``MAX_ROWS``),
-    streaming the union of their selections (``KU`` entries) in key tiles of ``BN`` rows."""
-    gpp = max(1, min(cfg["GPP"], MAX_UNION // max(topk, 1), MAX_ROWS // group_block(group_size)))
-    ku = next_pow2(gpp * topk)
-    return dict(
-        BM=group_block(gpp * group_size),
-        BN=min(cfg["BN"], max(16, ku * s)),  # whole blocks when the tile exceeds s
-        GPP=gpp,
-        KU=ku,
-    )
+def _key_tile(block_n: int, s: int, topk: int) -> int:
+    """Gathered key rows per step of the forward / dQ kernels (whole blocks when it exceeds s)."""
+    return min(block_n, max(16, next_pow2(topk) * s))
 
 
 def _sel_fwd_impl(
@@ -336,11 +257,9 @@ def _sel_fwd_impl(
     NG, TOPK = idx.shape
     if S == 0 or NG == 0:
         return o, lse
-    cfg = _config.for_tensor(
-        "sel_fwd", q, 0, block_n, num_warps, num_stages, rows=group_block(group_size)
-    )
-    tiles = _group_tiles(cfg, group_size, select_size, TOPK)
-    launch(_sel_fwd_kernel, (triton.cdiv(NG, tiles["GPP"]), H))(
+    BM = group_block(group_size)
+    cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages, rows=BM)
+    launch(_sel_fwd_kernel, (NG, H))(
         q,
         k,
         v,
@@ -355,11 +274,11 @@ def _sel_fwd_impl(
         select_size,
         group_size,
         scale * _LOG2E,
-        NG,
-        FOLD=scale > 0,
-        **tiles,
+        BM=BM,
+        BN=_key_tile(cfg["BN"], select_size, TOPK),
         BD=head_block(D),
         PREC=dot_precision(q.dtype),
+        FOLD=scale > 0,
         **_config.launch_meta(cfg),
     )
     return o, lse
@@ -398,8 +317,7 @@ def _sel_bwd_impl(
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     BMG = group_block(group_size)
     cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages, rows=BMG)
-    tiles = _group_tiles(cfg, group_size, select_size, TOPK)
-    launch(_sel_bwd_dq_kernel, (triton.cdiv(NG, tiles["GPP"]), H))(
+    launch(_sel_bwd_dq_kernel, (NG, H))(
         q,
         k,
         v,
@@ -418,8 +336,8 @@ def _sel_bwd_impl(
         group_size,
         scale * _LOG2E,
         scale,
-        NG,
-        **tiles,
+        BM=BMG,
+        BN=_key_tile(cfg["BN"], select_size, TOPK),
         **common,
         **_config.launch_meta(cfg),
     )

@@ -9,8 +9,7 @@ fail on the device.  This module closes that gap in two steps, each in its own p
    four ops) and the CUDA ball-tree build on small CPU inputs, with the launch-config dispatch
    told it runs on an sm_90 or an sm_80 GPU, over every supported dtype (float32 with IEEE and
    TF32 dots, float16, bfloat16), head dims 8 to 128, both forms of the forward's softmax (scale
-   folded or not), several top-k / group settings (and several query groups per program of the
-   selected kernels) and tree block sizes.  Every launch is recorded
+   folded or not), several top-k / group settings and tree block sizes.  Every launch is recorded
    as (kernel, argument types, constexpr values, ``num_warps``, ``num_stages``, target) and the
    records are deduplicated.
 2. ``compile`` (no interpreter, with whichever Triton is first on ``sys.path``): each record goes
@@ -237,18 +236,6 @@ def capture(out_path: str) -> int:
                 _drive_ops(dtype, 32, -0.3, OP_SETTINGS[0])  # a negative scale: no folding
                 for settings in OP_SETTINGS[1:]:
                     _drive_ops(dtype, 16, None, settings)
-            # several query groups per program of the selected forward / dQ (config entries)
-            saved = dict(_config.TABLE)
-            for gpp in (2, 4):
-                for kernel in ("sel_fwd", "sel_bwd_dq"):
-                    for dc in ("16", "32"):
-                        key = (kernel, target, dc, 32)
-                        _config.TABLE[key] = dict(_config.TABLE.get(key, {}), GPP=gpp)
-                        _config.TABLE.pop(key + (32,), None)
-                for dtype in (torch.float32, torch.bfloat16):
-                    _drive_ops(dtype, 32, None, OP_SETTINGS[0])
-                _config.TABLE.clear()
-                _config.TABLE.update(saved)
         finally:
             _config.arch = real_arch
             torch.backends.cuda.matmul.allow_tf32 = False

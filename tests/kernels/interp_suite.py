@@ -185,29 +185,6 @@ def test_config_table(table, monkeypatch):
     kc.run_all([1000], 64, 8, 16, 64, 3, 2, 16, torch.float32)
 
 
-@pytest.mark.parametrize("gpp", [(2, 4), (3, 2)], ids=lambda g: f"fwd{g[0]}-dq{g[1]}")
-def test_groups_per_program(gpp, monkeypatch):
-    """Several query groups per program of the selected forward / dQ kernels (the union of their
-    blocks streamed once, each row masked to its own group's) equal the reference, on selections
-    that neighbouring groups share, with -1 entries, mixed batches and a capacity tail."""
-    from torch_geometric_nsa.kernels import _config
-
-    table = dict(sel_fwd=dict(BN=32, GPP=gpp[0]), sel_bwd_dq=dict(BN=64, GPP=gpp[1]))
-    monkeypatch.setattr(
-        _config,
-        "TABLE",
-        {
-            (k, "interp", dc, bd): v
-            for k, v in table.items()
-            for dc in ("16", "32")
-            for bd in (16, 32)
-        },
-    )
-    kc.check_selected([70, 1, 190], 64, 16, 16, 4, 2, 16, torch.float32, tail=64)
-    kc.check_selected([300, 33], 64, 32, 32, 3, 1, 32, torch.float16)
-    kc.check_selected([250], 64, 16, 64, 2, 2, 8, torch.float32)  # g = m: one group per ball
-
-
 def test_nonfinite_isolation():
     """NaN / inf in one cloud never reaches another cloud's outputs, also in tiles that span
     clouds (issue 11: the compressed kernel leaked through 0 * NaN there)."""

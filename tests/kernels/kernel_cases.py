@@ -250,52 +250,6 @@ def run_all(
     return errors
 
 
-def shared_selection(ptr, S, s, g, topk, seed=0, drop=0.15):
-    """``[S // g, topk]`` selections that neighbouring groups share, as a trained model's do: a
-    window of blocks around the group's own, inside its cloud, with a fraction ``drop`` of the
-    entries ``-1``, some windows shifted and the order of every row shuffled (several groups share one program of
-    the forward / dQ kernels, which stream the union of their selections)."""
-    gen = torch.Generator().manual_seed(seed)
-    ptr = ptr.cpu()  # S: slots, capacity tail included (its groups select nothing)
-    grp_start = torch.arange(S // g) * g
-    cloud = (torch.searchsorted(ptr, grp_start, right=True) - 1).clamp(max=len(ptr) - 2)
-    lo, hi = ptr[cloud] // s, ptr[cloud + 1] // s  # the cloud's blocks
-    shift = torch.randint(-1, 2, (S // g,), generator=gen)
-    start = torch.maximum(lo, torch.minimum(grp_start // s - topk // 2 + shift, hi - topk))
-    idx = start[:, None] + torch.arange(topk)[None, :]
-    tail = (grp_start >= ptr[-1])[:, None]
-    idx = torch.where(
-        ~tail & (idx < hi[:, None]) & (torch.rand(idx.shape, generator=gen) >= drop), idx, -1
-    )
-    order = torch.rand(idx.shape, generator=gen).argsort(1)
-    return idx.gather(1, order)
-
-
-def check_selected(sizes, m, s, g, topk, H, D, dtype, device="cpu", tail=0, seed=0):
-    """The selected op (kernel against the reference, values and gradients) on
-    :func:`shared_selection`; returns {check: (err, bound)}."""
-    from torch_geometric_nsa import kernels as K
-    from torch_geometric_nsa.ops import reference as R
-
-    case = make_case(sizes, m, H, D, s, tail=tail, seed=seed, device=device)
-    idx = shared_selection(case["ptr"], case["S"], s, g, topk, seed).to(device)
-    mask = case["mask"]
-    gen = torch.Generator().manual_seed(seed + 7)
-    gout = torch.randn(case["S"], H, D, generator=gen, dtype=torch.float64).to(device)
-    errors = {}
-    check_op(
-        "selected",
-        lambda t: K.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g),
-        lambda t: R.selected_attention(t["q"], t["k"], t["v"], mask, idx, s, g),
-        dict(q=case["q"], k=case["k"], v=case["v"]),
-        dtype,
-        gout,
-        ["q", "k", "v"],
-        errors,
-    )
-    return errors
-
-
 #: mixed batches where one cloud's non-finite values used to reach the others (issue 11):
 #: (sizes, m, c); s = 2c, g = c, topk = 2
 NONFINITE_CASES = [([5, 7, 3], 8, 4), ([20, 50, 9], 16, 8), ([300, 1000, 40], 32, 8)]

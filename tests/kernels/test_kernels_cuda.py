@@ -52,26 +52,6 @@ def test_configs(dtype, cfg, H):
     kc.run_all(sizes + [1], m, c, s, g, topk, H, 32, dtype, device="cuda", seed=H, tail=m)
 
 
-@pytest.mark.parametrize("gpp", [1, 2, 4])
-@pytest.mark.parametrize("D", [32, 64])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_groups_per_program(dtype, D, gpp, monkeypatch):
-    """The selected forward / dQ kernels with GPP query groups per program, on selections that
-    neighbouring groups share (the union of their blocks streamed once)."""
-    from torch_geometric_nsa.kernels import _config
-
-    table = dict(
-        sel_fwd=dict(BN=64, num_warps=2, num_stages=2, GPP=gpp),
-        sel_bwd_dq=dict(BN=64, num_warps=4, num_stages=2, GPP=gpp),
-    )
-    arch = _config.arch(torch.device("cuda"))
-    monkeypatch.setattr(
-        _config, "TABLE", {(k, arch, dc, D): v for k, v in table.items() for dc in ("16", "32")}
-    )
-    kc.check_selected(MIXED, 128, 32, 32, 8, 2, D, dtype, device="cuda", tail=128)
-    kc.check_selected(MIXED[:4], 64, 16, 16, 4, 3, D, dtype, device="cuda", seed=1)
-
-
 @pytest.mark.parametrize("sizes", [[1], [1, 1, 1], [129, 1, 257]], ids=str)
 def test_edges(sizes):
     kc.run_all(sizes, 128, 32, 64, 32, 8, 2, 32, torch.float32, device="cuda")
