@@ -21,8 +21,10 @@ def test_entries_measured_at_one_group_tile_apply_to_it_only(sm90):
         assert {k: got[k] for k in one_warp} == one_warp
         # 64-row groups: no measured entry, the built-in default (not the 32-row one)
         assert sel_fwd(D, 64) == _config._base("sel_fwd", D, "16", "sm90")
-    # an entry without a row tile applies to every group tile
-    assert sel_fwd(32, 64)["num_warps"] == 1 and sel_fwd(32, 32)["num_warps"] == 1
+    # head dim 32: a measured entry per group tile; an entry without a row tile applies to
+    # every other tile
+    assert sel_fwd(32, 32)["num_warps"] == 1 and sel_fwd(32, 64)["num_warps"] == 4
+    assert sel_fwd(32, 16)["num_warps"] == 1
 
 
 def test_explicit_arguments_win_over_the_table(sm90):
