@@ -2,6 +2,7 @@
 
     python benchmarks/plots.py out/attention.json out/train_step.json out/ball_tree.json
     python benchmarks/plots.py out/*.json --out docs/_static/bench
+    python benchmarks/plots.py a.json b.json --labels "machine 1" "machine 2" --suffix _runs
 
 Files of the same kind are drawn into the same figures (e.g. two ``train_step.py`` runs with
 different modes); the caption then lists every run's command.
@@ -90,9 +91,14 @@ def provenance(data):
     commands = " and ".join(f"``{m.get('command', '?')}``" for m in runs)
     dates = ", ".join(dict.fromkeys(m.get("date", "date unknown") for m in runs))
     notes = "".join(f" {n}" for n in dict.fromkeys(m["note"] for m in runs if m.get("note")))
-    if len(places) == 1:
+    labelled = any(m.get("label") for m in runs)
+    if len(places) == 1 and not labelled:
         return f"{places[0]}, {dates}: {commands}.{notes}"
-    each = "; ".join(f"{where(m)}, {m.get('date', '?')}: ``{m.get('command', '?')}``" for m in runs)
+    each = "; ".join(
+        (f"{m['label']}: " if m.get("label") else "")
+        + f"{where(m)}, {m.get('date', '?')}: ``{m.get('command', '?')}``"
+        for m in runs
+    )
     return each + "." + notes
 
 
@@ -270,8 +276,17 @@ TUNED_COLORS = ("#54278f", "#807dba", "#bcbddc", "#3f007d")
 
 def series_of(row):
     """A fixed-size row's series: its mode, plus its Inductor settings if any
-    (``compile [cpp_wrapper, combo_kernels]``)."""
-    return row["mode"] + (f" [{row['inductor']}]" if row.get("inductor") else "")
+    (``compile [cpp_wrapper, combo_kernels]``), plus its run's label if the runs have labels
+    (``eager (machine 2)``)."""
+    return (
+        row["mode"]
+        + (f" [{row['inductor']}]" if row.get("inductor") else "")
+        + (f" ({row['run']})" if row.get("run") else "")
+    )
+
+
+#: hatches of the second, third... labelled run (the first has none; Erwin's bars have "//")
+RUN_HATCHES = ("..", "xx", "--", "oo")
 
 
 def plot_train_step(data, out):
@@ -281,22 +296,43 @@ def plot_train_step(data, out):
     if rows:
         names = list(dict.fromkeys(r["name"] for r in rows))
         configs = {r["name"]: r["config"] for r in rows}
-        # series -> (mode, Inductor settings) of the known modes' rows
+        # series -> (mode, Inductor settings, run label) of the known modes' rows
         known = {
-            series_of(r): (r["mode"], r.get("inductor")) for r in rows if r["mode"] in MODE_LABELS
+            series_of(r): (r["mode"], r.get("inductor"), r.get("run"))
+            for r in rows
+            if r["mode"] in MODE_LABELS
         }
+        runs = list(dict.fromkeys(r.get("run") for r in rows))
         order = list(MODE_LABELS)  # known modes in their order, each before its tuned variants
         modes = sorted(known, key=lambda m: (order.index(known[m][0]), m))
-        values = {(r["name"], series_of(r)): r["step (ms)"] for r in rows}
+        values = {}
+        for r in rows:  # a later run's row replaces an earlier one (unless labelled apart)
+            key = (r["name"], series_of(r))
+            if key in values:
+                print(
+                    f"plots.py: {r['config']}, {series_of(r)}: the later of two rows is drawn "
+                    "(--labels keeps runs apart)",
+                    file=sys.stderr,
+                )
+            values[key] = r["step (ms)"]
         erwin = data.get("erwin") or {}
         series = list(modes)
         colors, hatches, labels = dict(MODE_COLORS), {}, {}
         tuned = itertools.cycle(TUNED_COLORS)
+        tuned_color = {}  # one colour per Inductor setting, the same in every run
         for m in modes:
-            mode, options = known[m]
-            labels[m] = f"ours, {MODE_LABELS[mode]}" + (f" + {options}" if options else "")
+            mode, options, run = known[m]
+            labels[m] = (
+                f"ours, {MODE_LABELS[mode]}"
+                + (f" + {options}" if options else "")
+                + (f" ({run})" if run else "")
+            )
             if options:
-                colors[m] = next(tuned)
+                colors[m] = tuned_color.setdefault((mode, options), next(tuned))
+            else:
+                colors[m] = MODE_COLORS[mode]
+            if runs.index(run):
+                hatches[m] = RUN_HATCHES[(runs.index(run) - 1) % len(RUN_HATCHES)]
         for kind, color in (("eager", "#d9d9d9"), ("compiled", "#969696")):
             key = f"Erwin {kind}"
             if any(kind in erwin.get(n, {}) for n in names):
@@ -333,9 +369,13 @@ def plot_train_step(data, out):
             f"precomputed)  -  {meta.get('card', '')}",
             fontsize=10,
         )
-        ax.set_ylim(0, max(v for v in values.values() if v is not None) * 1.45)
+        # the legend sits above the bars: two columns for long labels, room for its rows
+        ncol = 3 if max(len(labels.get(s, s)) for s in series) <= 55 else 2
+        legend_rows = math.ceil(len(series) / ncol)
+        top = max(v for v in values.values() if v is not None)
+        ax.set_ylim(0, top * (1.2 + 0.1 * legend_rows))
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7.5, ncol=3, loc="upper center")
+        ax.legend(fontsize=7.5, ncol=ncol, loc="upper center")
         if kernels:
             ax = axes[1, 0]
             texts = {}
@@ -343,7 +383,7 @@ def plot_train_step(data, out):
                 n = launches.get(key)
                 many = n is not None and n < k
                 texts[key] = f"{k:.0f}" + (f"\n{n:.0f} launch{'es' * (n != 1)}" if many else "")
-            _bars(ax, names, modes, kernels, colors, labels=labels, texts=texts)
+            _bars(ax, names, modes, kernels, colors, hatches, labels=labels, texts=texts)
             ax.set_xticklabels([configs[n] for n in names])
             ax.set_ylim(0, max(kernels.values()) * 1.3)
             ax.set_ylabel("CUDA kernels per step")
@@ -353,12 +393,27 @@ def plot_train_step(data, out):
                 fontsize=10,
             )
             ax.grid(axis="y", alpha=0.3)
+        steps = data.get("settings", {}).get("steps", "?")
+        below = (
+            "; below, the CUDA kernels one step runs (a CUDA graph launches them all at once)"
+            if kernels
+            else ""
+        )
+        patterns = ("plain", "dotted", "crossed", "striped", "ringed")
+        labelled = (
+            "  Runs: "
+            + ", ".join(
+                f"{run} {patterns[min(i, len(patterns) - 1)]}" for i, run in enumerate(runs)
+            )
+            + "."
+            if len(runs) > 1
+            else ""
+        )
         caption = f"""
 Training step of ErwinNSA (forward, backward, AdamW) per config, in every mode measured:
-median of {data.get("settings", {}).get("steps", "?")} steps; below, the CUDA kernels one
-step runs (a CUDA graph launches them all at once).
+median of {steps} steps{below}.{labelled}
 
-Hatched: {data.get("erwin_source", "the Erwin reference model")}, for comparison; not
+Hatched with //: {data.get("erwin_source", "the Erwin reference model")}, for comparison; not
 measured in this run.
 
 {provenance(data)}
@@ -502,16 +557,36 @@ def merge(datas):
     return merged
 
 
-def plot_files(paths, out):
+def label_run(data, label):
+    """``data`` with its fixed-size rows (and its meta) tagged as run ``label``: in the
+    training-step figure the rows of labelled runs are series of their own, e.g. one machine
+    start against another."""
+    rows = [dict(r, run=label) for r in data.get("rows") or []]
+    return dict(data, meta=dict(data["meta"], label=label), rows=rows)
+
+
+def plot_files(paths, out, labels=None, suffix=""):
     """The figures of the results files: files of the same kind are drawn together
-    (e.g. two train_step runs); returns the paths written."""
+    (e.g. two train_step runs); ``labels``: one per file, which keeps their rows apart;
+    ``suffix``: appended to every figure's name.  Returns the paths written."""
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} results files")
     kinds = {}
-    for path in paths:
+    for i, path in enumerate(paths):
         data = load(path)
+        if labels is not None:
+            data = label_run(data, labels[i])
         kinds.setdefault(data["kind"], []).append(data)
     written = []
     for kind, datas in kinds.items():
         written += PLOTTERS[kind](merge(datas) if len(datas) > 1 else datas[0], out)
+    if suffix:
+        renamed = []
+        for path in written:
+            stem, ext = os.path.splitext(path)
+            os.replace(path, stem + suffix + ext)
+            renamed.append(stem + suffix + ext)
+        written = renamed
     return written
 
 
@@ -526,8 +601,15 @@ def main(argv=None):
     ap.add_argument(
         "--out", default=DEFAULT_OUT, help="folder of the figures (default: %(default)s)"
     )
+    ap.add_argument(
+        "--labels",
+        nargs="+",
+        help="one label per results file (e.g. the machine start): its rows become series of "
+        "their own instead of merging with the other files'",
+    )
+    ap.add_argument("--suffix", default="", help="appended to every figure's name")
     args = ap.parse_args(argv)
-    for written in plot_files(args.results, args.out):
+    for written in plot_files(args.results, args.out, args.labels, args.suffix):
         print(written)
 
 

@@ -300,3 +300,46 @@ def test_scripts_smoke_run_on_cpu_and_plot(tmp_path):
         "train_step.png",
         "train_step_varying.png",
     ]
+
+
+def test_labelled_runs_are_series_of_their_own(tmp_path, monkeypatch, capsys):
+    """--labels keeps two runs of the same rows apart (e.g. two machine starts); unlabelled,
+    the later row is drawn and the replacement is reported."""
+    first, second = train_step_results(), train_step_results()
+    second["rows"] = [
+        dict(r, **{"step (ms)": r["step (ms)"] * 1.3}) for r in first["rows"] if "step (ms)" in r
+    ]
+    second["meta"] = dict(META, command="python benchmarks/train_step.py --isolate")
+    paths = []
+    for i, data in enumerate((first, second)):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        (tmp_path / f"r{i}.json").write_text(json.dumps(data))
+    seen, save = {}, plots.save
+
+    def spy(fig, out, name, caption):
+        seen.setdefault(name, fig.axes[0])
+        return save(fig, out, name, caption)
+
+    monkeypatch.setattr(plots, "save", spy)
+    written = plots.plot_files(
+        paths, str(tmp_path / "a"), labels=["machine 1", "machine 2"], suffix="_runs"
+    )
+    assert sorted(os.path.basename(p) for p in written if p.endswith(".png")) == [
+        "train_step_runs.png",
+        "train_step_varying_runs.png",
+    ]
+    labels = seen["train_step"].get_legend_handles_labels()[1]
+    assert "ours, eager (machine 1)" in labels and "ours, eager (machine 2)" in labels
+    heights = {round(b.get_height(), 3) for b in seen["train_step"].patches}
+    step = first["rows"][0]["step (ms)"]
+    assert round(step, 3) in heights and round(step * 1.3, 3) in heights
+    caption = open(tmp_path / "a" / "train_step_runs.txt").read()
+    assert "machine 1: Fake GPU" in caption and "machine 2: Fake GPU" in caption
+    # unlabelled: one series, the later run's bars, and a note on stderr
+    seen.clear()
+    plots.plot_files(paths, str(tmp_path / "b"))
+    heights = {round(b.get_height(), 3) for b in seen["train_step"].patches}
+    assert round(step * 1.3, 3) in heights and round(step, 3) not in heights
+    assert "the later of two rows is drawn" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="1 labels for 2 results files"):
+        plots.plot_files(paths, str(tmp_path / "c"), labels=["one"])
