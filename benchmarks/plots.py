@@ -28,7 +28,9 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 import matplotlib
 import matplotlib.ticker
@@ -285,8 +287,14 @@ def series_of(row):
     )
 
 
-#: hatches of the second, third... labelled run (the first has none; Erwin's bars have "//")
-RUN_HATCHES = ("..", "xx", "--", "oo")
+#: hatches (and their names) of the second, third... labelled run (the first has none;
+#: Erwin's bars have "//")
+RUN_HATCHES = (("..", "dotted"), ("xx", "crossed"), ("--", "striped"), ("oo", "ringed"))
+
+
+def run_hatch(i):
+    """(hatch, its name) of labelled run ``i`` (0: the first, plain bars)."""
+    return ("", "plain") if i == 0 else RUN_HATCHES[(i - 1) % len(RUN_HATCHES)]
 
 
 def plot_train_step(data, out):
@@ -332,7 +340,7 @@ def plot_train_step(data, out):
             else:
                 colors[m] = MODE_COLORS[mode]
             if runs.index(run):
-                hatches[m] = RUN_HATCHES[(runs.index(run) - 1) % len(RUN_HATCHES)]
+                hatches[m] = run_hatch(runs.index(run))[0]
         for kind, color in (("eager", "#d9d9d9"), ("compiled", "#969696")):
             key = f"Erwin {kind}"
             if any(kind in erwin.get(n, {}) for n in names):
@@ -399,13 +407,8 @@ def plot_train_step(data, out):
             if kernels
             else ""
         )
-        patterns = ("plain", "dotted", "crossed", "striped", "ringed")
         labelled = (
-            "  Runs: "
-            + ", ".join(
-                f"{run} {patterns[min(i, len(patterns) - 1)]}" for i, run in enumerate(runs)
-            )
-            + "."
+            "  Runs: " + ", ".join(f"{run} {run_hatch(i)[1]}" for i, run in enumerate(runs)) + "."
             if len(runs) > 1
             else ""
         )
@@ -577,16 +580,19 @@ def plot_files(paths, out, labels=None, suffix=""):
         if labels is not None:
             data = label_run(data, labels[i])
         kinds.setdefault(data["kind"], []).append(data)
+    # with a suffix, the figures are drawn elsewhere first: the plain names in ``out`` stay
+    where = tempfile.mkdtemp() if suffix else out
     written = []
     for kind, datas in kinds.items():
-        written += PLOTTERS[kind](merge(datas) if len(datas) > 1 else datas[0], out)
+        written += PLOTTERS[kind](merge(datas) if len(datas) > 1 else datas[0], where)
     if suffix:
-        renamed = []
+        os.makedirs(out, exist_ok=True)
+        moved = []
         for path in written:
-            stem, ext = os.path.splitext(path)
-            os.replace(path, stem + suffix + ext)
-            renamed.append(stem + suffix + ext)
-        written = renamed
+            stem, ext = os.path.splitext(os.path.basename(path))
+            moved.append(shutil.move(path, os.path.join(out, stem + suffix + ext)))
+        shutil.rmtree(where)
+        written = moved
     return written
 
 

@@ -321,6 +321,8 @@ def test_labelled_runs_are_series_of_their_own(tmp_path, monkeypatch, capsys):
         return save(fig, out, name, caption)
 
     monkeypatch.setattr(plots, "save", spy)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train_step.png").write_bytes(b"an earlier figure")
     written = plots.plot_files(
         paths, str(tmp_path / "a"), labels=["machine 1", "machine 2"], suffix="_runs"
     )
@@ -328,6 +330,9 @@ def test_labelled_runs_are_series_of_their_own(tmp_path, monkeypatch, capsys):
         "train_step_runs.png",
         "train_step_varying_runs.png",
     ]
+    assert all(os.path.dirname(p) == str(tmp_path / "a") for p in written)
+    # figures of the plain names in the folder stay as they were
+    assert (tmp_path / "a" / "train_step.png").read_bytes() == b"an earlier figure"
     labels = seen["train_step"].get_legend_handles_labels()[1]
     assert "ours, eager (machine 1)" in labels and "ours, eager (machine 2)" in labels
     heights = {round(b.get_height(), 3) for b in seen["train_step"].patches}
