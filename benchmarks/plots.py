@@ -325,7 +325,7 @@ def plot_train_step(data, out):
             values[key] = r["step (ms)"]
         erwin = data.get("erwin") or {}
         series = list(modes)
-        colors, hatches, labels = dict(MODE_COLORS), {}, {}
+        colors, hatches, labels = {}, {}, {}  # each series sets its own below
         tuned = itertools.cycle(TUNED_COLORS)
         tuned_color = {}  # one colour per Inductor setting, the same in every run
         for m in modes:
@@ -339,8 +339,9 @@ def plot_train_step(data, out):
                 colors[m] = tuned_color.setdefault((mode, options), next(tuned))
             else:
                 colors[m] = MODE_COLORS[mode]
-            if runs.index(run):
-                hatches[m] = run_hatch(runs.index(run))[0]
+            hatch = run_hatch(runs.index(run))[0]
+            if hatch:
+                hatches[m] = hatch
         for kind, color in (("eager", "#d9d9d9"), ("compiled", "#969696")):
             key = f"Erwin {kind}"
             if any(kind in erwin.get(n, {}) for n in names):
