@@ -49,9 +49,12 @@ def main(argv=None):
     ap.add_argument(
         "--inductor", nargs="+", default=[], metavar="KEY=VALUE", help="as train_step.py's"
     )
-    ap.add_argument("--compile-optimizer", action="store_true", help="as train_step.py's")
+    for flag in ("--compile-optimizer", "--compile-loss", "--skip-guards", "--no-splitk"):
+        ap.add_argument(flag, action="store_true", help="as train_step.py's")
     args = ap.parse_args(argv)
     inductor = ts.inductor_settings(args.inductor)
+    if args.no_splitk:
+        ts.no_splitk()
     args.sizes = "small" if args.tiny else None
     if args.tiny:
         args.layers, args.width, args.heads = 2, 32, 2
@@ -73,25 +76,27 @@ def main(argv=None):
             dtype,
             device,
             args.compile_optimizer,
+            args.compile_loss,
         )
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
             step()
-        times = []
-        for _ in range(args.steps):
-            sync()
-            t = time.perf_counter()
-            step()
-            sync()
-            times.append((time.perf_counter() - t) * 1e3)
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        sync()
-        with profile(activities=acts) as prof:
-            step()
+        times = []
+        with ts.timing_stance(args, args.mode):
+            for _ in range(args.steps):
+                sync()
+                t = time.perf_counter()
+                step()
+                sync()
+                times.append((time.perf_counter() - t) * 1e3)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
             sync()
+            with profile(activities=acts) as prof:
+                step()
+                sync()
     kern_n, kern_us = collections.Counter(), collections.Counter()
     for e in prof.events():
         if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):
@@ -101,8 +106,7 @@ def main(argv=None):
     print(
         f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
         f"width {args.width}, {args.mode}"
-        + (f", inductor {inductor}" if inductor else "")
-        + (", optimizer compiled" if args.compile_optimizer else "")
+        + (f", {label}" if (label := ts.inductor_label(inductor, args, args.mode)) else "")
     )
     if cuda:
         print("\n| kernel | count | device ms |\n|---|---|---|")
