@@ -314,13 +314,9 @@ def compare(kernel, out, ref):
     return err <= 2e-2, err
 
 
-#: kernels whose row tile is the query group: their entries are keyed by it too
-GROUP_ROWS = ("sel_fwd", "sel_bwd_dq")
-
-
 def key_of(kernel, dev):
     key = (kernel, _config.arch(dev), _config.dtype_class(torch.bfloat16), head_block(D))
-    return key + (group_block(G),) if kernel in GROUP_ROWS else key
+    return key + (group_block(G),) if kernel in _config.ROW_KEYED else key
 
 
 def set_head_dim(d):

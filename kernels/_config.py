@@ -7,7 +7,7 @@ kernel-specific knobs) from :func:`get`.  Lookup order, first hit wins:
    ``num_stages``; ``0`` = not given), applied to every kernel of the op;
 2. :data:`TABLE` -- measured entries (``benchmarks/tune_kernels.py`` prints them), keyed
    ``(kernel, arch, dtype class, padded head dim, rows)`` for a launch whose row tile is fixed
-   by the problem (``sel_fwd`` / ``sel_bwd_dq``: the padded query group), then
+   by the problem (:data:`ROW_KEYED`: ``sel_fwd`` / ``sel_bwd_dq``, the padded query group), then
    ``(kernel, arch, dtype class, padded head dim)`` for every launch of the kernel: an entry
    measured at one group size applies only to that group tile;
 3. the built-in defaults of :func:`_base` (the v1 defaults: square 64 tiles, 4 warps, 3 stages).
@@ -45,6 +45,10 @@ KERNELS = (
     "sel_bwd_dq",
     "sel_bwd_dkdv",
 )
+
+#: The kernels whose row tile is fixed by the problem (the padded query group): their table
+#: entries may also be keyed by it (the ``rows`` of :func:`get`).
+ROW_KEYED = ("sel_fwd", "sel_bwd_dq")
 
 #: Measured configs: ``(kernel, arch, dtype class, padded head dim) -> partial config``.
 #: Keys missing from an entry fall back to :func:`_base`.
@@ -123,7 +127,10 @@ def get(
     rows: int = 0,
 ) -> dict[str, int]:
     """Config of one kernel launch (a fresh dict); ``rows``: the launch's fixed row tile
-    (0: none), which picks the table's entries measured at that tile."""
+    (0: none; only for the kernels of :data:`ROW_KEYED`), which picks the table's entries
+    measured at that tile."""
+    if rows and kernel not in ROW_KEYED:
+        raise ValueError(f"{kernel!r} has no row-keyed entries (rows={rows})")
     BD, dc, ar = head_block(D), dtype_class(dtype), arch(device)
     cfg = _base(kernel, BD, dc, ar)
     key = (kernel, ar, dc, BD)

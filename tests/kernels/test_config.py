@@ -35,3 +35,10 @@ def test_explicit_arguments_win_over_the_table(sm90):
 def test_table_keys_name_known_kernels():
     for key in _config.TABLE:
         assert key[0] in _config.KERNELS and len(key) in (4, 5), key
+        # a row tile only in the keys of the kernels whose launches pass one
+        assert len(key) == 4 or key[0] in _config.ROW_KEYED, key
+
+
+def test_a_row_tile_for_a_kernel_without_one_raises():
+    with pytest.raises(ValueError, match="ball_fwd"):
+        _config.get("ball_fwd", 32, torch.bfloat16, torch.device("cpu"), rows=32)
