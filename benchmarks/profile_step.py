@@ -49,7 +49,7 @@ def main(argv=None):
     ap.add_argument(
         "--inductor", nargs="+", default=[], metavar="KEY=VALUE", help="as train_step.py's"
     )
-    for flag in ("--compile-optimizer", "--compile-loss", "--skip-guards", "--no-splitk"):
+    for flag in ("--compile-optimizer", "--compile-loss", "--no-splitk"):
         ap.add_argument(flag, action="store_true", help="as train_step.py's")
     args = ap.parse_args(argv)
     inductor = ts.inductor_settings(args.inductor)
@@ -81,22 +81,21 @@ def main(argv=None):
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
             step()
+        times = []
+        for _ in range(args.steps):
+            sync()
+            t = time.perf_counter()
+            step()
+            sync()
+            times.append((time.perf_counter() - t) * 1e3)
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        times = []
-        with ts.timing_stance(args, args.mode):
-            for _ in range(args.steps):
-                sync()
-                t = time.perf_counter()
-                step()
-                sync()
-                times.append((time.perf_counter() - t) * 1e3)
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        sync()
+        with profile(activities=acts) as prof:
+            step()
             sync()
-            with profile(activities=acts) as prof:
-                step()
-                sync()
     kern_n, kern_us = collections.Counter(), collections.Counter()
     for e in prof.events():
         if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):

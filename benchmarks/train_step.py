@@ -30,10 +30,7 @@ Fixed-size modes (rows of the first table):
 options of the compiled modes, recorded with the settings in the rows' ``inductor`` column:
 ``--compile-optimizer`` compiles ``opt.step`` too; ``--compile-loss`` compiles the loss with
 the model (one graph from the inputs to the loss, so its backward starts inside the compiled
-graph); ``--skip-guards`` times the steps after the warm-up under
-``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` (Dynamo checks only the guards
-that tell its compiled graphs apart; safe here, where the warm-up compiled every graph the
-step uses).  ``--no-splitk`` (any mode) gives cuBLAS no workspace
+graph).  ``--no-splitk`` (any mode) gives cuBLAS no workspace
 (``CUBLAS_WORKSPACE_CONFIG=:0:0``, ``CUBLASLT_WORKSPACE_SIZE=0``), so that it picks GEMM
 algorithms without split-K's extra reduce kernels.  ``--isolate`` runs every fixed-size row in its own Python process, so
 that no row's timing depends on what ran before it in the process (other rows, their profiler
@@ -188,11 +185,10 @@ COMPILED_MODES = ("compile", "compile-dynamic", "reduce-overhead")
 HOST_OPTIONS = {
     "compile_optimizer": "optimizer compiled",
     "compile_loss": "loss compiled",
-    "skip_guards": "guards skipped",
     "no_splitk": "no split-K",
 }
 #: the options that only apply to the compiled modes
-COMPILED_ONLY = ("compile_optimizer", "compile_loss", "skip_guards")
+COMPILED_ONLY = ("compile_optimizer", "compile_loss")
 
 
 def inductor_label(settings, args=None, mode="compile"):
@@ -212,16 +208,6 @@ def no_splitk():
     children), so that they choose GEMM algorithms without split-K (``--no-splitk``)."""
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":0:0"
     os.environ["CUBLASLT_WORKSPACE_SIZE"] = "0"
-
-
-def timing_stance(args, mode):
-    """The context the timed steps run in: ``torch.compiler.set_stance`` without guard
-    evaluation under ``--skip-guards`` in a compiled mode, else nothing."""
-    import contextlib
-
-    if getattr(args, "skip_guards", False) and mode in COMPILED_MODES:
-        return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-    return contextlib.nullcontext()
 
 
 def compiled(model, mode):
@@ -386,17 +372,16 @@ def bench(name, backend, dtype, mode, args, device):
         if device == "cuda":
             torch.cuda.synchronize()
         times = []
-        with timing_stance(args, mode):
-            for _ in range(args.steps):
-                t = time.perf_counter()
-                loss = step()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                times.append((time.perf_counter() - t) * 1e3)
-            if not torch.isfinite(loss).item():
-                raise RuntimeError(f"non-finite loss {loss.item()}")
-            peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
-            kernels = kernel_columns(step, args, device)
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            loss = step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1e3)
+        if not torch.isfinite(loss).item():
+            raise RuntimeError(f"non-finite loss {loss.item()}")
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0
+        kernels = kernel_columns(step, args, device)
     ms = statistics.median(times)
     return {
         "config": f"{name} ({n} x {bs})",
@@ -725,12 +710,6 @@ def main():
         "--compile-loss",
         action="store_true",
         help="compiled modes compile the loss with the model (one graph, inputs to loss)",
-    )
-    parser.add_argument(
-        "--skip-guards",
-        action="store_true",
-        help="compiled modes time their steps without Dynamo's guard evaluation "
-        "(torch.compiler.set_stance(skip_guard_eval_unsafe=True), after the warm-up)",
     )
     parser.add_argument(
         "--no-splitk",
