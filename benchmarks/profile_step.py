@@ -49,12 +49,9 @@ def main(argv=None):
     ap.add_argument(
         "--inductor", nargs="+", default=[], metavar="KEY=VALUE", help="as train_step.py's"
     )
-    for flag in ("--compile-optimizer", "--compile-loss", "--no-splitk"):
-        ap.add_argument(flag, action="store_true", help="as train_step.py's")
+    ap.add_argument("--compile-optimizer", action="store_true", help="as train_step.py's")
     args = ap.parse_args(argv)
     inductor = ts.inductor_settings(args.inductor)
-    if args.no_splitk:
-        ts.no_splitk()
     args.sizes = "small" if args.tiny else None
     if args.tiny:
         args.layers, args.width, args.heads = 2, 32, 2
@@ -76,7 +73,6 @@ def main(argv=None):
             dtype,
             device,
             args.compile_optimizer,
-            args.compile_loss,
         )
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
@@ -105,7 +101,8 @@ def main(argv=None):
     print(
         f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
         f"width {args.width}, {args.mode}"
-        + (f", {label}" if (label := ts.inductor_label(inductor, args, args.mode)) else "")
+        + (f", inductor {inductor}" if inductor else "")
+        + (", optimizer compiled" if args.compile_optimizer else "")
     )
     if cuda:
         print("\n| kernel | count | device ms |\n|---|---|---|")

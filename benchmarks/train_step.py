@@ -26,13 +26,9 @@ Fixed-size modes (rows of the first table):
   backward, ``AdamW(capturable=True).step()``) captured once with
   ``torch.cuda.graph`` on static inputs and replayed.
 
-``--inductor KEY=VALUE ...`` sets ``torch._inductor.config`` for the compiled modes.  Host-side
-options of the compiled modes, recorded with the settings in the rows' ``inductor`` column:
-``--compile-optimizer`` compiles ``opt.step`` too; ``--compile-loss`` compiles the loss with
-the model (one graph from the inputs to the loss, so its backward starts inside the compiled
-graph).  ``--no-splitk`` (any mode) gives cuBLAS no workspace
-(``CUBLAS_WORKSPACE_CONFIG=:0:0``, ``CUBLASLT_WORKSPACE_SIZE=0``), so that it picks GEMM
-algorithms without split-K's extra reduce kernels.  ``--isolate`` runs every fixed-size row in its own Python process, so
+``--inductor KEY=VALUE ...`` sets ``torch._inductor.config`` for the compiled modes and
+``--compile-optimizer`` compiles ``opt.step`` there too; both are recorded in the rows'
+``inductor`` column.  ``--isolate`` runs every fixed-size row in its own Python process, so
 that no row's timing depends on what ran before it in the process (other rows, their profiler
 traces); the JSON rows keep every timed step (``steps (ms)``).
 
@@ -181,33 +177,11 @@ def inductor_settings(pairs):
 COMPILED_MODES = ("compile", "compile-dynamic", "reduce-overhead")
 
 
-#: the host-side options of a run (argparse destinations) and their labels in the results
-HOST_OPTIONS = {
-    "compile_optimizer": "optimizer compiled",
-    "compile_loss": "loss compiled",
-    "no_splitk": "no split-K",
-}
-#: the options that only apply to the compiled modes
-COMPILED_ONLY = ("compile_optimizer", "compile_loss")
-
-
-def inductor_label(settings, args=None, mode="compile"):
-    """``cpp_wrapper, combo_kernels, loss compiled``: the settings of a row, for tables and
-    plot legends (``KEY=VALUE`` unless the value is True), then the host options of
-    :data:`HOST_OPTIONS` that :obj:`args` set and that apply to :obj:`mode`."""
-    compiled = mode in COMPILED_MODES
-    labels = [k if v is True else f"{k}={v}" for k, v in settings.items()] if compiled else []
-    for key, label in HOST_OPTIONS.items():
-        if getattr(args, key, False) and (compiled or key not in COMPILED_ONLY):
-            labels.append(label)
-    return ", ".join(labels)
-
-
-def no_splitk():
-    """Gives cuBLAS and cuBLASLt no workspace (before CUDA starts in this process and its
-    children), so that they choose GEMM algorithms without split-K (``--no-splitk``)."""
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":0:0"
-    os.environ["CUBLASLT_WORKSPACE_SIZE"] = "0"
+def inductor_label(settings, compile_optimizer=False):
+    """``cpp_wrapper, combo_kernels``: the settings of a row, for tables and plot legends
+    (``KEY=VALUE`` unless the value is True; ``optimizer compiled`` last when it was)."""
+    labels = [k if v is True else f"{k}={v}" for k, v in settings.items()]
+    return ", ".join(labels + (["optimizer compiled"] if compile_optimizer else []))
 
 
 def compiled(model, mode):
@@ -218,17 +192,11 @@ def compiled(model, mode):
     )
 
 
-def model_loss(model, x, pos, batch, edges, tree, tree_rot, y):
-    """The step's loss: MSE of the model's output (in float32) against :obj:`y`."""
-    out = model(x, pos, batch, edges, tree, tree_rot)
-    return torch.nn.functional.mse_loss(out.float(), y)
-
-
-def make_step(mode, model, opt, inputs, dtype, device, compile_optimizer=False, compile_loss=False):
+def make_step(mode, model, opt, inputs, dtype, device, compile_optimizer=False):
     """A function running one training step in :obj:`mode` (warm-ups and
     capture not included).  :obj:`compile_optimizer` also compiles ``opt.step`` in the
-    compiled modes (the fused AdamW kernel stays; its Python bookkeeping goes);
-    :obj:`compile_loss` compiles :func:`model_loss` instead of the model alone."""
+    compiled modes (the fused AdamW kernel stays; its Python bookkeeping goes)."""
+    x, pos, batch, edges, tree, tree_rot, y = inputs
     cache = True
     opt_step = opt.step
     if compile_optimizer and mode in COMPILED_MODES:
@@ -236,7 +204,7 @@ def make_step(mode, model, opt, inputs, dtype, device, compile_optimizer=False, 
     if mode == "eager":
         fwd = model
     elif mode in COMPILED_MODES:
-        fwd = model if compile_loss else compiled(model, mode)
+        fwd = compiled(model, mode)
     elif mode == "cuda-graph":
         if device != "cuda":
             raise RuntimeError("cuda-graph needs a CUDA device")
@@ -245,15 +213,10 @@ def make_step(mode, model, opt, inputs, dtype, device, compile_optimizer=False, 
     else:
         raise ValueError(f"unknown mode {mode!r}")
 
-    def loss_of(*inputs):
-        return model_loss(fwd, *inputs)
-
-    if compile_loss and mode in COMPILED_MODES:
-        loss_of = compiled(loss_of, mode)
-
     def body():
-        with autocast(device, dtype, cache):  # mse_loss autocasts to float32
-            loss = loss_of(*inputs)
+        with autocast(device, dtype, cache):
+            out = fwd(x, pos, batch, edges, tree, tree_rot)
+        loss = torch.nn.functional.mse_loss(out.float(), y)
         loss.backward()
         opt_step()
         return loss
@@ -354,9 +317,7 @@ def bench(name, backend, dtype, mode, args, device):
         if device == "cuda":  # the peak covers warm-up, capture and pools
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        step = make_step(
-            mode, model, opt, inputs, dtype, device, args.compile_optimizer, args.compile_loss
-        )
+        step = make_step(mode, model, opt, inputs, dtype, device, args.compile_optimizer)
         t0 = time.perf_counter()
         step()
         first_s = time.perf_counter() - t0  # compile / first-call time
@@ -707,16 +668,6 @@ def main():
         help="compiled modes also torch.compile the optimizer step",
     )
     parser.add_argument(
-        "--compile-loss",
-        action="store_true",
-        help="compiled modes compile the loss with the model (one graph, inputs to loss)",
-    )
-    parser.add_argument(
-        "--no-splitk",
-        action="store_true",
-        help="no cuBLAS workspace, so no split-K GEMMs (CUBLAS_WORKSPACE_CONFIG=:0:0)",
-    )
-    parser.add_argument(
         "--isolate",
         action="store_true",
         help="run every fixed-size row in its own Python process (timings independent of the "
@@ -733,14 +684,12 @@ def main():
         if getattr(args, key) is None:
             setattr(args, key, tiny if small else full)
     args.warmup = max(1, args.warmup)
-    if args.no_splitk:
-        no_splitk()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backends = args.backends or (["triton"] if device == "cuda" else ["reference"])
     modes = selected_modes(args)
     meta = metadata(device)
     meta["inductor"] = inductor_settings(args.inductor)
-    meta.update({key: getattr(args, key) for key in HOST_OPTIONS})
+    meta["compile_optimizer"] = args.compile_optimizer
     print(f"card: {meta['card']} | torch {meta['torch']} | commit {meta['commit']}", flush=True)
     if meta["inductor"]:
         print(f"torch._inductor.config: {meta['inductor']}", flush=True)
@@ -797,9 +746,10 @@ def main():
                         rows.append(
                             run(bench, row, name, backend, getattr(torch, dt), mode, args, device)
                         )
-                        label = inductor_label(meta["inductor"], args, mode)
-                        if label:
-                            rows[-1]["inductor"] = label
+                        if mode in COMPILED_MODES and (meta["inductor"] or args.compile_optimizer):
+                            rows[-1]["inductor"] = inductor_label(
+                                meta["inductor"], args.compile_optimizer
+                            )
                     print(rows[-1], flush=True)
                     save()
     if args.varying:
