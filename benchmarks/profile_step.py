@@ -10,7 +10,8 @@ Prints three tables: the device kernels of one step grouped by name (count and
 device time), the host operators by self CPU time (what the Python/ATen side
 costs per step), and one line with the step's wall time, the summed device
 kernel time and the number of kernels, so that a launch-bound step (wall time
-far above kernel time) is visible at once.
+far above kernel time) is visible at once.  ``--retime-without-workers`` times the steps
+a second time after shutting down Inductor's compile-worker pool.
 """
 
 import argparse
@@ -50,6 +51,12 @@ def main(argv=None):
         "--inductor", nargs="+", default=[], metavar="KEY=VALUE", help="as train_step.py's"
     )
     ap.add_argument("--compile-optimizer", action="store_true", help="as train_step.py's")
+    ap.add_argument(
+        "--retime-without-workers",
+        action="store_true",
+        help="after the timed steps, shut down Inductor's compile-worker pool and time the "
+        "steps again (shows whether the idle pool slows a host-bound step)",
+    )
     args = ap.parse_args(argv)
     inductor = ts.inductor_settings(args.inductor)
     args.sizes = "small" if args.tiny else None
@@ -77,13 +84,26 @@ def main(argv=None):
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
             step()
-        times = []
-        for _ in range(args.steps):
-            sync()
+
+        def timed():
+            times = []
+            for _ in range(args.steps):
+                sync()
+                t = time.perf_counter()
+                step()
+                sync()
+                times.append((time.perf_counter() - t) * 1e3)
+            return times
+
+        times = timed()
+        retimed = None
+        if args.retime_without_workers:
+            from torch._inductor.async_compile import shutdown_compile_workers
+
             t = time.perf_counter()
-            step()
-            sync()
-            times.append((time.perf_counter() - t) * 1e3)
+            shutdown_compile_workers()
+            shutdown_s = time.perf_counter() - t
+            retimed = timed()
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
@@ -114,6 +134,12 @@ def main(argv=None):
         f"step wall {statistics.median(times):.2f} ms (median of {args.steps}); "
         f"device kernels {sum(kern_n.values())}, {sum(kern_us.values()) / 1e3:.2f} ms summed"
     )
+    if retimed is not None:
+        print(
+            f"step wall after shutting down the compile workers ({shutdown_s:.1f} s): "
+            f"{statistics.median(retimed):.2f} ms (median of {args.steps})"
+        )
+    print("steps (ms):", [round(t, 2) for t in times + (retimed or [])])
 
 
 if __name__ == "__main__":

@@ -787,8 +787,15 @@ def main():
         )
         print_table(varying)
     save(final=True)
-    if any("error" in r for r in rows + varying):
-        sys.exit(1)
+    rc = 1 if any("error" in r for r in rows + varying) else 0
+    if args.one_row:
+        # a row's child process ends here: its results are written, and the interpreter's
+        # exit would wait for Inductor's compile-worker pool to shut down (about a minute
+        # after a cold compile on the H200, v12), which is device time for nothing
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
