@@ -402,7 +402,12 @@ def plot_train_step(data, out):
                 fontsize=10,
             )
             ax.grid(axis="y", alpha=0.3)
-        steps = data.get("settings", {}).get("steps", "?")
+        steps = " or ".join(
+            str(n)
+            for n in dict.fromkeys(
+                s.get("steps", "?") for s in data.get("run_settings") or [data.get("settings", {})]
+            )
+        )
         below = (
             "; below, the CUDA kernels one step runs (a CUDA graph launches them all at once)"
             if kernels
@@ -553,9 +558,11 @@ def load(path):
 
 def merge(datas):
     """Results of one kind from several runs as one: their rows (and varying rows) in
-    order, the first run's settings, every run's card, commit and command in ``runs``."""
+    order, the first run's settings (every run's in ``run_settings``), every run's card,
+    commit and command in ``runs``."""
     merged = dict(datas[0])
     merged["runs"] = [d["meta"] for d in datas]
+    merged["run_settings"] = [d.get("settings", {}) for d in datas]
     for key in ("rows", "varying"):
         merged[key] = [r for d in datas for r in d.get(key) or []]
     return merged

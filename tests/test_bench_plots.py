@@ -310,6 +310,7 @@ def test_labelled_runs_are_series_of_their_own(tmp_path, monkeypatch, capsys):
         dict(r, **{"step (ms)": r["step (ms)"] * 1.3}) for r in first["rows"] if "step (ms)" in r
     ]
     second["meta"] = dict(META, command="python benchmarks/train_step.py --isolate")
+    second["settings"] = dict(first["settings"], steps=15)
     paths = []
     for i, data in enumerate((first, second)):
         paths.append(str(tmp_path / f"r{i}.json"))
@@ -340,6 +341,7 @@ def test_labelled_runs_are_series_of_their_own(tmp_path, monkeypatch, capsys):
     assert round(step, 3) in heights and round(step * 1.3, 3) in heights
     caption = open(tmp_path / "a" / "train_step_runs.txt").read()
     assert "machine 1: Fake GPU" in caption and "machine 2: Fake GPU" in caption
+    assert "median of 10 or 15 steps" in caption  # each run's own count
     # unlabelled: one series, the later run's bars, and a note on stderr
     seen.clear()
     plots.plot_files(paths, str(tmp_path / "b"))
