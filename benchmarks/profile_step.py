@@ -118,6 +118,10 @@ def main(argv=None):
             name = e.name if len(e.name) < 70 else e.name[:67] + "..."
             kern_n[name] += 1
             kern_us[name] += e.device_time
+    meta = ts.metadata(device)
+    print(
+        f"card: {meta['card']} | torch {meta['torch']} | commit {meta['commit']} | {meta['date']}"
+    )
     print(
         f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
         f"width {args.width}, {args.mode}"
@@ -144,3 +148,8 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    # skip the interpreter's exit, which waits for Inductor's compile workers to shut down
+    # (about a minute after a cold compile on the H200; benchmarks/README.md, v12)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
