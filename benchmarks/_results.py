@@ -116,3 +116,12 @@ def count_kernels(step, device_ms=False):
     if device_ms:
         return kernels, launches or None, busy_us / 1e3
     return kernels, launches or None
+
+
+def exit_now(rc: int = 0) -> None:
+    """Ends the process with :obj:`rc` once its output is flushed, skipping the interpreter's
+    exit: that waits for Inductor's compile-worker pool to shut down, about a minute after a
+    cold compile on the H200 (``benchmarks/README.md``, v12), device time for nothing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

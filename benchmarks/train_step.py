@@ -75,7 +75,7 @@ import traceback
 import warnings
 
 import torch
-from _results import count_kernels, metadata, write_json
+from _results import count_kernels, exit_now, metadata, write_json
 
 from torch_geometric_nsa import ops
 from torch_geometric_nsa.capture import CapacityBuckets, CapturedTrainStep
@@ -788,13 +788,8 @@ def main():
         print_table(varying)
     save(final=True)
     rc = 1 if any("error" in r for r in rows + varying) else 0
-    if args.one_row:
-        # a row's child process ends here: its results are written, and the interpreter's
-        # exit would wait for Inductor's compile-worker pool to shut down (about a minute
-        # after a cold compile on the H200, v12), which is device time for nothing
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
+    if args.one_row:  # a row's child process: its results are written
+        exit_now(rc)
     sys.exit(rc)
 
 
