@@ -336,7 +336,9 @@ def plot_train_step(data, out):
                 + (f" ({run})" if run else "")
             )
             if options:
-                colors[m] = tuned_color.setdefault((mode, options), next(tuned))
+                if (mode, options) not in tuned_color:  # (setdefault would draw a colour each time)
+                    tuned_color[mode, options] = next(tuned)
+                colors[m] = tuned_color[mode, options]
             else:
                 colors[m] = MODE_COLORS[mode]
             hatch = run_hatch(runs.index(run))[0]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import matplotlib.colors
 import matplotlib.image
 import pytest
 
@@ -192,6 +193,24 @@ def test_compiled_rows_with_inductor_settings_are_their_own_series(tmp_path, mon
     assert 13.0 in heights and 21.0 in heights
     caption = open(tmp_path / "train_step.txt").read()
     assert caption.rstrip().endswith("Rows collected from the printed output.")
+
+
+def test_each_inductor_setting_keeps_one_colour_across_runs(tmp_path, monkeypatch):
+    """A setting drawn in two labelled runs has one colour; the next setting gets the next
+    colour of the cycle (not one further on for every repeat)."""
+    row = dict(train_step_results()["rows"][0], mode="compile")
+    data = train_step_results()
+    data["rows"] = [
+        dict(row, inductor="a", run="run 1", **{"step (ms)": 11.0}),
+        dict(row, inductor="a", run="run 2", **{"step (ms)": 12.0}),
+        dict(row, inductor="b", run="run 1", **{"step (ms)": 13.0}),
+    ]
+    ax = plotted_axes(data, tmp_path, monkeypatch, "train_step")
+    colour = {
+        round(b.get_height(), 3): matplotlib.colors.to_hex(b.get_facecolor()) for b in ax.patches
+    }
+    assert colour[11.0] == colour[12.0] == plots.TUNED_COLORS[0]
+    assert colour[13.0] == plots.TUNED_COLORS[1]
 
 
 def test_slope_is_fitted_over_the_largest_sizes():
