@@ -125,8 +125,7 @@ def main(argv=None):
     print(
         f"# {args.config} ({n} x {bs}), {args.dtype}, {args.layers} layers, "
         f"width {args.width}, {args.mode}"
-        + (f", inductor {inductor}" if inductor else "")
-        + (", optimizer compiled" if args.compile_optimizer else "")
+        + (f", {label}" if (label := ts.inductor_label(inductor, args.compile_optimizer)) else "")
     )
     if cuda:
         print("\n| kernel | count | device ms |\n|---|---|---|")
