@@ -11,7 +11,10 @@ device time), the host operators by self CPU time (what the Python/ATen side
 costs per step), and one line with the step's wall time, the summed device
 kernel time and the number of kernels, so that a launch-bound step (wall time
 far above kernel time) is visible at once.  ``--retime-without-workers`` times the steps
-a second time after shutting down Inductor's compile-worker pool.
+a second time after shutting down Inductor's compile-worker pool; ``--retime-on-cores 0-7
+8-15`` times them again with every thread of the process pinned to each CPU set in turn
+(twice round), which shows whether a host-bound step depends on where it runs (the GPU's
+NUMA node: ``nvidia-smi topo -m``).
 """
 
 import argparse
@@ -56,6 +59,13 @@ def main(argv=None):
         action="store_true",
         help="after the timed steps, shut down Inductor's compile-worker pool and time the "
         "steps again (shows whether the idle pool slows a host-bound step)",
+    )
+    ap.add_argument(
+        "--retime-on-cores",
+        nargs="+",
+        default=[],
+        metavar="CPUS",
+        help="CPU sets (e.g. 0-7 8-15 0,1): time the steps with the process pinned to each",
     )
     args = ap.parse_args(argv)
     inductor = ts.inductor_settings(args.inductor)
@@ -104,6 +114,14 @@ def main(argv=None):
             shutdown_compile_workers()
             shutdown_s = time.perf_counter() - t
             retimed = timed()
+        pinned = []
+        if args.retime_on_cores:
+            everywhere = os.sched_getaffinity(0)
+            for _ in range(2):
+                for spec in args.retime_on_cores + ["all"]:
+                    pin_threads(everywhere if spec == "all" else cpu_set(spec))
+                    pinned.append((spec, statistics.median(timed())))
+            pin_threads(everywhere)
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
@@ -142,7 +160,30 @@ def main(argv=None):
             f"step wall after shutting down the compile workers ({shutdown_s:.1f} s): "
             f"{statistics.median(retimed):.2f} ms (median of {args.steps})"
         )
+    if pinned:
+        print(
+            f"step wall (median of {args.steps}) with every thread pinned to CPUs: "
+            + ", ".join(f"{spec} {ms:.2f} ms" for spec, ms in pinned)
+        )
     print("steps (ms):", [round(t, 2) for t in times + (retimed or [])])
+
+
+def cpu_set(spec):
+    """``"0-3,8"`` -> ``{0, 1, 2, 3, 8}``."""
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pin_threads(cpus):
+    """Every thread of this process (the autograd engine's device threads too) onto ``cpus``."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            pass
 
 
 if __name__ == "__main__":
