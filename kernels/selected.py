@@ -42,36 +42,6 @@ def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
 
 
 @triton.jit
-def _program(NG, H, GPP: tl.constexpr, HFAST: tl.constexpr):
-    """Head and first query group of a forward / dQ program, which holds ``GPP`` consecutive
-    groups of one head (1-D grid of ``cdiv(NG, GPP) * H``); ``HFAST``: the programs of one chunk
-    of groups and neighbouring heads are neighbours in launch order (else groups run fastest)."""
-    pid = tl.program_id(0)
-    if HFAST:
-        h = pid % H
-        chunk = pid // H
-    else:
-        n_chunks = tl.cdiv(NG, GPP)
-        h = pid // n_chunks
-        chunk = pid % n_chunks
-    return h, chunk.to(tl.int64) * GPP
-
-
-@triton.jit
-def _group_tile(G0, it, n_tiles, NG, r, BN: tl.constexpr):
-    """Step ``it`` of a program's flat loop over (group, key tile): the group, the tile's first
-    key, and per-row flags ``first`` / ``last`` (the group's first / last tile).  A dead step past
-    the last group gathers that group's keys again, with both flags false: it loads no queries
-    and stores nothing.  Per-row flags: the interpreter rejects scalar masks."""
-    G = G0 + it // n_tiles
-    n0 = (it % n_tiles) * BN
-    live = (r * 0 + G) < NG
-    first = live & ((r * 0 + n0) == 0)
-    last = live & ((r * 0 + n0 + BN) >= n_tiles * BN)
-    return tl.minimum(G, NG - 1), n0, first, last
-
-
-@triton.jit
 def _sel_fwd_kernel(
     Q,
     K,
@@ -83,7 +53,6 @@ def _sel_fwd_kernel(
     S,
     H,
     D,
-    NG,
     TOPK,
     SEL,
     GS,
@@ -93,44 +62,26 @@ def _sel_fwd_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
-    GPP: tl.constexpr,
-    HFAST: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
-    h, G0 = _program(NG, H, GPP, HFAST)
+    G = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
     r = tl.arange(0, BM)
+    rows = G * GS + r
     rmask = r < GS
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
-    n_tiles = tl.cdiv(TOPK * SEL, BN)
-    rows = G0 * GS + r
-    if GPP == 1:
-        q = tl.load(
-            Q + rows[:, None] * stride + h * D + d[None, :],
-            mask=rmask[:, None] & dmask[None, :],
-            other=0.0,
-        )
-    else:
-        q = tl.zeros([BM, BD], dtype=Q.dtype.element_ty)
+    q = tl.load(
+        Q + rows[:, None] * stride + h * D + d[None, :],
+        mask=rmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BM], M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
-    # one flat loop over (group, key tile): the next group's loads overlap this one's math
-    for it in range(0, GPP * n_tiles):
-        G, n0, first, last = _group_tile(G0, it, n_tiles, NG, r, BN)
-        if GPP > 1:  # a new group: its queries (masked loads otherwise), a fresh softmax
-            rows = G * GS + r
-            q_new = tl.load(
-                Q + rows[:, None] * stride + h * D + d[None, :],
-                mask=(rmask & first)[:, None] & dmask[None, :],
-                other=0.0,
-            )
-            q = tl.where(first[:, None], q_new, q)
-            m_i = tl.where(first, M_INIT, m_i)
-            l_i = tl.where(first, 0.0, l_i)
-            acc = tl.where(first[:, None], 0.0, acc)
+    for n0 in range(0, TOPK * SEL, BN):
         cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
         kv_off = cols[:, None] * stride + h * D + d[None, :]
         kvm = ok[:, None] & dmask[None, :]
@@ -138,24 +89,7 @@ def _sel_fwd_kernel(
         v = tl.load(V + kv_off, mask=kvm, other=0.0)
         s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision=PREC), float("-inf"))
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale, PREC, FOLD)
-        if GPP > 1:  # the group's last tile stores it (masked stores otherwise)
-            store_softmax(O, LSE, rows, rmask & last, h, H, D, d, dmask, m_i, l_i, acc)
-    if GPP == 1:
-        store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
-
-
-@triton.jit
-def _dq_group(Q, DO, O, LSE, DELTA, rows, rmask, h, H, D, d, dmask):
-    """A dQ program's per-group inputs (rows ``rmask``): q, dO, base-2 LSE and ``delta = rowsum(dO
-    * O)``, which it also stores for the dK/dV kernel (runs next)."""
-    off = rows[:, None] * (H * D) + h * D + d[None, :]
-    m = rmask[:, None] & dmask[None, :]
-    q = tl.load(Q + off, mask=m, other=0.0)
-    do = tl.load(DO + off, mask=m, other=0.0)
-    o = tl.load(O + off, mask=m, other=0.0)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    tl.store(DELTA + rows * H + h, delta, mask=rmask)
-    return q, do, lse2(LSE, rows, rmask, h, H), delta
+    store_softmax(O, LSE, rows, rmask, h, H, D, d, dmask, m_i, l_i, acc)
 
 
 @triton.jit
@@ -173,7 +107,6 @@ def _sel_bwd_dq_kernel(
     S,
     H,
     D,
-    NG,
     TOPK,
     SEL,
     GS,
@@ -183,40 +116,28 @@ def _sel_bwd_dq_kernel(
     BN: tl.constexpr,
     BD: tl.constexpr,
     PREC: tl.constexpr,
-    GPP: tl.constexpr,
-    HFAST: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    h, G0 = _program(NG, H, GPP, HFAST)
+    G = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
     r = tl.arange(0, BM)
+    rows = G * GS + r
     rmask = r < GS
     d = tl.arange(0, BD)
     dmask = d < D
     stride = H * D
-    n_tiles = tl.cdiv(TOPK * SEL, BN)
-    rows = G0 * GS + r
-    if GPP == 1:
-        q, do, lse, delta = _dq_group(Q, DO, O, LSE, DELTA, rows, rmask, h, H, D, d, dmask)
-    else:
-        q = tl.zeros([BM, BD], dtype=Q.dtype.element_ty)
-        do = tl.zeros([BM, BD], dtype=DO.dtype.element_ty)
-        lse = tl.zeros([BM], dtype=tl.float32)
-        delta = tl.zeros([BM], dtype=tl.float32)
+    q_off = rows[:, None] * stride + h * D + d[None, :]
+    qm = rmask[:, None] & dmask[None, :]
+    q = tl.load(Q + q_off, mask=qm, other=0.0)
+    do = tl.load(DO + q_off, mask=qm, other=0.0)
+    lse = lse2(LSE, rows, rmask, h, H)
+    o = tl.load(O + q_off, mask=qm, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # for the dK/dV kernel (runs next)
+    tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
-    for it in range(0, GPP * n_tiles):
-        G, n0, first, last = _group_tile(G0, it, n_tiles, NG, r, BN)
-        if GPP > 1:  # a new group (masked loads and stores otherwise)
-            rows = G * GS + r
-            q_new, do_new, lse_new, delta_new = _dq_group(
-                Q, DO, O, LSE, DELTA, rows, rmask & first, h, H, D, d, dmask
-            )
-            q = tl.where(first[:, None], q_new, q)
-            do = tl.where(first[:, None], do_new, do)
-            lse = tl.where(first, lse_new, lse)
-            delta = tl.where(first, delta_new, delta)
-            dq = tl.where(first[:, None], 0.0, dq)
+    for n0 in range(0, TOPK * SEL, BN):
         cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
         kv_off = cols[:, None] * stride + h * D + d[None, :]
         kvm = ok[:, None] & dmask[None, :]
@@ -226,15 +147,7 @@ def _sel_bwd_dq_kernel(
         s += tl.where(valid, 0.0, float("-inf"))[None, :]
         p = tl.exp2(s - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq, PREC)
-        if GPP > 1:
-            dq_off = rows[:, None] * stride + h * D + d[None, :]
-            dqm = (rmask & last)[:, None] & dmask[None, :]
-            tl.store(DQ + dq_off, (dq * scale).to(DQ.dtype.element_ty), mask=dqm)
-    if GPP == 1:
-        dq_off = rows[:, None] * stride + h * D + d[None, :]
-        tl.store(
-            DQ + dq_off, (dq * scale).to(DQ.dtype.element_ty), mask=rmask[:, None] & dmask[None, :]
-        )
+    tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
 
 
 @triton.jit
@@ -324,13 +237,6 @@ def _key_tile(block_n: int, s: int, topk: int) -> int:
     return min(block_n, max(16, next_pow2(topk) * s))
 
 
-def _layout(cfg: dict[str, int], NG: int, H: int) -> tuple[tuple[int], dict[str, int]]:
-    """Grid and program-layout knobs of the forward / dQ kernels (see ``_program``): ``GPP``
-    query groups per program, ``HFAST`` heads fastest in launch order (config keys, default 1 / 0)."""
-    gpp = int(cfg.get("GPP", 1))
-    return (triton.cdiv(NG, gpp) * H,), dict(GPP=gpp, HFAST=bool(cfg.get("HFAST", 0)))
-
-
 def _sel_fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -353,8 +259,7 @@ def _sel_fwd_impl(
         return o, lse
     BM = group_block(group_size)
     cfg = _config.for_tensor("sel_fwd", q, 0, block_n, num_warps, num_stages, rows=BM)
-    grid, layout = _layout(cfg, NG, H)
-    launch(_sel_fwd_kernel, grid)(
+    launch(_sel_fwd_kernel, (NG, H))(
         q,
         k,
         v,
@@ -365,7 +270,6 @@ def _sel_fwd_impl(
         S,
         H,
         D,
-        NG,
         TOPK,
         select_size,
         group_size,
@@ -375,7 +279,6 @@ def _sel_fwd_impl(
         BD=head_block(D),
         PREC=dot_precision(q.dtype),
         FOLD=scale > 0,
-        **layout,
         **_config.launch_meta(cfg),
     )
     return o, lse
@@ -414,8 +317,7 @@ def _sel_bwd_impl(
     common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
     BMG = group_block(group_size)
     cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages, rows=BMG)
-    grid, layout = _layout(cfg, NG, H)
-    launch(_sel_bwd_dq_kernel, grid)(
+    launch(_sel_bwd_dq_kernel, (NG, H))(
         q,
         k,
         v,
@@ -429,7 +331,6 @@ def _sel_bwd_impl(
         S,
         H,
         D,
-        NG,
         TOPK,
         select_size,
         group_size,
@@ -438,7 +339,6 @@ def _sel_bwd_impl(
         BM=BMG,
         BN=_key_tile(cfg["BN"], select_size, TOPK),
         **common,
-        **layout,
         **_config.launch_meta(cfg),
     )
     off, grp = inverse_map(idx, S // select_size)

@@ -153,17 +153,12 @@ def test_opcheck():
 @pytest.mark.parametrize(
     "table",
     [
-        dict(
-            select=dict(BN=32),
-            cmp_bwd_dkdv=dict(BN=16, BM=32),
-            sel_fwd=dict(BN=64, GPP=3, HFAST=1),  # several groups per program, heads fastest
-            sel_bwd_dkdv=dict(BM=64, BN=16),
-        ),
+        dict(select=dict(BN=32), cmp_bwd_dkdv=dict(BN=16, BM=32), sel_bwd_dkdv=dict(BM=64, BN=16)),
         dict(
             select=dict(BN=16),
             cmp_bwd_dq=dict(BM=16, BN=32),
             sel_fwd=dict(BN=32),
-            sel_bwd_dq=dict(BN=16, GPP=2),  # a group count that GPP does not always divide
+            sel_bwd_dq=dict(BN=16),
             ball_bwd_dq=dict(BM=16, BN=32),
             ball_bwd_dkdv=dict(BM=32, BN=16),
         ),

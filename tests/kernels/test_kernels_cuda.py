@@ -52,25 +52,6 @@ def test_configs(dtype, cfg, H):
     kc.run_all(sizes + [1], m, c, s, g, topk, H, 32, dtype, device="cuda", seed=H, tail=m)
 
 
-@pytest.mark.parametrize("knobs", [dict(GPP=3), dict(GPP=2, HFAST=1), dict(HFAST=1)], ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_selected_forward_program_layouts(dtype, knobs, monkeypatch):
-    """The selected forward's launch knobs: several query groups per program (a group count that
-    GPP does not divide) and heads fastest in launch order."""
-    from torch_geometric_nsa.kernels import _config
-
-    table = dict(_config.TABLE)
-    for D in (16, 32):
-        for rows in (16, 32, 64):
-            key = ("sel_fwd", _config.arch(torch.device("cuda")), _config.dtype_class(dtype), D)
-            base = table.get(key + (rows,), table.get(key, {}))
-            table[key + (rows,)] = dict(base, **knobs)
-    monkeypatch.setattr(_config, "TABLE", table)
-    for g in (16, 32, 64):
-        kc.run_all([70, 1, 1000, 129], 64, 16, 32, g, 4, 3, 32, dtype, device="cuda", seed=g)
-    kc.run_all([333, 4000], 128, 32, 32, 32, 8, 2, 16, dtype, device="cuda")
-
-
 @pytest.mark.parametrize("sizes", [[1], [1, 1, 1], [129, 1, 257]], ids=str)
 def test_edges(sizes):
     kc.run_all(sizes, 128, 32, 64, 32, 8, 2, 32, torch.float32, device="cuda")
