@@ -17,7 +17,9 @@ Sizes: ``ball_size`` and ``select_size`` of at least 16 (:func:`unsupported_size
 of :mod:`torch_geometric_nsa.ops` run smaller ones on the reference).  All backward passes are
 deterministic and use no atomics.  Accumulation is float32 for
 float32/float16/bfloat16 inputs; float32 ``tl.dot`` runs in IEEE precision unless
-``torch.backends.cuda.matmul.allow_tf32`` is set.  Offsets are int64.  CPU tensors work under
+``torch.backends.cuda.matmul.allow_tf32`` is set.  Offsets are int64, except in the selected
+kernels' gathers, which use int32 while every tensor has fewer than 2**31 elements.  CPU tensors
+work under
 ``TRITON_INTERPRET=1`` (set before importing this package).
 """
 

@@ -43,6 +43,12 @@ def group_block(group_size: int) -> int:
     return max(16, next_pow2(group_size))
 
 
+def wide_offsets(*ts: torch.Tensor) -> bool:
+    """Whether element offsets into these tensors may pass int32: kernels that take an ``I64``
+    constexpr then compute them in int64 (else int32, cheaper)."""
+    return max(t.numel() for t in ts) >= 2**31
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """Input precision of fp32 ``tl.dot``: IEEE unless the user allows TF32 (torch's flag)."""
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:

@@ -26,16 +26,24 @@ from ._common import (
     head_block,
     launch,
     next_pow2,
+    wide_offsets,
 )
 from ._tl import M_INIT, dkdv_step, dq_step, key_bias, lse2, softmax_step, store_softmax
 
 
 @triton.jit
-def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr):
+def _index(x, I64: tl.constexpr):
+    """An index for offset arithmetic: int64 when ``I64`` (some tensor has 2**31 elements or
+    more), else int32, whose address arithmetic is cheaper (3-5% on the selected forward)."""
+    return x.to(tl.int64) if I64 else x.to(tl.int32)
+
+
+@triton.jit
+def _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN: tl.constexpr, I64: tl.constexpr):
     nl = n0 + tl.arange(0, BN)
     t = nl // SEL
     blk = tl.load(IDX + G * TOPK + t, mask=t < TOPK, other=-1)
-    cols = blk.to(tl.int64) * SEL + nl % SEL
+    cols = _index(blk, I64) * SEL + nl % SEL
     ok = blk >= 0
     valid = ok & (tl.load(MASK + cols, mask=ok, other=0) != 0)
     return cols, ok, valid
@@ -62,10 +70,11 @@ def _sel_fwd_kernel(
     BD: tl.constexpr,
     PREC: tl.constexpr,
     FOLD: tl.constexpr,
+    I64: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
-    G = tl.program_id(0).to(tl.int64)
+    G = _index(tl.program_id(0), I64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
     rows = G * GS + r
@@ -82,7 +91,7 @@ def _sel_fwd_kernel(
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
     for n0 in range(0, TOPK * SEL, BN):
-        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
+        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN, I64)
         kv_off = cols[:, None] * stride + h * D + d[None, :]
         kvm = ok[:, None] & dmask[None, :]
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
@@ -116,11 +125,12 @@ def _sel_bwd_dq_kernel(
     BN: tl.constexpr,
     BD: tl.constexpr,
     PREC: tl.constexpr,
+    I64: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    G = tl.program_id(0).to(tl.int64)
+    G = _index(tl.program_id(0), I64)
     h = tl.program_id(1)
     r = tl.arange(0, BM)
     rows = G * GS + r
@@ -138,7 +148,7 @@ def _sel_bwd_dq_kernel(
     tl.store(DELTA + rows * H + h, delta, mask=rmask)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
     for n0 in range(0, TOPK * SEL, BN):
-        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN)
+        cols, ok, valid = _gather_keys(IDX, MASK, G, n0, TOPK, SEL, BN, I64)
         kv_off = cols[:, None] * stride + h * D + d[None, :]
         kvm = ok[:, None] & dmask[None, :]
         k = tl.load(K + kv_off, mask=kvm, other=0.0)
@@ -175,11 +185,12 @@ def _sel_bwd_dkdv_kernel(
     BN: tl.constexpr,
     BD: tl.constexpr,
     PREC: tl.constexpr,
+    I64: tl.constexpr,
 ):
     # float arguments arrive as fp32, fp64 or constexpr: kernels/_tl.py
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    pid = tl.program_id(0).to(tl.int64)  # key tile of BN rows (BN divides SEL)
+    pid = _index(tl.program_id(0), I64)  # key tile of BN rows (BN divides SEL)
     h = tl.program_id(1)
     cols = pid * BN + tl.arange(0, BN)
     gamma = (pid * BN) // SEL
@@ -199,7 +210,7 @@ def _sel_bwd_dkdv_kernel(
     for e0 in range(e_lo, e_hi, GPI):
         e = e0 + r // GS
         rmask = (e < e_hi) & (r < GPI * GS)
-        grp = tl.load(GRP + e, mask=rmask, other=0).to(tl.int64)
+        grp = _index(tl.load(GRP + e, mask=rmask, other=0), I64)
         rows = grp * GS + r % GS
         q_off = rows[:, None] * stride + h * D + d[None, :]
         qm = rmask[:, None] & dmask[None, :]
@@ -279,6 +290,7 @@ def _sel_fwd_impl(
         BD=head_block(D),
         PREC=dot_precision(q.dtype),
         FOLD=scale > 0,
+        I64=wide_offsets(q, idx),
         **_config.launch_meta(cfg),
     )
     return o, lse
@@ -314,7 +326,7 @@ def _sel_bwd_impl(
     if S == 0 or NG == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty((S, H), device=q.device, dtype=torch.float32)  # written by the dq kernel
-    common = dict(BD=head_block(D), PREC=dot_precision(q.dtype))
+    common = dict(BD=head_block(D), PREC=dot_precision(q.dtype), I64=wide_offsets(q, idx))
     BMG = group_block(group_size)
     cfg = _config.for_tensor("sel_bwd_dq", q, 0, block_n, num_warps, num_stages, rows=BMG)
     launch(_sel_bwd_dq_kernel, (NG, H))(

@@ -42,3 +42,13 @@ def test_table_keys_name_known_kernels():
 def test_a_row_tile_for_a_kernel_without_one_raises():
     with pytest.raises(ValueError, match="ball_fwd"):
         _config.get("ball_fwd", 32, torch.bfloat16, torch.device("cpu"), rows=32)
+
+
+def test_offsets_widen_to_int64_at_2_31_elements():
+    """The selected kernels' I64 switch: int32 offsets only while every tensor fits them."""
+    from torch_geometric_nsa.kernels._common import wide_offsets
+
+    small, idx = torch.empty(4, 8, 32), torch.empty(2, 8, dtype=torch.long)
+    assert not wide_offsets(small, idx)
+    assert not wide_offsets(torch.empty(1).expand(2**31 - 1), idx)
+    assert wide_offsets(small, torch.empty(1).expand(2**31))  # stride 0: no memory
