@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: does a process that compiled the ShapeNet-Car step from cold caches run it
-# slower than one whose compile hit the caches (benchmarks/README.md, v12)?  On one machine
+# slower than one whose compile hit the caches (benchmarks/README.md, v12; answered in v13: no,
+# the cold process was the fastest of three on one machine start)?  On one machine
 # start, with `cpp_wrapper` + `combo_kernels`:
 #   1. profile_step in a fresh process, cold caches: the step timed, then timed again after
 #      Inductor's compile-worker pool is shut down (--retime-without-workers);
