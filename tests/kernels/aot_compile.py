@@ -9,7 +9,8 @@ fail on the device.  This module closes that gap in two steps, each in its own p
    four ops) and the CUDA ball-tree build on small CPU inputs, with the launch-config dispatch
    told it runs on an sm_90 or an sm_80 GPU, over every supported dtype (float32 with IEEE and
    TF32 dots, float16, bfloat16), head dims 8 to 128, both forms of the forward's softmax (scale
-   folded or not), several top-k / group settings and tree block sizes.  Every launch is recorded
+   folded or not), the selected kernels' int32 and int64 offsets, several top-k / group settings
+   and tree block sizes.  Every launch is recorded
    as (kernel, argument types, constexpr values, ``num_warps``, ``num_stages``, target) and the
    records are deduplicated.
 2. ``compile`` (no interpreter, with whichever Triton is first on ``sys.path``): each record goes
@@ -26,6 +27,7 @@ installs and for the version torch's CUDA wheels pin.  Compiled kernels land in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -201,6 +203,19 @@ def _drive_small_tree(max_slots, dim, dtype=None, rotate=None):
     tt.build_layout_triton(pos, batch, 16, None, None, rotate)
 
 
+@contextlib.contextmanager
+def _wide_offsets():
+    """The selected kernels' int64-offset variants (``I64``) on small inputs."""
+    from torch_geometric_nsa.kernels import selected
+
+    real = selected.wide_offsets
+    selected.wide_offsets = lambda *ts: True
+    try:
+        yield
+    finally:
+        selected.wide_offsets = real
+
+
 #: user settings the ops are driven with: (m, c, s, g, topk, heads, spatial dims)
 OP_SETTINGS = [
     (128, 32, 32, 32, 8, 2, 3),  # the layer's defaults
@@ -236,6 +251,8 @@ def capture(out_path: str) -> int:
                 _drive_ops(dtype, 32, -0.3, OP_SETTINGS[0])  # a negative scale: no folding
                 for settings in OP_SETTINGS[1:]:
                     _drive_ops(dtype, 16, None, settings)
+                with _wide_offsets():  # int64 offsets, as for inputs of 2**31 elements or more
+                    _drive_ops(dtype, 32, None, OP_SETTINGS[0])
         finally:
             _config.arch = real_arch
             torch.backends.cuda.matmul.allow_tf32 = False

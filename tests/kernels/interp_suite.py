@@ -185,6 +185,17 @@ def test_config_table(table, monkeypatch):
     kc.run_all([1000], 64, 8, 16, 64, 3, 2, 16, torch.float32)
 
 
+def test_selected_kernels_with_int64_offsets(monkeypatch):
+    """The selected kernels' int64-offset variant (inputs of 2**31 elements or more, forced
+    here on a small mixed batch) against the reference."""
+    from torch_geometric_nsa.kernels import selected
+
+    calls = []
+    monkeypatch.setattr(selected, "wide_offsets", lambda *ts: calls.append(1) or True)
+    kc.run_all([70, 1, 190], 64, 16, 32, 16, 4, 2, 16, torch.float32, tail=64)
+    assert calls  # the forward and the backward asked
+
+
 def test_nonfinite_isolation():
     """NaN / inf in one cloud never reaches another cloud's outputs, also in tiles that span
     clouds (issue 11: the compressed kernel leaked through 0 * NaN there)."""
